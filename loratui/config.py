@@ -1,0 +1,394 @@
+"""The project configuration: ``loratui.toml``.
+
+Every field is declared once, here, with its type, default, allowed range and
+a one-line note on the trade-off. Loading, validation, the wizard's fields and
+the README's field table all read these declarations, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from loratui import CONFIG_VERSION
+
+CONFIG_NAME = "loratui.toml"
+
+
+class ConfigError(Exception):
+    """A config the user must fix; the message names the file, field and what to do."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+       choices: tuple[str, ...] | None = None, label: str | None = None) -> Any:
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "label": label}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    base: str = _f("builtin:tiny-sd", "builtin:tiny-sd, a hub id, a diffusers folder or one .safetensors file")
+    family: str = _f("auto", "auto detects SD1, SD2 or SDXL; set it when detection guesses wrong",
+                     choices=("auto", "sd1", "sd2", "sdxl"))
+    prediction_type: str = _f("auto", "auto reads the model's scheduler; v_prediction for SD2-768 style models",
+                              choices=("auto", "epsilon", "v_prediction"))
+    config_source: str = _f("", "for a single .safetensors file: a diffusers folder or hub id to take configs from")
+    allow_pickle: bool = _f(False, "allow .ckpt/.pt/.bin files; pickles can run code, only for files you trust")
+    clip_skip: int = _f(1, "2 uses the penultimate text-encoder layer, as many SD1 anime models expect",
+                        min=1, max=4)
+
+
+@dataclass
+class DataConfig:
+    images: str = _f("images", "folder of images and same-name .txt captions; N_name/ sub-folders repeat N times")
+    caption_extension: str = _f(".txt", "caption file extension (.txt or .caption)", choices=(".txt", ".caption"))
+    trigger_word: str = _f("", "word put at the start of every caption that lacks it")
+    shuffle_tags: bool = _f(False, "shuffle comma-separated tags each step (keeps the first keep_tokens in place)")
+    keep_tokens: int = _f(1, "tags kept in place when shuffling", min=0, max=75)
+    caption_dropout: float = _f(0.0, "chance of training a step with an empty caption; helps unconditional quality",
+                                min=0.0, max=1.0)
+    flip: bool = _f(False, "random horizontal flips; doubles the variety, wrong for text or asymmetric subjects")
+    resolution: int = _f(512, "training side length in pixels; buckets keep the area at most resolution²",
+                         min=64, max=4096)
+    bucket_step: int = _f(64, "bucket sides are multiples of this", min=8, max=256)
+    cache_latents: bool = _f(True, "encode images once and reuse; off only to save disk", label="cache latents")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = _f(16, "higher fits more detail, costs memory and file size", min=1, max=1024)
+    alpha: float = _f(16.0, "scale is alpha/rank; lower alpha trains more gently", min=0.0, max=4096.0)
+    preset: str = _f("attention", "which layers get LoRA: attention (small), attention+ff (kohya default), "
+                     "all (adds convolutions, LoCon)", choices=("attention", "attention+ff", "all"))
+    train_text_encoder: bool = _f(False, "also train the text encoder(s); stronger, easier to overfit")
+    init_lora: str = _f("", "start from this LoRA file (ours or kohya's) instead of zeros")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = _f(1, "images per step; more is faster per image, costs memory", min=1, max=1024)
+    grad_accum: int = _f(1, "steps whose gradients add up before one optimizer step", min=1, max=1024)
+    max_steps: int = _f(1000, "optimizer steps to train (ignored when epochs > 0)", min=1, max=10_000_000)
+    epochs: int = _f(0, "if > 0, train this many passes over the images instead of max_steps", min=0, max=100_000)
+    learning_rate: float = _f(1e-4, "UNet LoRA learning rate", min=0.0, max=1.0)
+    text_encoder_lr: float = _f(5e-5, "text-encoder LoRA learning rate", min=0.0, max=1.0)
+    lr_scheduler: str = _f("constant", "how the learning rate changes over the run",
+                           choices=("constant", "constant_with_warmup", "linear", "cosine",
+                                    "cosine_with_restarts", "polynomial"))
+    warmup_steps: int = _f(0, "steps of linear warm-up from zero", min=0, max=1_000_000)
+    optimizer: str = _f("adamw", "adamw8bit needs bitsandbytes and saves memory on large ranks",
+                        choices=("adamw", "adamw8bit"))
+    weight_decay: float = _f(0.01, "AdamW weight decay", min=0.0, max=1.0)
+    max_grad_norm: float = _f(1.0, "gradient clipping; 0 turns it off", min=0.0, max=1000.0)
+    precision: str = _f("no", "mixed precision on GPU: bf16 (Ampere+), fp16 (older cards), no (fp32)",
+                        choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward: much less memory, ~1.7x slower")
+    seed: int = _f(42, "same seed and config give the same run", min=0, max=2**32 - 1)
+    min_snr_gamma: float = _f(0.0, "min-SNR loss weighting (5 is typical); 0 turns it off", min=0.0, max=100.0)
+    noise_offset: float = _f(0.0, "adds low-frequency noise so the model learns very dark/bright images; ~0.05",
+                             min=0.0, max=1.0)
+    compile: bool = _f(False, "torch.compile the UNet step (CUDA): slow first steps, faster after")
+    channels_last: bool = _f(True, "channels_last memory layout for the UNet; faster convolutions on GPU")
+
+
+@dataclass
+class SaveConfig:
+    output_name: str = _f("", "name of output/NAME.safetensors; empty uses the project name")
+    every_n_steps: int = _f(500, "write a resumable checkpoint every N steps; 0 only at the end",
+                            min=0, max=10_000_000)
+    keep: int = _f(3, "how many checkpoints to keep; older ones are deleted", min=1, max=1000)
+    precision: str = _f("fp16", "dtype of the saved LoRA tensors", choices=("fp16", "bf16", "fp32"))
+    format: str = _f("kohya", "kohya loads everywhere (ComfyUI, A1111, diffusers); diffusers for PEFT tools",
+                     choices=("kohya", "diffusers"))
+
+
+@dataclass
+class SamplePrompt:
+    prompt: str = _f("", "what to draw; the trigger word belongs here")
+    negative: str = _f("", "what to avoid")
+    seed: int = _f(1, "noise seed", min=0, max=2**32 - 1)
+    steps: int = _f(0, "denoising steps; 0 uses [sample].steps", min=0, max=1000)
+    guidance: float = _f(0.0, "classifier-free guidance; 0 uses [sample].guidance", min=0.0, max=50.0)
+
+
+@dataclass
+class SampleConfig:
+    every_n_steps: int = _f(0, "make sample images every N steps; 0 turns it off", min=0, max=10_000_000)
+    steps: int = _f(20, "denoising steps per sample", min=1, max=1000)
+    guidance: float = _f(7.0, "classifier-free guidance scale", min=0.0, max=50.0)
+    width: int = _f(0, "sample width; 0 uses the training resolution", min=0, max=4096)
+    height: int = _f(0, "sample height; 0 uses the training resolution", min=0, max=4096)
+    prompts: list = _f([], "[[sample.prompts]] tables: prompt, negative, seed, steps, guidance")
+
+
+@dataclass
+class ProjectConfig:
+    name: str = "my_lora"
+    version: int = CONFIG_VERSION
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    save: SaveConfig = field(default_factory=SaveConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    @property
+    def output_name(self) -> str:
+        return self.save.output_name or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "data": DataConfig, "lora": LoraConfig,
+    "train": TrainConfig, "save": SaveConfig, "sample": SampleConfig,
+}
+TOP_LEVEL = ("name", "version")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    section: str
+    name: str
+    type: type
+    default: Any
+    help: str
+    min: float | None
+    max: float | None
+    choices: tuple[str, ...] | None
+    label: str | None
+
+    @property
+    def path(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+def field_specs(section: str | None = None) -> Iterator[FieldSpec]:
+    """Every config field with its declaration, in file order."""
+    for sec, cls in SECTIONS.items():
+        if section is not None and sec != section:
+            continue
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            typ = {"int": int, "float": float, "bool": bool, "str": str, "list": list}[str(f.type)]
+            yield FieldSpec(sec, f.name, typ, default, f.metadata.get("help", ""), f.metadata.get("min"),
+                            f.metadata.get("max"), f.metadata.get("choices"), f.metadata.get("label"))
+
+
+def field_spec(path: str) -> FieldSpec:
+    section, _, name = path.partition(".")
+    for spec in field_specs(section):
+        if spec.name == name:
+            return spec
+    raise KeyError(path)
+
+
+def coerce_value(spec: FieldSpec, value: Any) -> Any:
+    """Check one value against its declaration; raise ValueError with a sentence a user can act on."""
+    if spec.type is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("true", "yes", "on", "1"):
+                return True
+            if low in ("false", "no", "off", "0"):
+                return False
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, not {value!r}")
+        return value
+    if spec.type in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number, not {value!r}")
+        if isinstance(value, str):
+            try:
+                value = float(value.strip()) if spec.type is float else int(value.strip())
+            except ValueError:
+                kind = "a whole number" if spec.type is int else "a number"
+                raise ValueError(f"must be {kind}, not {value!r}") from None
+        if spec.type is int and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"must be a whole number, not {value!r}")
+            value = int(value)
+        if not isinstance(value, (int, float)):
+            raise ValueError(f"must be a number, not {value!r}")
+        value = spec.type(value)
+        if spec.min is not None and value < spec.min:
+            raise ValueError(f"must be at least {spec.min:g}, not {value:g}")
+        if spec.max is not None and value > spec.max:
+            raise ValueError(f"must be at most {spec.max:g}, not {value:g}")
+        return value
+    if spec.type is str:
+        if not isinstance(value, str):
+            raise ValueError(f"must be text (in quotes), not {value!r}")
+        if spec.choices and value not in spec.choices:
+            hint = _nearest(value, spec.choices)
+            raise ValueError(f"must be one of {', '.join(spec.choices)}, not {value!r}{hint}")
+        return value
+    if spec.type is list:
+        if not isinstance(value, list):
+            raise ValueError(f"must be a list, not {value!r}")
+        return value
+    raise TypeError(spec.type)  # a declaration bug, not user input
+
+
+def _nearest(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce_prompts(raw: list, where: str, problems: list[str]) -> list[SamplePrompt]:
+    prompts: list[SamplePrompt] = []
+    allowed = {f.name: f for f in dataclasses.fields(SamplePrompt)}
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            item = {"prompt": item}
+        if not isinstance(item, dict):
+            problems.append(f"{where}[{i}] must be a table with a prompt, not {item!r}")
+            continue
+        kwargs: dict[str, Any] = {}
+        for key, value in item.items():
+            if key not in allowed:
+                problems.append(f"sample.prompts[{i}].{key} is not a known key{_nearest(key, allowed)}")
+                continue
+            meta = allowed[key].metadata
+            spec = FieldSpec("sample.prompts", key, type(allowed[key].default), allowed[key].default,
+                             meta["help"], meta["min"], meta["max"], meta["choices"], None)
+            try:
+                kwargs[key] = coerce_value(spec, value)
+            except ValueError as exc:
+                problems.append(f"sample.prompts[{i}].{key} {exc}")
+        prompts.append(SamplePrompt(**kwargs))
+    return prompts
+
+
+def migrate(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Bring an older file up to CONFIG_VERSION; returns the data and what was changed."""
+    version = raw.get("version", CONFIG_VERSION)
+    notes: list[str] = []
+    # Version 1 is the first public layout; later versions add their steps here.
+    if version < CONFIG_VERSION:  # pragma: no cover - nothing older exists yet
+        notes.append(f"migrated from version {version}")
+    return raw, notes
+
+
+def config_from_dict(raw: dict[str, Any], source: str = CONFIG_NAME) -> ProjectConfig:
+    """Validate a parsed TOML document; every problem is collected before raising."""
+    problems: list[str] = []
+    version = raw.get("version", CONFIG_VERSION)
+    if not isinstance(version, int):
+        raise ConfigError(f"{source}: version must be a whole number, not {version!r}.")
+    if version > CONFIG_VERSION:
+        raise ConfigError(
+            f"{source} was written by a newer loratui (config version {version}; this one reads up to "
+            f"{CONFIG_VERSION}). Upgrade loratui with `pip install -U loratui`."
+        )
+    raw, _ = migrate(raw)
+    cfg = ProjectConfig(version=CONFIG_VERSION)
+    for key, value in raw.items():
+        if key == "name":
+            if isinstance(value, str) and value.strip():
+                cfg.name = value.strip()
+            else:
+                problems.append(f"name must be non-empty text, not {value!r}")
+        elif key == "version":
+            continue
+        elif key in SECTIONS:
+            if not isinstance(value, dict):
+                problems.append(f"[{key}] must be a table, not {value!r}")
+                continue
+            section_obj = getattr(cfg, key)
+            specs = {s.name: s for s in field_specs(key)}
+            for name, item in value.items():
+                if name not in specs:
+                    problems.append(f"{key}.{name} is not a known setting{_nearest(name, specs)}")
+                    continue
+                if key == "sample" and name == "prompts":
+                    if not isinstance(item, list):
+                        problems.append("sample.prompts must be a list of [[sample.prompts]] tables")
+                        continue
+                    setattr(section_obj, name, _coerce_prompts(item, "sample.prompts", problems))
+                    continue
+                try:
+                    setattr(section_obj, name, coerce_value(specs[name], item))
+                except ValueError as exc:
+                    problems.append(f"{key}.{name} {exc}")
+        else:
+            problems.append(f"{key} is not a known section or setting{_nearest(key, list(SECTIONS) + list(TOP_LEVEL))}")
+    problems.extend(cross_check(cfg))
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"{source} has {len(problems)} problem(s):\n{listing}\nEdit the file and run again.",
+                          problems)
+    return cfg
+
+
+def cross_check(cfg: ProjectConfig) -> list[str]:
+    """Rules that span fields."""
+    problems = []
+    if cfg.data.resolution % cfg.data.bucket_step:
+        problems.append(f"data.resolution ({cfg.data.resolution}) must be a multiple of data.bucket_step "
+                        f"({cfg.data.bucket_step})")
+    if cfg.data.resolution % 8:
+        problems.append(f"data.resolution must be a multiple of 8 (the VAE downsamples by 8), not {cfg.data.resolution}")
+    for which in ("images",):
+        p = getattr(cfg.data, which)
+        if not p:
+            problems.append(f"data.{which} must name a folder")
+    return problems
+
+
+def load_config(project_dir: Path) -> ProjectConfig:
+    path = Path(project_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist. Create a project with `loratui new {project_dir}`.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} cannot be read: {exc}.") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message already ends with "(at line L, column C)".
+        raise ConfigError(f"{path} is not valid TOML: {exc}. Fix that line and run again.") from None
+    return config_from_dict(raw, str(path))
+
+
+def save_config(project_dir: Path, cfg: ProjectConfig) -> Path:
+    """Write the config, keeping the user's comments and layout where the file already exists."""
+    from loratui.tomlfile import write_config_toml
+
+    return write_config_toml(Path(project_dir) / CONFIG_NAME, cfg)
+
+
+def apply_override(cfg: ProjectConfig, assignment: str) -> None:
+    """Apply one ``section.key=value`` from the command line, with the same checks as the file."""
+    path, sep, text = assignment.partition("=")
+    if not sep:
+        raise ConfigError(f"--set {assignment!r}: write it as section.key=value, e.g. train.max_steps=200")
+    path = path.strip()
+    if path == "name":
+        cfg.name = text
+        return
+    try:
+        spec = field_spec(path)
+    except KeyError:
+        names = [s.path for s in field_specs()]
+        raise ConfigError(f"--set {path}: not a known setting{_nearest(path, names)}") from None
+    try:
+        value = coerce_value(spec, text)
+    except ValueError as exc:
+        raise ConfigError(f"--set {path} {exc}") from None
+    setattr(getattr(cfg, spec.section), spec.name, value)
+    problems = cross_check(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))

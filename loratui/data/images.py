@@ -177,11 +177,16 @@ def _decode(path: Path, im: Image.Image) -> None:
         raise ImageProblem(path, f"{kind} {fmt}: cannot be decoded ({detail}); skipped") from None
 
 
-def load_image(path: Path | str, *, data: bytes | None = None) -> LoadedImage:
+def load_image(
+    path: Path | str, *, data: bytes | None = None, check_only: bool = False
+) -> LoadedImage:
     """Decode ``path`` fully and return it as RGB with notes on every conversion.
 
     ``data`` lets a caller that already read the bytes (to hash them) avoid a
-    second read.  Raises ImageProblem for anything that cannot be trained on.
+    second read.  ``check_only`` lets JPEG decode at 1/8 scale: every byte is
+    still entropy-decoded, so truncation is still found, at a fraction of the
+    cost; the returned picture is then small but ``original_size`` is not.
+    Raises ImageProblem for anything that cannot be trained on.
     """
     path = Path(path)
     if data is None:
@@ -191,10 +196,13 @@ def load_image(path: Path | str, *, data: bytes | None = None) -> LoadedImage:
     im = _open(path, data)
     notes: list[str] = []
     fmt = im.format
+    full_w, full_h = im.size
     frames = getattr(im, "n_frames", 1)
     if getattr(im, "is_animated", False) and frames > 1:
         im.seek(0)
         notes.append(f"animated ({frames} frames); only the first frame is used")
+    if check_only and fmt == "JPEG":
+        im.draft(im.mode, (max(1, full_w // 8), max(1, full_h // 8)))
     _decode(path, im)
     original_mode = im.mode
     orientation = _exif_orientation(im)
@@ -208,13 +216,14 @@ def load_image(path: Path | str, *, data: bytes | None = None) -> LoadedImage:
     if orientation not in _ORIENTATION_WORDS:
         orientation = 1
     rgb = to_rgb(rotated, notes)
+    size = (full_h, full_w) if orientation in (5, 6, 7, 8) else (full_w, full_h)
     return LoadedImage(
         image=rgb,
         original_mode=original_mode,
         notes=notes,
         exif_orientation=orientation,
         format=fmt,
-        original_size=rgb.size,
+        original_size=size,
     )
 
 

@@ -401,7 +401,8 @@ def _skipped(path: Path, rel: str, reason: str) -> ImageRecord:
 
 def _note_duplicates(records: list[ImageRecord]) -> None:
     first_seen: dict[str, ImageRecord] = {}
-    for r in records:
+    # A real file is the original and a symlink to it the copy, whatever the names.
+    for r in sorted(records, key=lambda r: (r.path.is_symlink(), r.rel)):
         if not r.usable or not r.sha256:
             continue
         original = first_seen.setdefault(r.sha256, r)

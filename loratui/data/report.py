@@ -1,0 +1,174 @@
+"""The dataset report: what the wizard's Images step shows and what
+``loratui check DIR`` prints, as a rich renderable and as plain lines."""
+
+from __future__ import annotations
+
+from math import gcd
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from loratui.data.scan import ImageRecord, ScanReport
+
+_BAR_WIDTH = 30
+
+
+def display_name(rel: str) -> str:
+    """A file name safe to print on one terminal line.
+
+    Control characters (a newline in a file name happens) become escapes, and
+    bytes that are not valid UTF-8 show as \\x.. instead of crashing print().
+    """
+    out = []
+    for ch in rel:
+        if ch in "\n\r\t" or ord(ch) < 32 or ord(ch) == 127:
+            out.append(repr(ch)[1:-1])
+        else:
+            out.append(ch)
+    text = "".join(out)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _aspect(bucket: tuple[int, int]) -> str:
+    w, h = bucket
+    g = gcd(w, h)
+    return f"{w // g}:{h // g}"
+
+
+def summary_line(report: ScanReport) -> str:
+    total = len(report.records)
+    usable = report.usable
+    converted = sum(1 for r in usable if r.status == "converted")
+    parts = [
+        f"{total} image{'s' if total != 1 else ''}",
+        f"{len(usable)} usable" + (f" ({converted} converted)" if converted else ""),
+        f"{len(report.skipped)} skipped",
+        f"{report.images_per_epoch} images/epoch",
+        f"{report.steps_per_epoch(1)} steps/epoch at batch size 1",
+    ]
+    missing = len(report.missing_captions)
+    if missing:
+        parts.append(f"{missing} without caption")
+    return ", ".join(parts)
+
+
+def _size(r: ImageRecord) -> str:
+    return f"{r.width}×{r.height}" if r.width else "—"
+
+
+def _bucket(r: ImageRecord) -> str:
+    return f"{r.bucket[0]}×{r.bucket[1]}" if r.bucket else "—"
+
+
+def _verdict(report: ScanReport) -> str:
+    code = report.exit_code
+    if code == 0:
+        return "Every image can be trained."
+    if code == 1:
+        return "Trainable: the skipped images are left out."
+    return "Nothing here can be trained."
+
+
+def report_lines(report: ScanReport) -> list[str]:
+    """The report as plain text lines, for logs, tests and non-terminal output."""
+    lines = [f"Dataset {report.images_dir} at {report.resolution} px"]
+    if report.error:
+        lines.append(f"Error: {report.error}")
+        return lines
+    lines.append(summary_line(report))
+    problem_records = [r for r in report.records if r.problems or r.info]
+    if problem_records:
+        lines.append("Problems:")
+        for r in problem_records:
+            head = f"  {display_name(r.rel)} [{r.status}] {_size(r)}"
+            if r.bucket:
+                head += f" → {_bucket(r)}"
+            lines.append(head)
+            lines.extend(f"    - {display_name(p)}" for p in r.problems)
+            lines.extend(f"    · {display_name(i)}" for i in r.info)
+    if report.notices:
+        lines.append("Notices:")
+        lines.extend(f"  - {display_name(n)}" for n in report.notices)
+    histogram = report.bucket_histogram
+    if histogram:
+        lines.append("Buckets (images per epoch, repeats included):")
+        peak = max(histogram.values())
+        for bucket, count in histogram.items():
+            bar = "█" * max(1, round(count / peak * _BAR_WIDTH))
+            lines.append(f"  {_bucket_label(bucket):>9} {_aspect(bucket):>5} {count:>5} {bar}")
+    lines.append(_verdict(report))
+    return lines
+
+
+def _bucket_label(bucket: tuple[int, int]) -> str:
+    return f"{bucket[0]}×{bucket[1]}"
+
+
+_STATUS_STYLE = {"ok": "", "converted": "yellow", "skipped": "bold red"}
+
+
+def render_report(report: ScanReport) -> RenderableType:
+    """The report for a rich console or a Textual Static."""
+    title = Text.assemble(
+        ("Dataset ", "bold"), (str(report.images_dir), "bold"), f" at {report.resolution} px"
+    )
+    if report.error:
+        return Group(title, Text(f"Error: {report.error}", style="bold red"))
+    parts: list[RenderableType] = [title, Text(summary_line(report))]
+    problems = _problem_table(report)
+    if problems is not None:
+        parts.append(problems)
+    if report.notices:
+        notices = Text()
+        for n in report.notices:
+            notices.append(f"• {display_name(n)}\n")
+        notices.rstrip()
+        parts.append(notices)
+    histogram = _histogram_table(report)
+    if histogram is not None:
+        parts.append(histogram)
+    style = {0: "green", 1: "yellow", 2: "bold red"}[report.exit_code]
+    parts.append(Text(_verdict(report), style=style))
+    return Group(*parts)
+
+
+def _problem_table(report: ScanReport) -> Table | None:
+    rows = [r for r in report.records if r.problems or r.info]
+    if not rows:
+        return None
+    table = Table(title="Problems", title_justify="left", expand=False, show_lines=False)
+    table.add_column("File", overflow="fold")
+    table.add_column("Status")
+    table.add_column("Size", justify="right")
+    table.add_column("Bucket", justify="right")
+    table.add_column("Problem", overflow="fold")
+    for r in rows:
+        style = _STATUS_STYLE.get(r.status, "")
+        messages = [(p, "") for p in r.problems] + [(i, "dim") for i in r.info]
+        for index, (message, message_style) in enumerate(messages):
+            first = index == 0
+            table.add_row(
+                display_name(r.rel) if first else "",
+                Text(r.status, style=style) if first else "",
+                _size(r) if first else "",
+                _bucket(r) if first else "",
+                Text(display_name(message), style=message_style),
+            )
+    return table
+
+
+def _histogram_table(report: ScanReport) -> Table | None:
+    histogram = report.bucket_histogram
+    if not histogram:
+        return None
+    table = Table(title="Buckets (images per epoch)", title_justify="left", box=None)
+    table.add_column("Bucket", justify="right")
+    table.add_column("Aspect", justify="right")
+    table.add_column("Images", justify="right")
+    table.add_column("")
+    peak = max(histogram.values())
+    for bucket, count in histogram.items():
+        bar = "█" * max(1, round(count / peak * _BAR_WIDTH))
+        table.add_row(_bucket_label(bucket), _aspect(bucket), str(count), Text(bar, style="cyan"))
+    return table

@@ -1,0 +1,154 @@
+"""Which Stable Diffusion family a model is, from its configs or its keys.
+
+Pure functions on already-read configs and key lists, so they are cheap
+(nothing here loads weights) and testable with made-up inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "Stable Diffusion XL"}
+
+# Native training resolution of the published models, used when a model's
+# own config does not say (single files without a sample_size).
+NATIVE_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024}
+
+
+class FamilyError(ValueError):
+    """The inputs do not look like any supported Stable Diffusion model."""
+
+
+def family_from_configs(
+    model_index: Mapping[str, Any],
+    unet_config: Mapping[str, Any] | None,
+    text_encoder_config: Mapping[str, Any] | None = None,
+) -> str:
+    """Family of a diffusers folder from model_index.json and the UNet config.
+
+    SDXL is recognised by its second text encoder or its size-conditioning
+    embedding; SD1 and SD2 by the text width the UNet attends to (768 is
+    CLIP-L, 1024 OpenCLIP-H). Models of other widths (fine-tune
+    experiments, the built-ins) fall back to what distinguishes SD2's design:
+    linear transformer projections and an OpenCLIP-style gelu text encoder.
+    """
+    class_name = str(model_index.get("_class_name", ""))
+    unet = dict(unet_config or {})
+    if (
+        "XL" in class_name
+        or "text_encoder_2" in model_index
+        or unet.get("addition_embed_type") == "text_time"
+    ):
+        return "sdxl"
+    if unet and unet.get("in_channels", 4) not in (4, 9):
+        raise FamilyError(
+            f"the UNet takes {unet.get('in_channels')} input channels; "
+            "only Stable Diffusion 1.x, 2.x and XL text-to-image models are supported"
+        )
+    cross = unet.get("cross_attention_dim")
+    if isinstance(cross, (list, tuple)):
+        cross = cross[0] if cross else None
+    if cross == 768:
+        return "sd1"
+    if cross == 1024:
+        return "sd2"
+    if unet.get("use_linear_projection"):
+        return "sd2"
+    if text_encoder_config and text_encoder_config.get("hidden_act") == "gelu":
+        return "sd2"
+    if "StableDiffusion" in class_name or unet:
+        return "sd1"
+    raise FamilyError(f"model_index.json names {class_name or 'no pipeline class'} and has no UNet config")
+
+
+def prediction_from_scheduler_config(scheduler_config: Mapping[str, Any] | None) -> str:
+    """epsilon or v_prediction, as the model's scheduler config declares."""
+    value = (scheduler_config or {}).get("prediction_type") or "epsilon"
+    if value not in PREDICTION_TYPES:
+        raise FamilyError(
+            f"scheduler prediction_type {value!r} is not supported; expected one of {', '.join(PREDICTION_TYPES)}"
+        )
+    return str(value)
+
+
+# Key fragments of original (LDM/SGM) checkpoints. kohya, A1111 and diffusers'
+# from_single_file recognise the families by the same text-encoder prefixes.
+_SDXL_KEYS = ("conditioner.embedders.1.",)
+_SD2_KEYS = ("cond_stage_model.model.transformer.", "cond_stage_model.model.token_embedding")
+_SD1_KEYS = ("cond_stage_model.transformer.",)
+_UNET_KEYS = ("model.diffusion_model.",)
+
+
+def family_from_keys(keys: Iterable[str]) -> str:
+    """Family of an original-layout single-file checkpoint from its tensor names."""
+    key_list = list(keys)
+
+    def has(prefixes: tuple[str, ...]) -> bool:
+        return any(k.startswith(prefixes) for k in key_list)
+
+    if has(_SDXL_KEYS):
+        return "sdxl"
+    if has(_SD2_KEYS):
+        return "sd2"
+    if has(_SD1_KEYS):
+        return "sd1"
+    if has(_UNET_KEYS):
+        # A UNet without its text encoder: SDXL's label embedding (size
+        # conditioning) is the one sure sign; otherwise assume SD1.
+        if any(k.startswith("model.diffusion_model.label_emb.") for k in key_list):
+            return "sdxl"
+        return "sd1"
+    if any(k.startswith(("lora_unet_", "lora_te", "unet.", "transformer.")) for k in key_list):
+        raise FamilyError("this file holds a LoRA or an adapter, not a base model")
+    if any(k.startswith(("down_blocks.", "conv_in.")) for k in key_list):
+        raise FamilyError(
+            "this file holds a single diffusers component, not a whole checkpoint; "
+            "point at the diffusers folder that contains model_index.json instead"
+        )
+    raise FamilyError("no Stable Diffusion UNet or text-encoder tensors were found in it")
+
+
+def prediction_from_keys(keys: Iterable[str], family: str) -> str:
+    """Prediction type of a single-file checkpoint.
+
+    Checkpoints trained for v-prediction usually carry an empty ``v_pred``
+    tensor as a marker (the convention of the SDXL v-pred fine-tunes and
+    A1111/Forge). Without it SD2 is taken as v-prediction, as diffusers does,
+    because the 768 px 2.0/2.1 models most SD2 files derive from are; SD1
+    and SDXL as epsilon. The user can override either in the config.
+    """
+    if any(k == "v_pred" or k.endswith(".v_pred") for k in keys):
+        return "v_prediction"
+    return "v_prediction" if family == "sd2" else "epsilon"
+
+
+def native_resolution(family: str, prediction_type: str, unet_config: Mapping[str, Any] | None = None) -> int:
+    """Pixel size the model was trained at.
+
+    A UNet config's sample_size (in latents) times the VAE's 8x is the
+    model's own statement; the family default covers configs without one.
+    """
+    sample = (unet_config or {}).get("sample_size")
+    if isinstance(sample, (list, tuple)):
+        sample = sample[0] if sample else None
+    if isinstance(sample, int) and sample > 0:
+        return sample * 8
+    if family == "sd2" and prediction_type == "v_prediction":
+        return 768
+    return NATIVE_RESOLUTION[family]
+
+
+def check_family(value: str) -> str:
+    if value not in FAMILIES:
+        raise FamilyError(f"family {value!r} is not known; use one of {', '.join(FAMILIES)}")
+    return value
+
+
+def check_prediction_type(value: str) -> str:
+    if value not in PREDICTION_TYPES:
+        raise FamilyError(f"prediction_type {value!r} is not known; use one of {', '.join(PREDICTION_TYPES)}")
+    return value

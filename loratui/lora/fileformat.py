@@ -1,0 +1,499 @@
+"""LoRA files: kohya format (the default everywhere), diffusers/PEFT format, and both ways between.
+
+A file is read into a :class:`LoRAFile` whose modules are keyed by kohya name
+whatever the file's own spelling, so the rest of loratui sees one format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from loratui.lora.layer import LoRANetwork
+from loratui.lora.naming import (
+    DIFFUSERS_PREFIX,
+    KOHYA_PREFIX,
+    UNetLayout,
+    base_model_version,
+    guess_family,
+    kohya_to_module_path,
+    module_path_to_kohya,
+    normalize_family,
+    split_kohya_name,
+)
+
+LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+_KOHYA_PREFIXES = tuple(p + "_" for p in KOHYA_PREFIX.values())
+
+
+@dataclass
+class LoRAWeights:
+    """One module's factors: down ``[r, in(, kh, kw)]``, up ``[out, r(, 1, 1)]`` and alpha."""
+
+    down: torch.Tensor
+    up: torch.Tensor
+    alpha: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+
+@dataclass
+class LoRAFile:
+    """A LoRA file's contents with kohya module names."""
+
+    path: Path | None
+    format: str  # "kohya", "diffusers" or "diffusers-old"
+    family: str | None  # "sd1", "sd2", "sdxl" or None when it cannot be told
+    metadata: dict[str, str]
+    modules: dict[str, LoRAWeights] = field(default_factory=dict)
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {name: w.rank for name, w in self.modules.items()}
+
+    @property
+    def alphas(self) -> dict[str, float]:
+        return {name: w.alpha for name, w in self.modules.items()}
+
+    def component_counts(self) -> dict[str, int]:
+        return dict(Counter(split_kohya_name(name)[0] for name in self.modules))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """kohya-keyed tensors, alpha as a 0-dim float32 tensor."""
+        sd: dict[str, torch.Tensor] = {}
+        for name, w in self.modules.items():
+            sd[f"{name}.lora_down.weight"] = w.down
+            sd[f"{name}.lora_up.weight"] = w.up
+            sd[f"{name}.alpha"] = torch.tensor(w.alpha, dtype=torch.float32)
+        return sd
+
+
+# -- hashes and atomic writes -------------------------------------------------------------
+
+
+def safetensors_hashes(data: bytes) -> tuple[str, str]:
+    """(sshs_model_hash, sshs_legacy_hash) of serialised safetensors bytes, as kohya and A1111 compute them."""
+    header_len = int.from_bytes(data[:8], "little")
+    model_hash = hashlib.sha256(data[8 + header_len :]).hexdigest()
+    legacy_hash = hashlib.sha256(data[0x100000 : 0x100000 + 0x10000]).hexdigest()[:8]
+    return model_hash, legacy_hash
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write next to the target, fsync, rename over it: a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass  # some filesystems refuse to fsync a directory; the data itself is synced
+    finally:
+        os.close(dir_fd)
+
+
+def _stringify(metadata: Mapping[str, object]) -> dict[str, str]:
+    out = {}
+    for key, value in metadata.items():
+        if value is None:
+            continue
+        out[str(key)] = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return out
+
+
+def _serialise_with_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    # kohya hashes a serialisation that carries only its ss_* keys; the model
+    # hash covers tensor bytes only, so it matches the final file regardless.
+    model_hash, legacy_hash = safetensors_hashes(st_save(tensors, {k: v for k, v in metadata.items() if k.startswith("ss_")}))
+    return st_save(tensors, {**metadata, "sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash})
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    component: str
+    name: str  # kohya name
+    path: str  # canonical diffusers module path
+    weights: LoRAWeights
+
+
+def _entries_from_networks(networks: Mapping[str, LoRANetwork]) -> tuple[list[_Entry], str]:
+    entries, families = [], set()
+    for network in networks.values():
+        families.add(network.family)
+        for name, module in network.items():
+            w = LoRAWeights(module.lora_down.weight.detach(), module.lora_up.weight.detach(), float(module.alpha))
+            entries.append(_Entry(network.component, name, network.module_paths[name], w))
+    if len(families) > 1:
+        raise ValueError(f"networks from different model families cannot share a file: {sorted(families)}")
+    names = Counter(e.name for e in entries)
+    if dupes := [n for n, c in names.items() if c > 1]:
+        raise ValueError(f"two networks write the same LoRA module: {dupes[:3]}")
+    return entries, families.pop() if families else "sd1"
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    t = t.detach().to("cpu")
+    return (t.to(dtype) if dtype is not None else t).contiguous()
+
+
+def _alpha_tensor(alpha: float, dtype: torch.dtype | None) -> torch.Tensor:
+    # kohya stores alpha in the save dtype; keep float32 when that would round it.
+    if dtype is not None and float(torch.tensor(alpha, dtype=dtype)) == alpha:
+        return torch.tensor(alpha, dtype=dtype)
+    return torch.tensor(alpha, dtype=torch.float32)
+
+
+def _default_metadata(entries: list[_Entry], family: str) -> dict[str, str]:
+    ranks = Counter(e.weights.rank for e in entries)
+    alphas = Counter(e.weights.alpha for e in entries)
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_base_model_version": base_model_version(family),
+        "ss_v2": str(family == "sd2"),
+    }
+    if ranks:
+        meta["ss_network_dim"] = str(ranks.most_common(1)[0][0])
+        meta["ss_network_alpha"] = f"{alphas.most_common(1)[0][0]:g}"
+    return meta
+
+
+def _write_kohya(path: Path, entries: list[_Entry], family: str, metadata: Mapping[str, object],
+                 dtype: torch.dtype | None) -> None:  # fmt: skip
+    tensors: dict[str, torch.Tensor] = {}
+    for e in entries:
+        if not e.name.startswith(_KOHYA_PREFIXES):
+            raise ValueError(f"{e.name!r} is not a kohya LoRA name")
+        tensors[f"{e.name}.lora_down.weight"] = _cast(e.weights.down, dtype)
+        tensors[f"{e.name}.lora_up.weight"] = _cast(e.weights.up, dtype)
+        tensors[f"{e.name}.alpha"] = _alpha_tensor(e.weights.alpha, dtype)
+    meta = {**_default_metadata(entries, family), **_stringify(metadata)}
+    write_atomic(Path(path), _serialise_with_hashes(tensors, meta))
+
+
+def save_kohya(path: str | os.PathLike[str], networks: Mapping[str, LoRANetwork], metadata: Mapping[str, object],
+               *, dtype: torch.dtype | None = torch.float16) -> None:  # fmt: skip
+    """Write the networks as a kohya LoRA (loads in A1111, Forge, ComfyUI and diffusers)."""
+    entries, family = _entries_from_networks(networks)
+    _write_kohya(Path(path), entries, family, metadata, dtype)
+
+
+def _peft_target(component: str, path: str) -> str:
+    # Patterns without "text_model." match CLIPTextModel under transformers 4
+    # and 5 alike (PEFT matches a pattern against the end of a module path).
+    return path.removeprefix("text_model.") if component != "unet" else path
+
+
+def _adapter_metadata(entries: list[_Entry]) -> dict[str, object]:
+    packed: dict[str, object] = {}
+    by_prefix: dict[str, list[_Entry]] = {}
+    for e in entries:
+        by_prefix.setdefault(DIFFUSERS_PREFIX[e.component], []).append(e)
+    for prefix, group in by_prefix.items():
+        r = Counter(e.weights.rank for e in group).most_common(1)[0][0]
+        alpha = Counter(e.weights.alpha for e in group).most_common(1)[0][0]
+        packed[f"{prefix}.r"] = r
+        packed[f"{prefix}.lora_alpha"] = alpha
+        packed[f"{prefix}.target_modules"] = sorted(_peft_target(e.component, e.path) for e in group)
+        packed[f"{prefix}.rank_pattern"] = {
+            _peft_target(e.component, e.path): e.weights.rank for e in group if e.weights.rank != r
+        }
+        packed[f"{prefix}.alpha_pattern"] = {
+            _peft_target(e.component, e.path): e.weights.alpha for e in group if e.weights.alpha != alpha
+        }
+    return packed
+
+
+def _write_diffusers(path: Path, entries: list[_Entry], family: str, metadata: Mapping[str, object],
+                     dtype: torch.dtype | None) -> None:  # fmt: skip
+    tensors: dict[str, torch.Tensor] = {}
+    for e in entries:
+        key = f"{DIFFUSERS_PREFIX[e.component]}.{e.path}"
+        tensors[f"{key}.lora_A.weight"] = _cast(e.weights.down, dtype)
+        tensors[f"{key}.lora_B.weight"] = _cast(e.weights.up, dtype)
+    meta = {**_default_metadata(entries, family), **_stringify(metadata), "format": "pt"}
+    meta[LORA_ADAPTER_METADATA_KEY] = json.dumps(_adapter_metadata(entries), indent=2, sort_keys=True)
+    write_atomic(Path(path), _serialise_with_hashes(tensors, meta))
+
+
+def save_diffusers(path: str | os.PathLike[str], networks: Mapping[str, LoRANetwork], metadata: Mapping[str, object],
+                   *, dtype: torch.dtype | None = torch.float16) -> None:  # fmt: skip
+    """Write the networks in the diffusers/PEFT format, with alpha kept in ``lora_adapter_metadata``."""
+    entries, family = _entries_from_networks(networks)
+    _write_diffusers(Path(path), entries, family, metadata, dtype)
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+_HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap
+_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
+
+
+class LoRAFileError(ValueError):
+    """A LoRA file that cannot be read; the message names the file and what to do."""
+
+
+def _validated_bytes(path: Path) -> bytes:
+    """The file's bytes after checking the safetensors header, before any tensor is allocated."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise LoRAFileError(f"cannot read LoRA file {path}: {exc.strerror}") from exc
+    broken = f"LoRA file {path} is truncated or corrupt"
+    hint = "; copy or download it again"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise LoRAFileError(f"{broken} ({size} bytes, not a safetensors file){hint}")
+        n = int.from_bytes(head, "little")
+        if n > _HEADER_LIMIT or 8 + n > size:
+            raise LoRAFileError(f"{broken}: header claims {n} bytes but the file has {size}{hint}")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise LoRAFileError(f"{broken}: the safetensors header is not valid JSON ({exc}){hint}") from exc
+        if not isinstance(header, dict):
+            raise LoRAFileError(f"{broken}: the safetensors header is not a JSON object{hint}")
+        data_len = size - 8 - n
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            try:
+                start, end = (int(v) for v in info["data_offsets"])
+                numel = 1
+                for dim in info["shape"]:
+                    numel *= int(dim)
+                itemsize = _DTYPE_SIZES.get(info["dtype"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise LoRAFileError(f"{broken}: bad header entry for tensor {key!r}{hint}") from exc
+            if not 0 <= start <= end <= data_len:
+                raise LoRAFileError(f"{broken}: tensor {key!r} lies beyond the end of the file{hint}")
+            if itemsize is not None and (end - start) != numel * itemsize:
+                raise LoRAFileError(f"{broken}: tensor {key!r} has {end - start} bytes for shape {info['shape']}{hint}")
+        f.seek(0)
+        return f.read()
+
+
+_PEFT_SUFFIX = re.compile(
+    r"^(?P<module>.+?)(?:\.lora_(?P<peft>[AB])\.weight|\.lora(?:_linear_layer)?\.(?P<old>down|up)\.weight"
+    r"|_lora\.(?P<proc>down|up)\.weight|\.alpha)$"
+)
+_DIFFUSERS_COMPONENTS = {"unet": "unet", "text_encoder": "te", "text_encoder_2": "te2"}
+
+
+def _diffusers_module_path(module: str) -> tuple[str, str]:
+    """``unet.down_blocks...attn1.processor.to_q`` -> (``unet``, canonical module path)."""
+    prefix, _, path = module.partition(".")
+    if prefix not in _DIFFUSERS_COMPONENTS:
+        raise LoRAFileError(f"unknown component {prefix!r} in LoRA key {module!r}")
+    path = path.replace(".processor.", ".")
+    path = re.sub(r"\.to_out$", ".to_out.0", path)
+    if prefix != "unet" and not path.startswith("text_model."):
+        path = "text_model." + path
+    return _DIFFUSERS_COMPONENTS[prefix], path
+
+
+def _adapter_alpha(adapter: dict[str, object], prefix: str, path: str, rank: int) -> float:
+    pattern = adapter.get(f"{prefix}.alpha_pattern") or {}
+    assert isinstance(pattern, dict)
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", path):
+            return float(value)
+    alpha = adapter.get(f"{prefix}.lora_alpha")
+    return float(alpha) if alpha is not None else float(rank)  # type: ignore[arg-type]
+
+
+def _read_diffusers(tensors: dict[str, torch.Tensor], metadata: dict[str, str], family: str | None,
+                    layout: UNetLayout | None, path: Path) -> tuple[dict[str, LoRAWeights], str, str | None]:  # fmt: skip
+    adapter = json.loads(metadata.get(LORA_ADAPTER_METADATA_KEY, "{}") or "{}")
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    fmt = "diffusers"
+    for key, tensor in tensors.items():
+        m = _PEFT_SUFFIX.match(key)
+        if m is None:
+            raise LoRAFileError(f"LoRA file {path} has a key loratui cannot read: {key!r} (LyCORIS/DoRA are not supported)")
+        part = {"A": "down", "B": "up"}.get(m["peft"] or "", m["old"] or m["proc"] or "alpha")
+        fmt = fmt if m["peft"] or part == "alpha" else "diffusers-old"
+        pairs.setdefault(m["module"], {})[part] = tensor
+    located = {module: _diffusers_module_path(module) for module in pairs}
+    if family is None:
+        has_te2 = any(c == "te2" for c, _ in located.values())
+        family = "sdxl" if has_te2 else guess_family(
+            {f"lora_unet_{p.replace('.', '_')}" if c == "unet" else f"lora_te_{p.replace('.', '_')}": tuple(t["down"].shape)
+             for (c, p), t in zip(located.values(), pairs.values()) if "down" in t},
+            metadata,
+        )  # fmt: skip
+    naming_family = family or "sd1"
+    modules: dict[str, LoRAWeights] = {}
+    for module, parts in pairs.items():
+        if "down" not in parts or "up" not in parts:
+            raise LoRAFileError(f"LoRA file {path}: module {module!r} lacks its {'up' if 'down' in parts else 'down'} weight")
+        component, mpath = located[module]
+        if component == "te" and naming_family == "sdxl":
+            component = "te1"
+        rank = int(parts["down"].shape[0])
+        if "alpha" in parts:
+            alpha = float(parts["alpha"].float().reshape(-1)[0])
+        else:
+            prefix = module.partition(".")[0]
+            peft_path = mpath.removeprefix("text_model.") if component != "unet" else mpath
+            alpha = _adapter_alpha(adapter, prefix, peft_path, rank)
+        name = module_path_to_kohya(component, mpath, naming_family, layout)
+        modules[name] = LoRAWeights(parts["down"], parts["up"], alpha)
+    return modules, fmt, family
+
+
+def _read_kohya(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, LoRAWeights]:
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        name, _, suffix = key.partition(".")
+        if suffix not in ("lora_down.weight", "lora_up.weight", "alpha"):
+            raise LoRAFileError(
+                f"LoRA file {path} has a key loratui cannot read: {key!r} (only plain LoRA is supported, "
+                "not LoCon-with-mid/LoHa/LoKr/DoRA)"
+            )
+        parts.setdefault(name, {})[suffix.split(".")[0]] = tensor
+    modules = {}
+    for name, p in parts.items():
+        if "lora_down" not in p or "lora_up" not in p:
+            raise LoRAFileError(f"LoRA file {path}: module {name!r} lacks its {'lora_up' if 'lora_down' in p else 'lora_down'} weight")
+        rank = int(p["lora_down"].shape[0])
+        # Every loader reads a missing alpha as alpha = rank (scale 1).
+        alpha = float(p["alpha"].float().reshape(-1)[0]) if "alpha" in p else float(rank)
+        modules[name] = LoRAWeights(p["lora_down"], p["lora_up"], alpha)
+    return modules
+
+
+def _normalise_names(modules: dict[str, LoRAWeights], family: str, layout: UNetLayout | None) -> dict[str, LoRAWeights]:
+    """Rename modules to the spelling this family's loaders expect (SGM for SDXL, diffusers for SD1/SD2)."""
+    out = {}
+    for name, w in modules.items():
+        try:
+            component, mpath = kohya_to_module_path(name, family, layout)
+            out[module_path_to_kohya(component, mpath, family, layout)] = w
+        except ValueError:
+            out[name] = w
+    return out
+
+
+def load_lora_file(path: str | os.PathLike[str], *, family: str | None = None,
+                   layers_per_block: int | None = None) -> LoRAFile:  # fmt: skip
+    """Read a kohya or diffusers/PEFT LoRA file into kohya-named modules.
+
+    ``family`` and ``layers_per_block`` decide SDXL's SGM block numbers when the
+    file does not say (default: guessed, SDXL layers_per_block 2).
+    """
+    path = Path(path)
+    data = _validated_bytes(path)
+    try:
+        tensors = st_load(data)
+    except Exception as exc:  # safetensors raises its own error types
+        raise LoRAFileError(f"LoRA file {path} could not be read as safetensors ({exc}); copy it again") from exc
+    header_len = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+    if not tensors:
+        raise LoRAFileError(f"LoRA file {path} holds no tensors")
+    family = normalize_family(family) if family else None
+    if all(k.startswith(_KOHYA_PREFIXES) for k in tensors):
+        modules = _read_kohya(tensors, path)
+        fmt = "kohya"
+        family = family or guess_family({n: tuple(w.down.shape) for n, w in modules.items()}, metadata)
+    elif all(k.partition(".")[0] in _DIFFUSERS_COMPONENTS for k in tensors):
+        layout = UNetLayout.for_family(family or "sdxl", layers_per_block)
+        modules, fmt, family = _read_diffusers(tensors, metadata, family, layout, path)
+    else:
+        odd = next(k for k in tensors if not k.startswith(_KOHYA_PREFIXES))
+        raise LoRAFileError(
+            f"LoRA file {path} is neither kohya (lora_unet_/lora_te_ keys) nor diffusers (unet./text_encoder. keys); "
+            f"first unrecognised key: {odd!r}"
+        )
+    if family is not None:
+        modules = _normalise_names(modules, family, UNetLayout.for_family(family, layers_per_block))
+    return LoRAFile(path, fmt, family, dict(metadata), modules)
+
+
+# -- conversion and reuse -----------------------------------------------------------------------
+
+
+def _entries_from_file(lora: LoRAFile, family: str, layers_per_block: int | None) -> list[_Entry]:
+    layout = UNetLayout.for_family(family, layers_per_block)
+    entries = []
+    for name, w in lora.modules.items():
+        component, mpath = kohya_to_module_path(name, family, layout)
+        entries.append(_Entry(component, name, mpath, w))
+    return entries
+
+
+def convert_lora_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], to: str, *,
+                      family: str | None = None, layers_per_block: int | None = None,
+                      dtype: torch.dtype | None = None) -> LoRAFile:  # fmt: skip
+    """Rewrite ``src`` as ``to`` ("kohya" or "diffusers"), keeping every module's scale alpha/rank."""
+    if to not in ("kohya", "diffusers"):
+        raise ValueError(f"unknown LoRA format {to!r}; expected 'kohya' or 'diffusers'")
+    lora = load_lora_file(src, family=family, layers_per_block=layers_per_block)
+    fam = lora.family or (normalize_family(family) if family else None)
+    if fam is None:
+        raise LoRAFileError(f"cannot tell whether {src} is for SD1, SD2 or SDXL; pass the model family explicitly")
+    entries = _entries_from_file(lora, fam, layers_per_block)
+    # Our own hashes are recomputed for the new bytes.
+    meta = {k: v for k, v in lora.metadata.items() if k not in ("sshs_model_hash", "sshs_legacy_hash", "format",
+                                                                  LORA_ADAPTER_METADATA_KEY)}  # fmt: skip
+    writer = _write_kohya if to == "kohya" else _write_diffusers
+    writer(Path(dst), entries, fam, meta, dtype)
+    return load_lora_file(dst, family=fam, layers_per_block=layers_per_block)
+
+
+def apply_lora_file(lora_file: LoRAFile | str | os.PathLike[str], networks: Mapping[str, LoRANetwork], *,
+                    strict: bool = True) -> None:  # fmt: skip
+    """Load a file's weights into injected networks, to continue training from an existing LoRA."""
+    lora = lora_file if isinstance(lora_file, LoRAFile) else load_lora_file(lora_file)
+    family = next(iter(networks.values())).family if networks else None
+    if family is not None and lora.family not in (None, family):
+        lora = LoRAFile(lora.path, lora.format, family, lora.metadata, _normalise_names(lora.modules, family, None))
+    sd = lora.state_dict()
+    prefixes = {KOHYA_PREFIX[n.component] + "_": n for n in networks.values()}
+    used: set[str] = set()
+    for prefix, network in prefixes.items():
+        # "lora_te_" is a prefix of neither "lora_te1_" nor "lora_te2_", so this split is exact.
+        part = {k: v for k, v in sd.items() if k.startswith(prefix)}
+        network.load_state_dict(part, strict=strict)
+        used.update(part)
+    left = sorted({k.partition(".")[0] for k in sd if k not in used})
+    if strict and left:
+        raise ValueError(
+            f"LoRA file {lora.path} has {len(left)} modules no network here takes (e.g. {left[0]}); "
+            "turn on text-encoder training or pick the matching base model family"
+        )

@@ -1,0 +1,292 @@
+"""One LoRA adapter around a frozen Linear or Conv2d layer.
+
+The tensor layout is kohya's (``lora_down`` / ``lora_up`` submodules and a
+0-dim ``alpha`` buffer) so a state dict maps onto the file format one to one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+# LoRA factors are trained in float32 even when the base model runs in
+# fp16/bf16: the updates are tiny relative to the weights and vanish when
+# rounded to half precision, which is what makes half-precision LoRA unstable.
+LORA_DTYPE = torch.float32
+
+
+class LoRAModule(nn.Module):
+    """``base(x) + multiplier * (alpha / rank) * lora_up(lora_down(x))``.
+
+    ``base`` stays frozen; only ``lora_down`` and ``lora_up`` train. At
+    initialisation ``lora_up`` is zero, so the wrapped layer computes exactly
+    what the base layer computes.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        rank: int,
+        alpha: float | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(base, (nn.Linear, nn.Conv2d)):
+            raise TypeError(f"LoRA wraps nn.Linear or nn.Conv2d, not {type(base).__name__}")
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+        # kohya reads a missing or zero alpha as alpha = rank (scale 1).
+        if alpha is None or alpha == 0:
+            alpha = float(rank)
+
+        self.base = base
+        self.rank = int(rank)
+        self.multiplier = 1.0
+        for p in base.parameters():
+            p.requires_grad_(False)
+
+        device = base.weight.device
+        if isinstance(base, nn.Linear):
+            self.lora_down: nn.Module = nn.Linear(base.in_features, rank, bias=False, device=device, dtype=LORA_DTYPE)
+            self.lora_up: nn.Module = nn.Linear(rank, base.out_features, bias=False, device=device, dtype=LORA_DTYPE)
+        else:
+            if base.groups != 1:
+                raise ValueError(
+                    f"LoRA cannot wrap a grouped convolution (groups={base.groups}); "
+                    "leave this layer out of the target preset"
+                )
+            if isinstance(base.padding, str):
+                raise ValueError(f"LoRA needs numeric conv padding, got padding={base.padding!r}")
+            self.lora_down = nn.Conv2d(
+                base.in_channels,
+                rank,
+                kernel_size=base.kernel_size,
+                stride=base.stride,
+                padding=base.padding,
+                dilation=base.dilation,
+                padding_mode=base.padding_mode,
+                bias=False,
+                device=device,
+                dtype=LORA_DTYPE,
+            )
+            self.lora_up = nn.Conv2d(rank, base.out_channels, 1, bias=False, device=device, dtype=LORA_DTYPE)
+        self.register_buffer("alpha", torch.tensor(float(alpha), dtype=LORA_DTYPE, device=device))
+        self.reset_parameters(generator)
+
+    # -- initialisation --------------------------------------------------
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Kaiming-uniform ``lora_down`` (as nn.Linear does), zero ``lora_up``."""
+        weight = self.lora_down.weight
+        if weight.is_meta:
+            return
+        fan_in = weight[0].numel()
+        # kaiming_uniform_(a=sqrt(5)) reduces to this bound; spelled out so a
+        # generator can be passed (reproducible init on any device).
+        bound = 1.0 / math.sqrt(fan_in)
+        with torch.no_grad():
+            if generator is not None and generator.device != weight.device:
+                sample = torch.rand(weight.shape, generator=generator, device=generator.device, dtype=weight.dtype)
+                weight.copy_(sample.to(weight.device) * (2 * bound) - bound)
+            else:
+                weight.uniform_(-bound, bound, generator=generator)
+            self.lora_up.weight.zero_()
+
+    # -- properties --------------------------------------------------------
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [self.lora_down.weight, self.lora_up.weight]
+
+    # -- forward -------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.multiplier == 0.0:
+            return out
+        lora_dtype = self.lora_down.weight.dtype
+        delta = self.lora_up(self.lora_down(x.to(lora_dtype)))
+        # alpha is a buffer so it travels with the state dict; using it as a
+        # tensor keeps this free of host syncs on CUDA.
+        factor = self.alpha.to(delta.dtype) * (self.multiplier / self.rank)
+        return out + (delta * factor).to(out.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """Dense ``(alpha / rank) * up @ down`` in the base weight's shape (float32).
+
+        The runtime ``multiplier`` is not included: merging applies its own scale.
+        """
+        down = self.lora_down.weight
+        up = self.lora_up.weight
+        if isinstance(self.base, nn.Linear):
+            delta = up @ down
+        else:
+            # up is 1x1, so composing it after the down conv is a conv with
+            # kernel up·down and the down conv's stride/padding.
+            delta = torch.einsum("or,rikl->oikl", up[:, :, 0, 0], down)
+        return delta * self.scale
+
+    # -- dtype policy ---------------------------------------------------------
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        # model.half() / model.to(bfloat16) reach us through _apply; let the
+        # base follow, then put the LoRA factors back to float32.
+        super()._apply(fn, recurse)
+        for tensor in (self.lora_down.weight, self.lora_up.weight, self.alpha):
+            if tensor.is_floating_point() and tensor.dtype != LORA_DTYPE:
+                tensor.data = tensor.data.to(LORA_DTYPE)
+                if tensor.grad is not None:
+                    tensor.grad.data = tensor.grad.data.to(LORA_DTYPE)
+        return self
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={float(self.alpha):g}, multiplier={self.multiplier:g}"
+
+
+class LoRANetwork(Mapping[str, LoRAModule]):
+    """The LoRA modules injected into one model component, keyed by kohya name.
+
+    Not an ``nn.Module`` on purpose: its state dict holds only LoRA tensors in
+    kohya keys, never the frozen base weights the modules wrap.
+    """
+
+    def __init__(
+        self,
+        component: str,
+        family: str,
+        preset: str,
+        modules: dict[str, LoRAModule],
+        module_paths: dict[str, str],
+        sites: dict[str, tuple[nn.Module, str, nn.Module]],
+    ) -> None:
+        self.component = component
+        self.family = family
+        self.preset = preset
+        self._modules = dict(modules)
+        # kohya name -> canonical diffusers/PEFT module path (for the diffusers format).
+        self.module_paths = dict(module_paths)
+        # kohya name -> (parent module, attribute, original child) for remove().
+        self._sites = dict(sites)
+
+    # -- mapping -----------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> LoRAModule:
+        return self._modules[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._modules)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __repr__(self) -> str:
+        return f"LoRANetwork(component={self.component!r}, family={self.family!r}, preset={self.preset!r}, modules={len(self)})"
+
+    # -- parameters ----------------------------------------------------------------
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, module in self._modules.items():
+            yield f"{name}.lora_down.weight", module.lora_down.weight
+            yield f"{name}.lora_up.weight", module.lora_up.weight
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        for _, p in self.named_parameters():
+            yield p
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def requires_grad_(self, flag: bool = True) -> LoRANetwork:
+        for p in self.parameters():
+            p.requires_grad_(flag)
+        return self
+
+    def set_multiplier(self, multiplier: float) -> None:
+        """Runtime strength for sampling; 0 gives the base model."""
+        for module in self._modules.values():
+            module.multiplier = float(multiplier)
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {name: m.rank for name, m in self._modules.items()}
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LoRANetwork:
+        """Move the LoRA factors to ``device``; they stay float32 whatever ``dtype`` says.
+
+        ``dtype`` is accepted so callers can treat this like ``nn.Module.to``;
+        the compute dtype of the model is the base layers' dtype, which is set
+        on the model itself.
+        """
+        for module in self._modules.values():
+            for sub in (module.lora_down, module.lora_up):
+                sub.to(device=device)
+            module.alpha = module.alpha.to(device=device)
+        return self
+
+    # -- state dict ------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        sd: dict[str, torch.Tensor] = {}
+        for name, module in self._modules.items():
+            sd[f"{name}.lora_down.weight"] = module.lora_down.weight.detach()
+            sd[f"{name}.lora_up.weight"] = module.lora_up.weight.detach()
+            sd[f"{name}.alpha"] = module.alpha.detach()
+        return sd
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> tuple[list[str], list[str]]:
+        """Copy kohya-keyed tensors in; returns (missing, unexpected) when not strict.
+
+        A missing ``.alpha`` is read as alpha = rank, as every loader does.
+        """
+        own = self.state_dict()
+        missing = [k for k in own if k not in state_dict and not k.endswith(".alpha")]
+        unexpected = [k for k in state_dict if k not in own]
+        mismatched = [
+            f"{k}: file {list(v.shape)} vs network {list(own[k].shape)}"
+            for k, v in state_dict.items()
+            if k in own and not k.endswith(".alpha") and tuple(v.shape) != tuple(own[k].shape)
+        ]
+        if mismatched:
+            file_ranks = sorted({int(state_dict[k].shape[0]) for k in state_dict if k.endswith("lora_down.weight")})
+            raise ValueError(
+                f"LoRA weights do not fit this {self.component} network ({len(mismatched)} shape mismatches, "
+                f"file rank(s) {file_ranks}, network rank(s) {sorted(set(self.ranks.values()))}); set the rank "
+                f"to match the file. First mismatches: " + "; ".join(mismatched[:5])
+            )
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"LoRA weights do not match the {self.component} network ({self.preset} preset): "
+                f"{len(missing)} missing keys, {len(unexpected)} unexpected keys. "
+                f"Missing: {missing[:5]}; unexpected: {unexpected[:5]}. "
+                "Pick the layer preset the file was trained with."
+            )
+        with torch.no_grad():
+            for name, module in self._modules.items():
+                down = state_dict.get(f"{name}.lora_down.weight")
+                up = state_dict.get(f"{name}.lora_up.weight")
+                if down is None or up is None:
+                    continue
+                module.lora_down.weight.copy_(down.to(module.lora_down.weight.dtype))
+                module.lora_up.weight.copy_(up.to(module.lora_up.weight.dtype))
+                alpha = state_dict.get(f"{name}.alpha")
+                value = float(alpha.float().reshape(-1)[0]) if alpha is not None else float(module.rank)
+                module.alpha.fill_(value)
+        return missing, unexpected
+
+    # -- removal ------------------------------------------------------------------------
+
+    def remove(self) -> None:
+        """Put the original layers back into the model; the network is empty afterwards."""
+        for name, (parent, attr, original) in self._sites.items():
+            if getattr(parent, attr) is self._modules[name]:
+                setattr(parent, attr, original)
+        self._sites.clear()
+        self._modules.clear()
+        self.module_paths.clear()

@@ -201,3 +201,13 @@ def test_tensor_is_chw_in_minus_one_to_one_and_round_trips() -> None:
     assert t[:, 0, 0].tolist() == [-1.0, -1.0, -1.0]
     assert t[0, 1, 2].item() == 1.0 and abs(t[1, 1, 2].item() - (128 / 127.5 - 1)) < 1e-6
     assert tensor_to_image(t).tobytes() == im.tobytes()
+
+
+def test_srgb_tagged_image_is_left_alone(tmp_path: Path) -> None:
+    from PIL import ImageCms
+
+    path = tmp_path / "srgb.png"
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.new("RGB", (4, 4), (10, 200, 30)).save(path, icc_profile=profile)
+    loaded = load_image(path)
+    assert loaded.notes == [] and loaded.image.getpixel((1, 1)) == (10, 200, 30)

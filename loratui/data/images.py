@@ -22,7 +22,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -110,6 +110,9 @@ def check_readable_file(path: Path) -> None:
         raise ImageProblem(path, "empty file (0 bytes), probably an interrupted copy; skipped")
 
 
+_PERMISSION_DENIED = "permission denied: loratui cannot read it (try chmod a+r); skipped"
+
+
 def read_file_bytes(path: Path) -> bytes:
     """The file's bytes, with filesystem failures turned into ImageProblem."""
     check_readable_file(path)
@@ -117,9 +120,7 @@ def read_file_bytes(path: Path) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except PermissionError:
-        raise ImageProblem(
-            path, "permission denied: loratui cannot read it (try chmod a+r); skipped"
-        ) from None
+        raise ImageProblem(path, _PERMISSION_DENIED) from None
     except OSError as exc:
         raise ImageProblem(path, f"cannot read it ({exc.strerror}); skipped") from None
 
@@ -138,7 +139,7 @@ def _bomb_problem(path: Path, exc: Exception) -> ImageProblem:
     )
 
 
-def _open(path: Path, data: bytes) -> Image.Image:
+def _open(path: Path, data: bytes | BinaryIO) -> Image.Image:
     """Image.open with every way of failing turned into a sentence.
 
     The decompression-bomb warning is raised as an error only inside this
@@ -147,7 +148,7 @@ def _open(path: Path, data: bytes) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data))
+            return Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb_problem(path, exc) from None
     except UnidentifiedImageError:
@@ -159,8 +160,12 @@ def _open(path: Path, data: bytes) -> Image.Image:
         raise ImageProblem(path, f"{kind} {fmt}: cannot read its header ({detail}); skipped") from None
 
 
-def _not_an_image_reason(path: Path, data: bytes) -> str:
-    head = data[:512]
+def _not_an_image_reason(path: Path, data: bytes | BinaryIO) -> str:
+    if isinstance(data, bytes):
+        head = data[:512]
+    else:
+        data.seek(0)
+        head = data.read(512)
     looks_textual = head and all(b in b"\t\n\r" or 32 <= b < 127 or b >= 128 for b in head)
     kind = "a text file" if looks_textual and b"\x00" not in head else "not an image Pillow can read"
     return f"not an image: the {path.suffix or 'file'} name hides {kind}; skipped"
@@ -211,8 +216,6 @@ def load_image(
     except Exception as exc:  # a malformed EXIF block should not cost the image
         notes.append(f"EXIF data unreadable ({exc}); orientation left as stored")
         rotated, orientation = im, 1
-    if rotated is None:  # exif_transpose(in_place=False) always returns, but be safe
-        rotated = im
     if orientation not in _ORIENTATION_WORDS:
         orientation = 1
     rgb = to_rgb(rotated, notes)
@@ -242,12 +245,16 @@ def read_image_size(path: Path | str) -> tuple[int, int]:
     may follow the pixel data, so Pillow may decode to find it.
     """
     path = Path(path)
-    data = read_file_bytes(path)
-    im = _open(path, data)
-    w, h = im.size
-    if _exif_orientation(im) in (5, 6, 7, 8):
-        w, h = h, w
-    return w, h
+    check_readable_file(path)
+    try:
+        with open(path, "rb") as f:
+            im = _open(path, f)
+            w, h = im.size
+            if _exif_orientation(im) in (5, 6, 7, 8):
+                w, h = h, w
+            return w, h
+    except PermissionError:
+        raise ImageProblem(path, _PERMISSION_DENIED) from None
 
 
 # ---------------------------------------------------------------------------

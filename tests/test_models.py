@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from loratui.models import builtin
-from loratui.models.family import (
-    FamilyError,
-    family_from_configs,
-    family_from_keys,
-    native_resolution,
-    prediction_from_keys,
-    prediction_from_scheduler_config,
-)
 from loratui.models.loader import LoadedModel, ModelLoadError, load_model, probe_model
-from loratui.models.text import (
-    encode_prompts,
-    encode_tokens,
-    sdxl_add_time_ids,
-    sdxl_added_cond_kwargs,
-    tokenize,
-)
 
 torch.set_num_threads(1)
 

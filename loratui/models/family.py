@@ -44,11 +44,8 @@ def family_from_configs(
         or unet.get("addition_embed_type") == "text_time"
     ):
         return "sdxl"
-    if unet and unet.get("in_channels", 4) not in (4, 9):
-        raise FamilyError(
-            f"the UNet takes {unet.get('in_channels')} input channels; "
-            "only Stable Diffusion 1.x, 2.x and XL text-to-image models are supported"
-        )
+    if unet and unet.get("in_channels", 4) != 4:
+        raise FamilyError(_channels_message(unet.get("in_channels")))
     cross = unet.get("cross_attention_dim")
     if isinstance(cross, (list, tuple)):
         cross = cross[0] if cross else None
@@ -83,9 +80,21 @@ _SD1_KEYS = ("cond_stage_model.transformer.",)
 _UNET_KEYS = ("model.diffusion_model.",)
 
 
-def family_from_keys(keys: Iterable[str]) -> str:
-    """Family of an original-layout single-file checkpoint from its tensor names."""
+def _channels_message(channels: object) -> str:
+    kind = "an inpainting model" if channels == 9 else f"a UNet with {channels} input channels"
+    return f"this is {kind}; only Stable Diffusion 1.x, 2.x and XL text-to-image models can be trained"
+
+
+def family_from_keys(keys: Iterable[str], shapes: Mapping[str, Any] | None = None) -> str:
+    """Family of an original-layout single-file checkpoint from its tensor names.
+
+    shapes (name -> shape, as a safetensors header gives them) lets the
+    first convolution reject inpainting and other non-4-channel UNets.
+    """
     key_list = list(keys)
+    first_conv = (shapes or {}).get("model.diffusion_model.input_blocks.0.0.weight")
+    if first_conv is not None and len(first_conv) == 4 and first_conv[1] != 4:
+        raise FamilyError(_channels_message(first_conv[1]))
 
     def has(prefixes: tuple[str, ...]) -> bool:
         return any(k.startswith(prefixes) for k in key_list)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,22 +192,24 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
 # --- probing --------------------------------------------------------------
 
 
-def _folder_info(spec: str, kind: str, folder: Path) -> ModelInfo:
-    index = _read_json(folder / "model_index.json")
-    unet_cfg = _read_json(folder / "unet" / "config.json")
-    te_cfg = _read_json(folder / "text_encoder" / "config.json")
-    sched_cfg = _read_json(folder / "scheduler" / "scheduler_config.json")
+def _configs_info(spec: str, kind: str, label: str, read: Callable[[str], dict[str, Any]], path: Path | None) -> ModelInfo:
+    """ModelInfo from a diffusers layout's JSON files, whatever reads them."""
+    index, unet_cfg = read("model_index.json"), read("unet/config.json")
     if not unet_cfg:
         raise ModelLoadError(
-            f"{folder} has no unet/config.json; only full Stable Diffusion pipelines (UNet, VAE, text encoder) can be trained"
+            f"{label} has no unet/config.json; only full Stable Diffusion pipelines (UNet, VAE, text encoder) can be trained"
         )
     try:
-        family = family_from_configs(index, unet_cfg, te_cfg)
-        pred = prediction_from_scheduler_config(sched_cfg)
+        family = family_from_configs(index, unet_cfg, read("text_encoder/config.json"))
+        pred = prediction_from_scheduler_config(read("scheduler/scheduler_config.json"))
     except FamilyError as exc:
-        raise ModelLoadError(f"{folder}: {exc}") from None
+        raise ModelLoadError(f"{label}: {exc}") from None
     res = native_resolution(family, pred, unet_cfg)
-    return ModelInfo(spec, kind, family, pred, _describe(family, pred, res, f"diffusers folder {folder}"), folder)
+    return ModelInfo(spec, kind, family, pred, _describe(family, pred, res, label), path)
+
+
+def _folder_info(spec: str, kind: str, folder: Path) -> ModelInfo:
+    return _configs_info(spec, kind, f"diffusers folder {folder}", lambda name: _read_json(folder / name), folder)
 
 
 def _describe(family: str, pred: str, resolution: int, where: str) -> str:
@@ -215,12 +217,12 @@ def _describe(family: str, pred: str, resolution: int, where: str) -> str:
     return f"{FAMILY_NAMES[family]}, {pred_text}, {resolution} px ({where})"
 
 
-def _checkpoint_keys(path: Path, allow_pickle: bool) -> tuple[list[str], dict[str, Any]]:
-    """Tensor names of a single-file checkpoint and any non-tensor extras."""
+def _checkpoint_keys(path: Path, allow_pickle: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Tensor name -> shape of a single-file checkpoint, and non-tensor extras."""
     suffix = path.suffix.lower()
     if suffix in SAFE_SUFFIXES:
         header = read_safetensors_header(path)
-        return [k for k in header if k != "__metadata__"], {}
+        return {k: v.get("shape") for k, v in header.items() if k != "__metadata__"}, {}
     if suffix not in PICKLE_SUFFIXES:
         raise ModelLoadError(
             f"{path} is neither a .safetensors checkpoint nor a diffusers folder; "
@@ -242,13 +244,15 @@ def _checkpoint_keys(path: Path, allow_pickle: bool) -> tuple[list[str], dict[st
         raise ModelLoadError(f"{path} does not hold a state dict; it is not a Stable Diffusion checkpoint")
     extras = {k: v for k, v in data.items() if not isinstance(v, (dict, torch.Tensor))}
     state = data.get("state_dict", data)
-    return [str(k) for k in state] if isinstance(state, dict) else [], extras
+    if not isinstance(state, dict):
+        return {}, extras
+    return {str(k): list(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}, extras
 
 
 def _single_file_info(spec: str, path: Path, config_source: str | None, allow_pickle: bool) -> ModelInfo:
     keys, extras = _checkpoint_keys(path, allow_pickle)
     try:
-        family = family_from_keys(keys)
+        family = family_from_keys(keys, keys)
     except FamilyError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
     pred = prediction_from_keys(keys, family)
@@ -273,6 +277,8 @@ def _hub_info(spec: str, repo_id: str) -> ModelInfo:
     from huggingface_hub import hf_hub_download
 
     def fetch(name: str) -> dict[str, Any]:
+        last: Exception | None = None
+        # The local hub cache first, so probing a downloaded model is offline.
         for local_only in (True, False):
             try:
                 return _read_json(Path(hf_hub_download(repo_id, name, local_files_only=local_only)))
@@ -285,17 +291,7 @@ def _hub_info(spec: str, repo_id: str) -> ModelInfo:
             ) from None
         return {}
 
-    index = fetch("model_index.json")
-    unet_cfg = fetch("unet/config.json")
-    te_cfg = fetch("text_encoder/config.json")
-    sched_cfg = fetch("scheduler/scheduler_config.json")
-    try:
-        family = family_from_configs(index, unet_cfg, te_cfg)
-        pred = prediction_from_scheduler_config(sched_cfg)
-    except FamilyError as exc:
-        raise ModelLoadError(f"{repo_id}: {exc}") from None
-    res = native_resolution(family, pred, unet_cfg)
-    return ModelInfo(spec, "hub", family, pred, _describe(family, pred, res, f"hub {repo_id}"))
+    return _configs_info(spec, "hub", f"hub model {repo_id}", fetch, None)
 
 
 def probe_model(spec: str, *, config_source: str | None = None, allow_pickle: bool = False) -> ModelInfo:

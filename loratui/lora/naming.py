@@ -306,7 +306,7 @@ def guess_family(names_to_down_shapes: dict[str, tuple[int, ...]], metadata: dic
         return "sdxl"  # SD1/SD2 have one transformer block per attention
     # SDXL's first down block has no attention; SD1/SD2's has.
     if any(n.startswith(("lora_unet_down_blocks_0_attentions", "lora_unet_input_blocks_1_1_")) for n in names):
-        return _sd1_or_sd2(names_to_down_shapes)
+        return _sd1_or_sd2(names_to_down_shapes) or "sd1"
     if any(n.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_"))
            for n in names):  # fmt: skip
         return "sdxl"  # kohya writes SGM names only for SDXL

@@ -211,3 +211,11 @@ def test_srgb_tagged_image_is_left_alone(tmp_path: Path) -> None:
     Image.new("RGB", (4, 4), (10, 200, 30)).save(path, icc_profile=profile)
     loaded = load_image(path)
     assert loaded.notes == [] and loaded.image.getpixel((1, 1)) == (10, 200, 30)
+
+
+def test_a_fifo_named_like_an_image_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    assert "not a regular file" in _problem(fifo)

@@ -151,3 +151,9 @@ def test_report_lines_list_problems_and_histogram(tmp_path: Path) -> None:
     assert "  small.png [ok] 40×40 → 512×512" in lines
     assert "too small: 40×40 is far below the 512 px resolution" in text
     assert any(line.strip().startswith("512×512") and line.rstrip().endswith("█" * 30) for line in lines)
+
+
+def test_summary_line_method_for_logs(tmp_path: Path) -> None:
+    assert "does not exist" in scan_images(tmp_path / "gone", resolution=512).summary_line()
+    _img(tmp_path / "images" / "a.png")
+    assert scan_images(tmp_path / "images", resolution=512).summary_line().startswith("1 image, 1 usable")

@@ -18,6 +18,7 @@ import io
 import os
 import re
 import stat
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -88,7 +89,9 @@ def check_readable_file(path: Path) -> None:
     try:
         lst = os.lstat(path)
     except FileNotFoundError:
-        raise ImageProblem(path, "file not found; skipped") from None
+        raise ImageProblem(path, "file not found (moved or deleted since it was listed); skipped") from None
+    except OSError as exc:
+        raise ImageProblem(path, f"cannot access it ({exc.strerror}); skipped") from None
     if stat.S_ISLNK(lst.st_mode):
         try:
             os.stat(path)
@@ -103,7 +106,11 @@ def check_readable_file(path: Path) -> None:
                     path, "symlink loop: the link never reaches a real file; skipped"
                 ) from None
             raise ImageProblem(path, f"cannot follow symlink ({exc.strerror}); skipped") from None
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:  # e.g. a folder on the way that may not be searched
+        raise ImageProblem(path, f"cannot access it ({exc.strerror}); skipped") from None
+    # Not only tidiness: opening a FIFO that happens to end in .png would block.
     if not stat.S_ISREG(st.st_mode):
         raise ImageProblem(path, "not a regular file; skipped")
     if st.st_size == 0:
@@ -125,6 +132,7 @@ def read_file_bytes(path: Path) -> bytes:
         raise ImageProblem(path, f"cannot read it ({exc.strerror}); skipped") from None
 
 
+_WARNINGS_LOCK = threading.Lock()
 _PIXELS_IN_MESSAGE = re.compile(r"\((\d+) pixels\)")
 
 
@@ -146,7 +154,10 @@ def _open(path: Path, data: bytes | BinaryIO) -> Image.Image:
     call; the global limit and global warning filters stay as they are.
     """
     try:
-        with warnings.catch_warnings():
+        # catch_warnings swaps the process-wide filter list; the lock keeps two
+        # scanning threads from restoring each other's copy.  Only the header
+        # parse is inside it, not the decode.
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

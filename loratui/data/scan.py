@@ -17,6 +17,7 @@ import re
 import stat
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +117,14 @@ class ScanReport:
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, not {batch_size}")
         return sum(math.ceil(n / batch_size) for n in self.bucket_histogram.values())
+
+    def summary_line(self) -> str:
+        """One line for logs: the error, or the counts the report starts with."""
+        if self.error is not None:
+            return self.error
+        from loratui.data.report import summary_line  # report imports this module
+
+        return summary_line(self)
 
     @property
     def exit_code(self) -> int:
@@ -236,13 +245,17 @@ def _scan_image(path: Path, rel: str, s: _Settings) -> ImageRecord:
     record.repeats, _ = repeats_for(rel)
     try:
         data = read_file_bytes(path)
-        st = os.stat(path)
+        st = os.stat(path)  # cannot fail where the read above succeeded, bar a race
         record.sha256 = hashlib.sha256(data).hexdigest()
         record.fingerprint = f"{st.st_size}-{st.st_mtime_ns}"
         loaded = load_image(path, data=data, check_only=True)
     except ImageProblem as exc:
         record.status = "skipped"
         record.problems.append(exc.reason)
+        return record
+    except OSError as exc:
+        record.status = "skipped"
+        record.problems.append(f"cannot access it ({exc.strerror}); skipped")
         return record
     record.width, record.height = loaded.original_size
     record.mode = loaded.original_mode
@@ -332,12 +345,14 @@ def scan_images(
     max_tokens: int = CLIP_MAX_TOKENS,
     trigger_word: str = "",
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> ScanReport:
     """Scan ``images_dir`` recursively and report on every image in it.
 
     ``tokenize`` (text → token count without begin/end) makes the caption
     length check exact; without it the count is estimated.  ``progress`` is
-    called as (done, total) after each image.
+    called as (done, total) after each image, on the calling thread.
+    ``workers`` threads decode images (default: up to 8, one per CPU).
     """
     images_dir = Path(images_dir).expanduser().absolute()
     report = ScanReport(
@@ -367,10 +382,15 @@ def scan_images(
 
     records: list[ImageRecord] = []
     total = len(found.images)
-    for done, (path, rel) in enumerate(found.images, start=1):
-        records.append(_scan_image(path, rel, settings))
-        if progress is not None:
-            progress(done, total)
+    # Pillow and hashlib release the GIL while decoding and hashing, so a few
+    # threads scan a folder of big photos several times faster.
+    workers = max(1, min(workers or _default_workers(), total or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan") as pool:
+        results = pool.map(lambda item: _scan_image(item[0], item[1], settings), found.images)
+        for done, record in enumerate(results, start=1):
+            records.append(record)
+            if progress is not None:
+                progress(done, total)
     for path, rel in found.unsupported:
         ext = path.suffix.lower()
         records.append(
@@ -390,6 +410,10 @@ def scan_images(
             "including sub-folders)"
         )
     return report
+
+
+def _default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
 
 
 def _skipped(path: Path, rel: str, reason: str) -> ImageRecord:

@@ -124,3 +124,55 @@ def test_gradient_checkpointing_gives_same_gradients() -> None:
     module.lora_down.weight.grad = None
     checkpoint(module, x, use_reentrant=False).square().sum().backward()
     torch.testing.assert_close(module.lora_down.weight.grad, plain)
+
+
+def _tiny_model() -> nn.Module:
+    model = nn.Module()
+    model.encoder = nn.Module()
+    model.encoder.layers = nn.ModuleList([nn.Linear(4, 4) for _ in range(2)])
+    return model
+
+
+def _network(model: nn.Module, rank: int = 2):
+    from loratui.lora.layer import LoRANetwork
+
+    modules, paths, sites = {}, {}, {}
+    for i, layer in enumerate(list(model.encoder.layers)):
+        name = f"lora_te_text_model_encoder_layers_{i}_mlp_fc1"
+        modules[name] = LoRAModule(layer, rank, 1.0)
+        model.encoder.layers[i] = modules[name]
+        paths[name] = f"text_model.encoder.layers.{i}.mlp.fc1"
+        sites[name] = (model.encoder.layers, str(i), layer)
+    return LoRANetwork("te", "sd1", "attention", modules, paths, sites)
+
+
+def test_network_state_dict_errors_name_the_keys() -> None:
+    model = _tiny_model()
+    originals = list(model.encoder.layers)
+    net = _network(model)
+    sd = net.state_dict()
+    assert sorted(sd)[:3] == [
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.alpha",
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight",
+    ]
+    assert net.num_parameters() == 2 * (2 * 4 + 4 * 2)
+    partial = {k: v for k, v in sd.items() if "layers_1" not in k}
+    partial["lora_te_bogus.lora_down.weight"] = torch.zeros(2, 4)
+    with pytest.raises(ValueError, match=r"2 missing keys, 1 unexpected.*layers_1.*lora_te_bogus"):
+        net.load_state_dict(partial)
+    bigger = {k: torch.zeros(8, 4) if k.endswith("lora_down.weight") else v for k, v in sd.items()}
+    with pytest.raises(ValueError, match=r"file rank\(s\) \[8\], network rank\(s\) \[2\]"):
+        net.load_state_dict(bigger)
+    net.remove()
+    assert list(model.encoder.layers) == originals
+
+
+def test_network_to_keeps_float32_and_multiplier_applies() -> None:
+    model = _tiny_model()
+    net = _network(model)
+    model.to(torch.float16)
+    net.to("cpu", dtype=torch.float16)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    net.set_multiplier(0.25)
+    assert all(m.multiplier == 0.25 for m in net.values())

@@ -266,7 +266,7 @@ class LoRAFileError(ValueError):
     """A LoRA file that cannot be read; the message names the file and what to do."""
 
 
-def _validated_bytes(path: Path) -> bytes:
+def read_validated_bytes(path: Path) -> bytes:
     """The file's bytes after checking the safetensors header, before any tensor is allocated."""
     try:
         size = path.stat().st_size
@@ -417,7 +417,7 @@ def load_lora_file(path: str | os.PathLike[str], *, family: str | None = None,
     file does not say (default: guessed, SDXL layers_per_block 2).
     """
     path = Path(path)
-    data = _validated_bytes(path)
+    data = read_validated_bytes(path)
     try:
         tensors = st_load(data)
     except Exception as exc:  # safetensors raises its own error types

@@ -102,6 +102,16 @@ class LoRAModule(nn.Module):
     def scale(self) -> float:
         return float(self.alpha) / self.rank
 
+    # Code that peeks at a layer's weight (its dtype, its device) keeps
+    # working when the layer is wrapped.
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
     def lora_parameters(self) -> list[nn.Parameter]:
         return [self.lora_down.weight, self.lora_up.weight]
 

@@ -1,0 +1,95 @@
+"""``loratui inspect FILE``: what a LoRA file holds, in a table a person can read."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from loratui.lora.fileformat import read_validated_bytes, load_lora_file, safetensors_hashes
+
+_COMPONENT_LABELS = {"unet": "UNet", "te": "text encoder", "te1": "text encoder 1", "te2": "text encoder 2"}
+_FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", None: "unknown"}
+# Metadata worth a line of its own; the rest is counted, not printed (ss_tag_frequency can be huge).
+_SHOWN_METADATA = (
+    "ss_output_name", "ss_base_model_version", "ss_sd_model_name", "ss_network_module", "ss_network_dim",
+    "ss_network_alpha", "ss_network_args", "ss_learning_rate", "ss_unet_lr", "ss_text_encoder_lr",
+    "ss_steps", "ss_epoch", "ss_training_started_at", "ss_training_finished_at", "ss_mixed_precision",
+    "ss_seed", "ss_optimizer", "modelspec.architecture", "modelspec.title",
+)  # fmt: skip
+
+
+def inspect_lora_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Summary of a LoRA file: format, family, ranks, alphas, modules per component, metadata, hashes."""
+    path = Path(path)
+    lora = load_lora_file(path)
+    model_hash, legacy_hash = safetensors_hashes(read_validated_bytes(path))
+    components = lora.component_counts()
+    stored = lora.metadata.get("sshs_model_hash")
+    return {
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "format": lora.format,
+        "family": lora.family,
+        "modules": len(lora.modules),
+        "modules_per_component": {c: components[c] for c in ("unet", "te", "te1", "te2") if c in components},
+        "text_encoder": any(c != "unet" for c in components),
+        "ranks": dict(sorted(Counter(lora.ranks.values()).items())),
+        "alphas": dict(sorted(Counter(lora.alphas.values()).items())),
+        "conv_modules": sum(1 for w in lora.modules.values() if w.down.ndim == 4 and w.down.shape[-1] > 1),
+        "dtypes": sorted({str(w.down.dtype).removeprefix("torch.") for w in lora.modules.values()}),
+        "sshs_model_hash": model_hash,
+        # A file edited after saving (or renamed tensors) no longer matches its recorded hash.
+        "hash_matches_metadata": None if stored is None else stored == model_hash,
+        "sshs_legacy_hash": lora.metadata.get("sshs_legacy_hash", legacy_hash),
+        "metadata": dict(lora.metadata),
+    }
+
+
+def _counts(counter: dict[Any, int]) -> str:
+    if len(counter) == 1:
+        return f"{next(iter(counter)):g}"
+    return ", ".join(f"{value:g} ×{n}" for value, n in counter.items())
+
+
+def render_inspection(summary: dict[str, Any]) -> Any:
+    """A rich renderable for :func:`inspect_lora_file`'s summary."""
+    from rich.console import Group
+    from rich.table import Table
+
+    table = Table(title=Path(summary["path"]).name, show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("format", summary["format"])
+    table.add_row("model family", _FAMILY_LABELS.get(summary["family"], str(summary["family"])))
+    per = summary["modules_per_component"]
+    table.add_row("modules", f"{summary['modules']} (" + ", ".join(f"{_COMPONENT_LABELS[c]} {n}" for c, n in per.items()) + ")")
+    table.add_row("text encoder", "trained" if summary["text_encoder"] else "not trained")
+    table.add_row("rank", _counts(summary["ranks"]))
+    table.add_row("alpha", _counts(summary["alphas"]))
+    if summary["conv_modules"]:
+        table.add_row("3×3 conv modules", str(summary["conv_modules"]))
+    table.add_row("dtype", ", ".join(summary["dtypes"]))
+    table.add_row("size", f"{summary['size_bytes'] / 1e6:.1f} MB")
+    match = summary["hash_matches_metadata"]
+    note = "" if match is None else " (matches metadata)" if match else " (differs from the hash in metadata)"
+    table.add_row("sshs_model_hash", summary["sshs_model_hash"] + note)
+
+    meta = summary["metadata"]
+    shown = Table(title="metadata", show_header=False, box=None, pad_edge=False)
+    shown.add_column(style="bold")
+    shown.add_column(overflow="fold")
+    for key in _SHOWN_METADATA:
+        if key in meta:
+            value = meta[key]
+            shown.add_row(key, value if len(value) <= 200 else value[:200] + "…")
+    hidden = len([k for k in meta if k not in _SHOWN_METADATA and not k.startswith("sshs_")])
+    if hidden:
+        shown.add_row("", f"{hidden} more keys not shown")
+    return Group(table, shown) if meta else table
+
+
+def inspection_json(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,47 @@
+"""Fold LoRA updates into the base weights (``loratui export --merge``) and take them out again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+
+from loratui.lora.layer import LoRAModule, LoRANetwork
+
+
+def _modules(networks: Mapping[str, LoRANetwork] | Iterable[LoRANetwork]) -> list[LoRAModule]:
+    items = networks.values() if isinstance(networks, Mapping) else networks
+    return [module for network in items for module in network.values()]
+
+
+@torch.no_grad()
+def _add(networks: Mapping[str, LoRANetwork] | Iterable[LoRANetwork], scale: float) -> None:
+    for module in _modules(networks):
+        weight = module.base.weight
+        # Sum in float32, then round once to the base dtype: adding a small
+        # delta directly to fp16 weights loses most of it.
+        delta = module.delta_weight().to(device=weight.device, dtype=torch.float32) * scale
+        weight.copy_((weight.float() + delta).to(weight.dtype))
+
+
+def merge_networks(networks: Mapping[str, LoRANetwork] | Iterable[LoRANetwork], scale: float = 1.0) -> None:
+    """Add ``scale * (alpha/rank) * up @ down`` into every wrapped base weight, in place.
+
+    Afterwards the LoRA branch must not run as well, so every multiplier is
+    set to 0; the wrapped layers then compute the merged model. Call
+    :func:`unmerge_networks` with the same scale to undo.
+    """
+    _add(networks, scale)
+    for module in _modules(networks):
+        module.multiplier = 0.0
+
+
+def unmerge_networks(networks: Mapping[str, LoRANetwork] | Iterable[LoRANetwork], scale: float = 1.0,
+                     multiplier: float = 1.0) -> None:  # fmt: skip
+    """Subtract what :func:`merge_networks` added and switch the LoRA branch back on.
+
+    Exact for float32 bases; half-precision bases come back within rounding.
+    """
+    _add(networks, -scale)
+    for module in _modules(networks):
+        module.multiplier = multiplier

@@ -41,7 +41,10 @@ SDXL_UNET = {
     "use_linear_projection": True,
 }
 SD_INDEX = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}
-SDXL_INDEX = {"_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}
+SDXL_INDEX = {
+    "_class_name": "StableDiffusionXLPipeline",
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+}
 
 # Representative tensor names of original-layout checkpoints.
 LDM_UNET = ["model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.out.2.weight"]
@@ -149,6 +152,9 @@ def test_truncated_safetensors_is_named(tmp_path: Path) -> None:
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     with pytest.raises(ModelLoadError, match="damaged"):
         probe_model(str(path))
+    path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}")
+    with pytest.raises(ModelLoadError, match="damaged"):
+        probe_model(str(path))
 
 
 def test_bad_specs_name_the_path(tmp_path: Path) -> None:
@@ -244,3 +250,17 @@ def test_single_file_goes_through_from_single_file(
     with pytest.raises(ModelLoadError, match="model.config_source"):
         load_model(str(path))
     assert "local_files_only" not in calls[1][1]
+
+
+def test_hub_id_that_cannot_be_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    def offline(*args: object, **kwargs: object) -> str:
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(ModelLoadError, match="org-that/does-not-exist.*Hugging Face hub"):
+        probe_model("org-that/does-not-exist")
+    # Something that looks like a path is never sent to the hub.
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        probe_model("./models/sd15")

@@ -46,7 +46,9 @@ def test_char_tokenizer_round_trips_and_never_fails(tmp_path: Path) -> None:
     assert len(tok("cat").input_ids) == 3 + 2
 
 
-@pytest.mark.parametrize(("name", "dim", "pooled"), [("tiny-sd", 32, None), ("tiny-sd2", 48, None), ("tiny-sdxl", 80, 32)])
+@pytest.mark.parametrize(
+    ("name", "dim", "pooled"), [("tiny-sd", 32, None), ("tiny-sd2", 48, None), ("tiny-sdxl", 80, 32)]
+)
 def test_encode_prompts_shapes(models: dict[str, LoadedModel], name: str, dim: int, pooled: int | None) -> None:
     model = models[name]
     ids = tokenize(model, CAPTIONS)

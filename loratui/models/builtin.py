@@ -14,6 +14,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,24 @@ _BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0
 
 # A sample_size of 16 latents times the VAE's 8x gives a 128 px native size.
 _SAMPLE_SIZE = 16
+
+
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Hide diffusers'/transformers' loading and saving bars, which would scribble over the TUI."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    was = (dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled())
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            dlog.enable_progress_bar()
+        if was[1]:
+            tlog.enable_progress_bar()
 
 
 def cache_root() -> Path:
@@ -249,25 +270,25 @@ def ensure_builtin(name: str) -> Path:
     try:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.tok-") as tok_dir:
             pipe = build_pipeline(name, Path(tok_dir))
-            pipe.save_pretrained(str(tmp), safe_serialization=True)
-        if target.exists():
-            # Another process finished first, or a folder without
-            # model_index.json is in the way: only the latter is replaced.
-            if (target / "model_index.json").is_file():
-                shutil.rmtree(tmp, ignore_errors=True)
-                return target
+            with quiet_progress():
+                pipe.save_pretrained(str(tmp), safe_serialization=True)
+        if target.exists() and not (target / "model_index.json").is_file():
+            # A half folder without model_index.json (not ours: ours are
+            # renamed in whole) is in the way.
             shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process finished the same build first; theirs is as good.
+            if not (target / "model_index.json").is_file():
+                raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
 def _remove_stale_builds(target: Path) -> None:
     """Delete temporary folders left by builds that were killed midway."""
-    import time
-
     for leftover in target.parent.glob(f".{target.name}.*"):
         # A fresh one may belong to a build running right now in another
         # process; an hour is far longer than any build takes.

@@ -12,8 +12,7 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,28 +82,22 @@ class LoadedModel:
         """A diffusers pipeline over these same components (no safety checker)."""
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-        sched = scheduler if scheduler is not None else self.sample_scheduler
+        parts: dict[str, Any] = {
+            "vae": self.vae,
+            "text_encoder": self.text_encoders[0],
+            "tokenizer": self.tokenizers[0],
+            "unet": self.unet,
+            "scheduler": scheduler if scheduler is not None else self.sample_scheduler,
+        }
         if self.family == "sdxl":
+            zeros = self.pipeline_config.get("force_zeros_for_empty_prompt", True)
             pipe = StableDiffusionXLPipeline(
-                vae=self.vae,
-                text_encoder=self.text_encoders[0],
-                text_encoder_2=self.text_encoders[1],
-                tokenizer=self.tokenizers[0],
-                tokenizer_2=self.tokenizers[1],
-                unet=self.unet,
-                scheduler=sched,
-                force_zeros_for_empty_prompt=self.pipeline_config.get("force_zeros_for_empty_prompt", True),
+                **parts, text_encoder_2=self.text_encoders[1], tokenizer_2=self.tokenizers[1],
+                force_zeros_for_empty_prompt=zeros,
             )
         else:
             pipe = StableDiffusionPipeline(
-                vae=self.vae,
-                text_encoder=self.text_encoders[0],
-                tokenizer=self.tokenizers[0],
-                unet=self.unet,
-                scheduler=sched,
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
+                **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
             )
         # tqdm bars would scribble over the dashboard.
         pipe.set_progress_bar_config(disable=True)
@@ -149,9 +142,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}; the model folder is damaged, copy or download it again") from None
+        raise ModelLoadError(f"cannot read {path}: {exc}; the model folder is damaged, copy it again") from None
     if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} does not hold a JSON object; the model folder is damaged, copy or download it again")
+        raise ModelLoadError(f"{path} does not hold a JSON object; the model folder is damaged, copy it again")
     return data
 
 
@@ -161,30 +154,26 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     A download cut short keeps a valid header but loses tensor bytes, which
     otherwise only shows up deep inside a load; the size check catches it here.
     """
+    again = "download or copy it again"
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
             raw_len = fh.read(8)
-            if len(raw_len) < 8:
-                raise ModelLoadError(f"{path} is empty or truncated ({size} bytes); download or copy it again")
-            (header_len,) = struct.unpack("<Q", raw_len)
-            if header_len > _MAX_HEADER or header_len + 8 > size:
-                raise ModelLoadError(
-                    f"{path} is not a valid safetensors file (header length {header_len}, file size {size}); "
-                    "it is truncated or not safetensors at all; download or copy it again"
-                )
+            header_len = struct.unpack("<Q", raw_len)[0] if len(raw_len) == 8 else -1
+            if not 0 <= header_len <= min(_MAX_HEADER, size - 8):
+                raise ModelLoadError(f"{path} is truncated or not a safetensors file ({size} bytes); {again}")
             header = json.loads(fh.read(header_len))
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
     except OSError as exc:
         raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelLoadError(f"{path} has a damaged safetensors header; download or copy it again") from None
-    if not isinstance(header, dict):
-        raise ModelLoadError(f"{path} has a damaged safetensors header; download or copy it again")
-    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        # JSON errors are ValueErrors; the rest mean a header of the wrong shape.
+        raise ModelLoadError(f"{path} has a damaged safetensors header; {again}") from None
     if 8 + header_len + end > size:
         raise ModelLoadError(
             f"{path} is truncated: its header describes {8 + header_len + end} bytes but the file has {size}; "
-            "the download or copy was cut short, fetch it again"
+            f"the download or copy was cut short, {again}"
         )
     return header
 
@@ -192,12 +181,15 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
 # --- probing --------------------------------------------------------------
 
 
-def _configs_info(spec: str, kind: str, label: str, read: Callable[[str], dict[str, Any]], path: Path | None) -> ModelInfo:
+def _configs_info(
+    spec: str, kind: str, label: str, read: Callable[[str], dict[str, Any]], path: Path | None
+) -> ModelInfo:
     """ModelInfo from a diffusers layout's JSON files, whatever reads them."""
     index, unet_cfg = read("model_index.json"), read("unet/config.json")
     if not unet_cfg:
         raise ModelLoadError(
-            f"{label} has no unet/config.json; only full Stable Diffusion pipelines (UNet, VAE, text encoder) can be trained"
+            f"{label} has no unet/config.json; only whole Stable Diffusion pipelines "
+            "(UNet, VAE, text encoder) can be trained"
         )
     try:
         family = family_from_configs(index, unet_cfg, read("text_encoder/config.json"))
@@ -323,7 +315,6 @@ def load_model(
 ) -> LoadedModel:
     """Load a base model; family and prediction_type override detection."""
     kind, where = _resolve(spec)
-    fingerprint_of = where
     if kind == "builtin":
         # Built-ins load from their cache folder exactly like a user's folder.
         try:
@@ -370,11 +361,13 @@ def load_model(
         text_encoders=text_encoders,
         tokenizers=tokenizers,
         noise_scheduler=make_noise_scheduler(pipe.scheduler.config, pred),
-        fingerprint=_fingerprint(kind, fingerprint_of, config_source),
+        fingerprint=_fingerprint(kind, where, config_source),
         resolution=native_resolution(fam, pred, dict(pipe.unet.config)),
         vae_scaling_factor=float(pipe.vae.config.get("scaling_factor", 0.18215)),
         sample_scheduler=sample_scheduler,
-        pipeline_config={k: v for k, v in pipe.config.items() if not k.startswith("_") and not isinstance(v, (list, tuple))},
+        # The pipeline's own flags (e.g. SDXL's force_zeros_for_empty_prompt),
+        # not its component entries, for make_pipeline to pass on.
+        pipeline_config={k: v for k, v in pipe.config.items() if isinstance(v, (bool, int, float)) and k[0] != "_"},
     )
 
 
@@ -400,12 +393,14 @@ def _pipeline_class(family: str) -> Any:
 
 def _load_pipeline(kind: str, where: Path | str, family: str, config_source: str | None, dtype: torch.dtype) -> Any:
     cls = _pipeline_class(family)
-    extra: dict[str, Any] = {"feature_extractor": None}
+    # Image encoders and feature extractors serve IP-adapters and the safety
+    # checker; training never uses them, so they are not loaded.
+    extra: dict[str, Any] = {"feature_extractor": None, "image_encoder": None}
     if family != "sdxl":
         extra.update(safety_checker=None, requires_safety_checker=False)
     extra.update(_dtype_kwarg(dtype))
     try:
-        with _quiet_progress():
+        with builtin.quiet_progress():
             if kind in ("builtin", "folder"):
                 _check_folder_weights(Path(where))
                 return cls.from_pretrained(str(where), local_files_only=True, **extra)
@@ -429,24 +424,6 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
     return {"dtype": dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": dtype}
 
 
-@contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """Hide diffusers'/transformers' loading bars, which would scribble over the TUI."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    was = (dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled())
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was[0]:
-            dlog.enable_progress_bar()
-        if was[1]:
-            tlog.enable_progress_bar()
-
-
 def _explain_failure(kind: str, where: Path | str, config_source: str | None, exc: Exception) -> str:
     detail = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     if kind == "hub":
@@ -461,7 +438,7 @@ def _explain_failure(kind: str, where: Path | str, config_source: str | None, ex
             else "without network, set model.config_source to a local diffusers folder of the same family"
         )
         return f"could not load {where} ({detail}); {advice}"
-    return f"could not load the model folder {where} ({detail}); the folder may be incomplete, copy or download it again"
+    return f"could not load the model folder {where} ({detail}); it may be incomplete, copy or download it again"
 
 
 def _check_folder_weights(folder: Path) -> None:
@@ -473,14 +450,13 @@ def _check_folder_weights(folder: Path) -> None:
 def _fingerprint(kind: str, where: Path | str, config_source: str | None) -> str:
     """Short identity of the weights for cache keys; cheap, not a content hash.
 
-    Built-ins are deterministic, so their name and version identify them.
     Files are identified by name, size and modification time, which change
-    whenever weights are replaced or edited; hub ids by the id alone.
+    whenever weights are replaced or edited; hub ids by the id alone. A
+    built-in counts as a folder: a rebuild (another torch may draw other
+    random weights) then invalidates caches made from the old one.
     """
-    h = hashlib.sha256(kind.encode())
-    if kind == "builtin":
-        h.update(f"{where}-{builtin.BUILTIN_VERSION}".encode())
-    elif kind == "hub":
+    h = hashlib.sha256(("folder" if kind == "builtin" else kind).encode())
+    if kind == "hub":
         h.update(str(where).encode())
     else:
         root = Path(where)

@@ -48,17 +48,30 @@ def tokenize(model: LoadedModel, captions: list[str]) -> list[torch.Tensor]:
     return out
 
 
+def _unwrap(encoder: Any) -> Any:
+    """The CLIP model inside DDP (.module) or torch.compile (._orig_mod) wrappers."""
+    while True:
+        inner = getattr(encoder, "module", None) or getattr(encoder, "_orig_mod", None)
+        if inner is None:
+            return encoder
+        encoder = inner
+
+
 def _final_layer_norm(encoder: Any) -> torch.nn.Module:
     # transformers 5 moved CLIPTextModel's layers up a level (no text_model)
     # while CLIPTextModelWithProjection keeps it; look in both places.
-    inner = getattr(encoder, "text_model", encoder)
-    return inner.final_layer_norm
+    model = _unwrap(encoder)
+    return getattr(model, "text_model", model).final_layer_norm
+
+
+def _device(encoder: Any) -> torch.device:
+    return next(_unwrap(encoder).parameters()).device
 
 
 def _check_clip_skip(clip_skip: int, encoder: Any, *, already_skipped: int = 0) -> None:
     # hidden_states holds the embeddings plus one entry per layer; skipping
     # down to the embeddings themselves would leave no layer at all.
-    most = int(encoder.config.num_hidden_layers) - already_skipped
+    most = int(_unwrap(encoder).config.num_hidden_layers) - already_skipped
     if not 1 <= clip_skip <= most:
         raise ValueError(f"clip_skip must be between 1 and {most} for this model's text encoder, got {clip_skip}")
 
@@ -71,7 +84,7 @@ def encode_tokens(model: LoadedModel, token_ids: list[torch.Tensor], *, clip_ski
         return _encode_sdxl(model, token_ids, clip_skip)
     encoder = model.text_encoders[0]
     _check_clip_skip(clip_skip, encoder)
-    ids = token_ids[0].to(encoder.device)
+    ids = token_ids[0].to(_device(encoder))
     if clip_skip == 1:
         hidden = encoder(ids)[0]
     else:
@@ -85,11 +98,12 @@ def _encode_sdxl(model: LoadedModel, token_ids: list[torch.Tensor], clip_skip: i
     pooled = None
     for encoder, ids in zip(model.text_encoders, token_ids):
         _check_clip_skip(clip_skip, encoder, already_skipped=1)
-        out = encoder(ids.to(encoder.device), output_hidden_states=True)
+        out = encoder(ids.to(_device(encoder)), output_hidden_states=True)
         # SDXL was trained on the penultimate layer; clip_skip counts on from there.
         hiddens.append(out.hidden_states[-(clip_skip + 1)])
         pooled = out[0]  # the last encoder's projected pooled output (text_embeds)
-    target = model.unet.device
+    # Both encoders normally share a device; if not, gather on the first's.
+    target = hiddens[0].device
     hidden = torch.cat([h.to(target) for h in hiddens], dim=-1)
     return TextEmbedding(hidden, pooled.to(target) if pooled is not None else None)
 

@@ -1,0 +1,152 @@
+"""The ``loratui`` command. Parsing is cheap; each command imports what it needs
+only when it runs, so ``loratui --help`` answers without loading torch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_USER_ERROR = 2
+
+COMMANDS = ("new", "open", "train", "sample", "export", "check", "inspect", "convert", "bench")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="loratui",
+        description="Train Stable Diffusion LoRAs from the terminal. With no command, opens the start screen; "
+                    "`loratui DIR` opens a project.",
+        epilog="Quick start: loratui train sample_project --headless --max-steps 60")
+    p.add_argument("--theme", help="colour theme for the TUI (dark, light, high-contrast)")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("new", help="create a project folder and open the wizard")
+    s.add_argument("dir", type=Path)
+    s = sub.add_parser("open", help="open a project in the dashboard")
+    s.add_argument("dir", type=Path)
+
+    s = sub.add_parser("train", help="train a project (in the dashboard, or --headless on the console)")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--headless", action="store_true", help="no TUI: progress on the console")
+    s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    s.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value for this run (repeatable)")
+
+    s = sub.add_parser("sample", help="make one image with the base model and optionally a LoRA")
+    s.add_argument("dir", type=Path, help="project folder (its base model and resolution are used)")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--negative", default="")
+    s.add_argument("--lora", type=Path, help="LoRA file (default: the project's output file if it exists)")
+    s.add_argument("--no-lora", action="store_true", help="the base model alone")
+    s.add_argument("--scale", type=float, default=1.0, help="LoRA strength (0 = base model)")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--steps", type=int, default=0)
+    s.add_argument("--guidance", type=float, default=0.0)
+    s.add_argument("--out", type=Path, required=True, help="PNG file to write")
+
+    s = sub.add_parser("export", help="write the LoRA from the newest checkpoint (kohya or diffusers format)")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--format", choices=("kohya", "diffusers"), default=None)
+    s.add_argument("--out", type=Path, help="file to write (default: output/NAME[-diffusers].safetensors)")
+    s.add_argument("--checkpoint", type=Path, help="a checkpoint folder (default: the newest)")
+
+    s = sub.add_parser("check", help="scan the project's images and print every problem")
+    s.add_argument("dir", type=Path)
+
+    s = sub.add_parser("inspect", help="describe a LoRA file: family, rank, alpha, modules, metadata")
+    s.add_argument("file", type=Path)
+
+    s = sub.add_parser("convert", help="convert a LoRA file between kohya and diffusers formats")
+    s.add_argument("src", type=Path)
+    s.add_argument("dst", type=Path)
+    s.add_argument("--to", choices=("kohya", "diffusers"), required=True)
+    s.add_argument("--family", choices=("sd1", "sd2", "sdxl"), help="when the file does not say")
+
+    s = sub.add_parser("bench", help="time a few steps of this project on this machine and project the run")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--steps", type=int, default=5)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `loratui DIR` is short for `loratui open DIR`.
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        argv = ["open", *argv]
+    args = _parser().parse_args(argv)
+    if args.version:
+        from loratui import __version__
+
+        print(f"loratui {__version__}")
+        return 0
+    try:
+        return _dispatch(args)
+    except Exception as exc:  # noqa: BLE001 - user errors become one paragraph, bugs keep their traceback
+        message = _user_error(exc)
+        if message is None:
+            raise
+        print(f"loratui: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _user_error(exc: BaseException) -> str | None:
+    from loratui.config import ConfigError
+    from loratui.project import ProjectLocked
+
+    user_types: tuple[type, ...] = (ConfigError, ProjectLocked, FileNotFoundError)
+    if "loratui.models.loader" in sys.modules:
+        from loratui.models.loader import ModelLoadError
+
+        user_types += (ModelLoadError,)
+    if "loratui.engine.trainer" in sys.modules:
+        from loratui.engine.trainer import NonFiniteLoss, ResumeRefused
+
+        user_types += (ResumeRefused, NonFiniteLoss)
+    if "loratui.engine.session" in sys.modules:
+        from loratui.engine.session import DatasetEmpty
+
+        user_types += (DatasetEmpty,)
+    if "loratui.lora.fileformat" in sys.modules:
+        from loratui.lora import fileformat
+
+        user_types += tuple(getattr(fileformat, n) for n in ("LoRAFileError",) if hasattr(fileformat, n))
+    return str(exc) if isinstance(exc, user_types) else None
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "train" and args.headless:
+        from loratui.headless import run_headless
+
+        return run_headless(args.dir, resume=args.resume, overrides=args.overrides, max_steps=args.max_steps)
+    if cmd in (None, "new", "open", "train"):
+        return _run_tui(args)
+    from loratui import cli_tools
+
+    return getattr(cli_tools, f"cmd_{cmd}")(args)
+
+
+def _run_tui(args: argparse.Namespace) -> int:
+    from loratui.tui.app import LoratuiApp
+
+    cmd = args.command
+    if cmd is None:
+        app = LoratuiApp(None, mode="start", theme=args.theme)
+    elif cmd == "new":
+        app = LoratuiApp(args.dir, mode="new", theme=args.theme)
+    else:
+        kwargs = {}
+        if cmd == "train":
+            kwargs = {"autostart": True, "resume": args.resume, "max_steps": args.max_steps,
+                      "overrides": args.overrides}
+        app = LoratuiApp(args.dir, mode="open", theme=args.theme, **kwargs)
+    result = app.run()
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

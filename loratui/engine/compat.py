@@ -1,0 +1,59 @@
+"""Which config changes a resume can take, and which would make it a different run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loratui.config import ProjectConfig
+
+# Changing any of these changes the weights, the data order or the schedule a
+# checkpoint was built on: resuming across them would not continue the same run.
+BREAKING = (
+    "model.base", "model.family", "model.prediction_type", "model.clip_skip",
+    "data.resolution", "data.bucket_step", "data.flip", "data.trigger_word", "data.shuffle_tags",
+    "data.keep_tokens", "data.caption_dropout",
+    "lora.rank", "lora.alpha", "lora.preset", "lora.train_text_encoder",
+    "train.batch_size", "train.grad_accum", "train.seed", "train.optimizer", "train.lr_scheduler",
+    "train.warmup_steps", "train.learning_rate", "train.text_encoder_lr", "train.weight_decay",
+    "train.min_snr_gamma", "train.noise_offset",
+)
+# Schedules that depend on the run's length make the total steps breaking too.
+LENGTH_DEPENDENT = ("linear", "cosine", "cosine_with_restarts", "polynomial")
+HARMLESS = (
+    "train.max_steps", "train.epochs", "train.precision", "train.gradient_checkpointing", "train.compile",
+    "train.channels_last", "train.max_grad_norm", "save.every_n_steps", "save.keep", "save.output_name",
+    "save.precision", "save.format", "sample.every_n_steps", "sample.steps", "sample.guidance", "sample.width",
+    "sample.height", "sample.prompts",
+)
+
+
+def _get(cfg: ProjectConfig, path: str) -> Any:
+    section, name = path.split(".")
+    value = getattr(getattr(cfg, section), name)
+    if isinstance(value, list):
+        return [getattr(v, "__dict__", v) for v in value]
+    return value
+
+
+def config_digest(cfg: ProjectConfig, dataset_fingerprint: str) -> dict[str, Any]:
+    digest = {path: _get(cfg, path) for path in BREAKING + HARMLESS}
+    digest["dataset"] = dataset_fingerprint
+    return digest
+
+
+def describe_differences(saved: dict[str, Any], now: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(breaking, harmless) changes, one readable line each."""
+    breaking, harmless = [], []
+    length_matters = now.get("train.lr_scheduler") in LENGTH_DEPENDENT
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) == now.get(key):
+            continue
+        if key == "dataset":
+            breaking.append("the images or captions changed (a file was added, removed or edited)")
+            continue
+        line = f"{key}: {saved.get(key)!r} → {now.get(key)!r}"
+        if key in BREAKING or (length_matters and key in ("train.max_steps", "train.epochs")):
+            breaking.append(line)
+        else:
+            harmless.append(line)
+    return breaking, harmless

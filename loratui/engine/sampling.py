@@ -1,0 +1,80 @@
+"""Sample images during training and by hand (``loratui sample``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+
+from loratui.config import ProjectConfig, SamplePrompt
+
+if TYPE_CHECKING:
+    from loratui.engine.session import TrainingSession
+    from loratui.lora.layer import LoRANetwork
+    from loratui.models.loader import LoadedModel
+
+
+@dataclass
+class SampleResult:
+    path: Path
+    prompt: str
+    seed: int
+
+
+def _size(cfg: ProjectConfig) -> tuple[int, int]:
+    return (cfg.sample.width or cfg.data.resolution, cfg.sample.height or cfg.data.resolution)
+
+
+def render(model: LoadedModel, networks: dict[str, LoRANetwork], prompts: list[SamplePrompt], cfg: ProjectConfig,
+           out_dir: Path, *, device: torch.device, scale: float = 1.0,
+           autocast_dtype: torch.dtype = torch.float32) -> Iterator[SampleResult]:
+    """Draw each prompt with the LoRA at ``scale`` (0 gives the base model) into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    width, height = _size(cfg)
+    for net in networks.values():
+        net.set_multiplier(scale)
+    vae_device = next(model.vae.parameters()).device
+    model.vae.to(device)
+    pipe = model.make_pipeline()
+    was_training = model.unet.training
+    model.unet.eval()
+    try:
+        for i, p in enumerate(prompts):
+            gen = torch.Generator("cpu").manual_seed(p.seed)
+            # Half-precision UNet and fp32 VAE meet inside the pipeline; autocast reconciles them.
+            with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype,
+                                                 enabled=autocast_dtype != torch.float32):
+                image = pipe(
+                    prompt=p.prompt, negative_prompt=p.negative or None, width=width, height=height,
+                    num_inference_steps=p.steps or cfg.sample.steps, guidance_scale=p.guidance or cfg.sample.guidance,
+                    generator=gen, output_type="pil").images[0]
+            path = out_dir / f"{i:02d}-seed{p.seed}.png"
+            tmp = path.with_suffix(".png.tmp")
+            image.save(tmp, format="PNG")
+            os.replace(tmp, path)
+            path.with_suffix(".txt").write_text(
+                f"prompt: {p.prompt}\nnegative: {p.negative}\nseed: {p.seed}\n"
+                f"steps: {p.steps or cfg.sample.steps}\nguidance: {p.guidance or cfg.sample.guidance}\n"
+                f"size: {width}x{height}\nlora scale: {scale}\n", encoding="utf-8")
+            yield SampleResult(path, p.prompt, p.seed)
+    finally:
+        for net in networks.values():
+            net.set_multiplier(1.0)
+        model.vae.to(vae_device)
+        if was_training:
+            model.unet.train()
+
+
+def generate_samples(session: TrainingSession, cfg: ProjectConfig, out_dir: Path) -> Iterator[SampleResult]:
+    model = session.model
+    unet = model.unet
+    # The pipeline needs the plain UNet, not accelerate's or torch.compile's wrapper.
+    model.unet = session.accelerator.unwrap_model(unet)
+    try:
+        yield from render(model, session.networks, list(cfg.sample.prompts), cfg, out_dir,
+                          device=session.accelerator.device, autocast_dtype=session.weight_dtype)
+    finally:
+        model.unet = unet

@@ -1,0 +1,254 @@
+"""Everything a run holds in memory: accelerator, model, LoRA, data, optimizer.
+
+``build_session`` is the setup half of the trainer, kept apart so the loop
+in ``trainer.py`` reads top to bottom and so ``loratui bench`` and the
+wizard's estimate can build the same session without running a whole loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from loratui.config import ProjectConfig
+from loratui.data.scan import ScanReport, scan_images
+from loratui.engine.dataset import Batch, PreparedDataset, prepare_dataset
+from loratui.engine.latent_cache import CachedText, LatentCache, TextCache
+from loratui.engine.step import Conditioning
+from loratui.lora.inject import inject_lora
+from loratui.lora.layer import LoRANetwork
+from loratui.models.loader import LoadedModel, load_model
+from loratui.models.text import encode_tokens, sdxl_add_time_ids, tokenize
+from loratui.project import ProjectPaths
+
+log = logging.getLogger("loratui")
+
+StatusFn = Callable[..., None]
+
+
+class DatasetEmpty(Exception):
+    pass
+
+
+@dataclass
+class TrainingSession:
+    cfg: ProjectConfig
+    accelerator: Any
+    model: LoadedModel
+    networks: dict[str, LoRANetwork]
+    dataset: PreparedDataset
+    scan: ScanReport
+    weight_dtype: torch.dtype
+    text_cache: TextCache | None
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any = None
+    trained_text_encoders: list[torch.nn.Module] = field(default_factory=list)
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.model.unet
+
+    @property
+    def noise_scheduler(self) -> Any:
+        return self.model.noise_scheduler
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(n.num_parameters() for n in self.networks.values())
+
+    def lora_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n in self.networks.values() for p in n.parameters()]
+
+    def make_lr_scheduler(self, total_steps: int) -> None:
+        from diffusers.optimization import get_scheduler
+
+        t = self.cfg.train
+        self.lr_scheduler = get_scheduler(t.lr_scheduler, self.optimizer, num_warmup_steps=t.warmup_steps,
+                                          num_training_steps=total_steps)
+
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # ------------------------------------------------------------ conditioning
+    def conditioning(self, batch: Batch) -> Conditioning:
+        device = self.accelerator.device
+        if self.text_cache is None:
+            emb = encode_tokens(self.model, tokenize(self.model, batch.captions), clip_skip=self.cfg.model.clip_skip)
+            hidden, pooled = emb.hidden.to(device), emb.pooled
+        else:
+            cached = self.text_cache.get_many(batch.captions, self._encode_for_cache)
+            hidden = torch.stack([c.hidden for c in cached]).to(device, non_blocking=True)
+            pooled = torch.stack([c.pooled for c in cached]) if cached[0].pooled is not None else None
+        time_ids = None
+        if self.model.family == "sdxl":
+            time_ids = torch.stack([
+                sdxl_add_time_ids(o, c, t) for o, c, t in zip(batch.original_sizes, batch.crops, batch.target_sizes)
+            ]).to(device)
+            pooled = pooled.to(device)
+        return Conditioning(hidden.to(self.weight_dtype), pooled, time_ids)
+
+    def _encode_for_cache(self, captions: list[str]) -> list[CachedText]:
+        with torch.no_grad():
+            emb = encode_tokens(self.model, tokenize(self.model, captions), clip_skip=self.cfg.model.clip_skip)
+        hidden = emb.hidden.float().cpu()
+        pooled = emb.pooled.float().cpu() if emb.pooled is not None else None
+        return [CachedText(hidden[i], pooled[i] if pooled is not None else None) for i in range(len(captions))]
+
+    # ------------------------------------------------------------ optimizer
+    def optimizer_step(self, max_grad_norm: float) -> bool:
+        """Clip, step, advance the schedule; False when the update was skipped as non-finite."""
+        params = self.lora_parameters()
+        if self.accelerator.sync_gradients and max_grad_norm > 0:
+            norm = self.accelerator.clip_grad_norm_(params, max_grad_norm)
+        else:
+            norm = torch.norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None]))
+        # A host sync, once per optimizer step: the price of never applying a NaN update.
+        finite = bool(torch.isfinite(norm))
+        if finite:
+            self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return finite
+
+    # ------------------------------------------------------------ state
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for net in self.networks.values():
+            out.update(net.state_dict())
+        return out
+
+    def load_lora_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for net in self.networks.values():
+            own = {k: v for k, v in state.items() if k.split(".", 1)[0] in net}
+            net.load_state_dict(own, strict=True)
+
+    def close(self) -> None:
+        self.accelerator.free_memory()
+
+
+def _weight_dtype(precision: str, device: torch.device) -> torch.dtype:
+    # Half-precision base weights only where they are fast; the CPU runs fp32.
+    if device.type == "cpu":
+        return torch.float32
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+
+def _make_accelerator(cfg: ProjectConfig) -> Any:
+    from accelerate import Accelerator
+
+    precision = cfg.train.precision
+    if not torch.cuda.is_available() and precision != "no":
+        log.info("precision %s needs a GPU; running fp32 on the CPU", precision)
+        precision = "no"
+    return Accelerator(mixed_precision=precision)
+
+
+def _make_optimizer(cfg: ProjectConfig, groups: list[dict[str, Any]], device: torch.device) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb  # type: ignore[import-not-found]
+        except ImportError:
+            from loratui.config import ConfigError
+
+            raise ConfigError("train.optimizer = \"adamw8bit\" needs bitsandbytes: `pip install bitsandbytes` "
+                              "(CUDA only), or use \"adamw\".") from None
+        return bnb.optim.AdamW8bit(groups, weight_decay=t.weight_decay)
+    # The fused kernel is one launch for all LoRA tensors instead of several per tensor.
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, weight_decay=t.weight_decay, fused=fused)
+
+
+def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) -> TrainingSession:
+    acc = _make_accelerator(cfg)
+    device = acc.device
+    if device.type == "cuda":
+        # TF32 matmuls: free speed on Ampere+ with no visible effect on diffusion training.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    weight_dtype = _weight_dtype(cfg.train.precision, device)
+
+    images_dir = paths.images(cfg)
+    status(f"scanning {images_dir}")
+    scan = scan_images(images_dir, resolution=cfg.data.resolution, caption_extension=cfg.data.caption_extension,
+                       bucket_step=cfg.data.bucket_step, trigger_word=cfg.data.trigger_word)
+    if not scan.usable:
+        reason = scan.error or scan.summary_line()
+        raise DatasetEmpty(f"no usable images in {images_dir}: {reason}. Run `loratui check` on the project "
+                           "to see every problem.")
+    for rec in scan.skipped:
+        status(f"skipping {rec.rel}: {'; '.join(rec.problems)}", "warning")
+
+    status(f"loading {cfg.model.base}")
+    model = load_model(
+        cfg.model.base, config_source=cfg.model.config_source or None, allow_pickle=cfg.model.allow_pickle,
+        family=None if cfg.model.family == "auto" else cfg.model.family,
+        prediction_type=None if cfg.model.prediction_type == "auto" else cfg.model.prediction_type,
+        dtype=weight_dtype, device=device)
+    for module in [model.unet, model.vae, *model.text_encoders]:
+        module.requires_grad_(False)
+    # The SDXL VAE overflows in fp16; latents are made once, so fp32 costs little.
+    model.vae.to(device, torch.float32)
+
+    status("encoding images (cached in .cache/)")
+    cache = LatentCache(paths.cache, model.fingerprint) if cfg.data.cache_latents else None
+
+    def progress(i: int, n: int, name: str) -> None:
+        if n and (i == n or i % max(1, n // 20) == 0):
+            status(f"encoding images {i}/{n}", progress=i / n)
+
+    dataset = prepare_dataset(scan.usable, vae=model.vae, scaling_factor=model.vae_scaling_factor, cache=cache,
+                              batch_size=cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip,
+                              progress=progress)
+    for line in dataset.skipped:
+        status(f"skipping {line}", "warning")
+    if not dataset.items:
+        raise DatasetEmpty(f"none of the images in {images_dir} could be encoded; see the messages above.")
+    if cache is not None:
+        status(f"latents: {cache.hits} from cache, {cache.misses} encoded")
+    model.vae.to("cpu")  # not needed until sampling; frees GPU memory for the UNet
+
+    networks, groups, trained_tes = _inject(cfg, model)
+    unet = model.unet
+    if cfg.train.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        for te in trained_tes:
+            te.gradient_checkpointing_enable()
+    if device.type == "cuda" and cfg.train.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    for te in model.text_encoders:
+        te.to(device)
+    optimizer = _make_optimizer(cfg, groups, device)
+    model.unet, optimizer = acc.prepare(unet, optimizer)
+    if cfg.train.compile and device.type == "cuda":
+        model.unet = torch.compile(model.unet)
+    text_cache = None if cfg.lora.train_text_encoder else TextCache(paths.cache, model.fingerprint, cfg.model.clip_skip)
+    return TrainingSession(cfg=cfg, accelerator=acc, model=model, networks=networks, dataset=dataset, scan=scan,
+                           weight_dtype=weight_dtype, text_cache=text_cache, optimizer=optimizer,
+                           trained_text_encoders=trained_tes)
+
+
+def _inject(cfg: ProjectConfig, model: LoadedModel) -> tuple[dict[str, LoRANetwork], list[dict[str, Any]], list]:
+    gen = torch.Generator("cpu").manual_seed(cfg.train.seed)
+    lc = cfg.lora
+    networks = {"unet": inject_lora(model.unet, component="unet", family=model.family, preset=lc.preset,
+                                    rank=lc.rank, alpha=lc.alpha, generator=gen)}
+    trained_tes = []
+    if lc.train_text_encoder:
+        names = ["te"] if len(model.text_encoders) == 1 else ["te1", "te2"]
+        for name, te in zip(names, model.text_encoders):
+            networks[name] = inject_lora(te, component=name, family=model.family, preset=lc.preset,
+                                         rank=lc.rank, alpha=lc.alpha, generator=gen)
+            trained_tes.append(te)
+    if lc.init_lora:
+        from loratui.lora.fileformat import apply_lora_file, load_lora_file
+
+        apply_lora_file(load_lora_file(lc.init_lora), networks)
+    groups = [{"params": list(networks["unet"].parameters()), "lr": cfg.train.learning_rate}]
+    te_params = [p for k, n in networks.items() if k != "unet" for p in n.parameters()]
+    if te_params:
+        groups.append({"params": te_params, "lr": cfg.train.text_encoder_lr})
+    return networks, groups, trained_tes

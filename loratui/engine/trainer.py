@@ -1,0 +1,288 @@
+"""The training loop. It knows nothing of any screen: events out, commands in.
+
+Read top to bottom: ``setup`` loads the model, injects LoRA, prepares the
+cached dataset and the optimizer (and restores a checkpoint when resuming);
+``train`` runs optimizer steps, reading commands between them; checkpoints,
+samples and the final file are written through ``save_checkpoint`` and
+``export``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+import torch
+
+import loratui
+from loratui.commands import Command, CommandChannel
+from loratui.config import ProjectConfig
+from loratui.engine import checkpoint as ckpt
+from loratui.engine.batches import total_optimizer_steps
+from loratui.engine.compat import config_digest, describe_differences
+from loratui.engine.memory import memory_snapshot
+from loratui.engine.session import TrainingSession, build_session
+from loratui.engine.step import Conditioning, diffusion_loss, step_generator
+from loratui.events import CheckpointSaved, EventSink, Finished, Paused, Resumed, SampleReady, Started, \
+    Status, StepDone
+from loratui.project import ProjectPaths
+from loratui.tomlfile import render_config_toml
+
+log = logging.getLogger("loratui")
+
+
+class StopTraining(Exception):
+    """Raised inside the loop when the user aborts without saving."""
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+MAX_BAD_STEPS = 10  # consecutive non-finite steps before the run is stopped
+
+
+class Trainer:
+    def __init__(self, project_dir: Path, cfg: ProjectConfig, *, emit: EventSink, commands: CommandChannel,
+                 resume: bool = False, max_steps: int | None = None) -> None:
+        self.paths = ProjectPaths(Path(project_dir))
+        self.cfg = cfg
+        self.emit = emit
+        self.commands = commands
+        self.resume = resume
+        self.max_steps_override = max_steps
+        self.session: TrainingSession | None = None
+        self.step = 0
+        self.micro_batch = 0
+        self.skipped_steps = 0
+        self.bad_in_a_row = 0
+        self.total_steps = 0
+        self.resumed_from: Path | None = None
+        self._last_checkpoint_step = -1
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        self.session = s = build_session(self.paths, self.cfg, status=self._status)
+        plan = s.dataset.plan
+        self.total_steps = total_optimizer_steps(
+            plan, epochs=self.cfg.train.epochs, max_steps=self.cfg.train.max_steps,
+            grad_accum=self.cfg.train.grad_accum, num_processes=s.accelerator.num_processes)
+        if self.max_steps_override is not None:
+            self.total_steps = self.max_steps_override
+        s.make_lr_scheduler(self.total_steps)
+        if self.resume:
+            latest = ckpt.latest_checkpoint(self.paths.checkpoints)
+            if latest is None:
+                self._status("no checkpoint to resume from; starting at step 0", "warning")
+            else:
+                self.load_checkpoint(latest)
+
+    # ---------------------------------------------------------------- loop
+    def train(self) -> Path | None:
+        s = self._session()
+        s.unet.train()
+        for te in s.trained_text_encoders:
+            te.train()
+        self.emit(Started(
+            total_steps=self.total_steps, start_step=self.step, steps_per_epoch=self.steps_per_epoch,
+            num_images=len(s.dataset.items), device=str(s.accelerator.device), family=s.model.family,
+            precision=self.cfg.train.precision, trainable_params=s.trainable_params,
+            resumed_from=str(self.resumed_from) if self.resumed_from else None))
+        stopped_early = False
+        while self.step < self.total_steps:
+            if self._handle_commands():
+                stopped_early = True
+                break
+            self._optimizer_step()
+            if self._due(self.cfg.save.every_n_steps) and self.step < self.total_steps:
+                self.save_checkpoint("interval")
+            if self._due(self.cfg.sample.every_n_steps):
+                self.sample()
+        lora_path = self.export()
+        if self._last_checkpoint_step != self.step:
+            self.save_checkpoint("stop" if stopped_early else "final")
+        self.emit(Finished(step=self.step, lora_path=str(lora_path), stopped_early=stopped_early))
+        return lora_path
+
+    @property
+    def steps_per_epoch(self) -> int:
+        s = self._session()
+        per_step = self.cfg.train.grad_accum * s.accelerator.num_processes
+        return max(1, math.ceil(s.dataset.plan.batches_per_epoch / per_step))
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.step % every == 0
+
+    def _handle_commands(self) -> bool:
+        """Act on queued commands; True means stop the run (after saving)."""
+        pending = self.commands.drain()
+        while pending:
+            cmd = pending.pop(0)
+            if cmd is Command.ABORT:
+                raise StopTraining("aborted")
+            if cmd is Command.STOP:
+                return True
+            if cmd is Command.SAMPLE_NOW:
+                self.sample()
+            elif cmd is Command.CHECKPOINT_NOW:
+                self.save_checkpoint("request")
+            elif cmd is Command.PAUSE:
+                self.emit(Paused(step=self.step))
+                # While paused the model stays where it is; block on the channel, costing no CPU.
+                while True:
+                    nxt = self.commands.wait()
+                    if nxt is Command.RESUME:
+                        self.emit(Resumed(step=self.step))
+                        break
+                    if nxt in (Command.STOP, Command.ABORT):
+                        pending.insert(0, nxt)
+                        break
+                    if nxt is Command.SAMPLE_NOW:
+                        self.sample()
+                    elif nxt is Command.CHECKPOINT_NOW:
+                        self.save_checkpoint("request")
+        return False
+
+    def _optimizer_step(self) -> None:
+        s = self._session()
+        cfg = self.cfg.train
+        acc = s.accelerator
+        t_start = time.perf_counter()
+        data_time = compute_time = 0.0
+        loss_sum = torch.zeros((), device=acc.device)
+        for k in range(cfg.grad_accum):
+            t0 = time.perf_counter()
+            index = self.micro_batch + k * acc.num_processes + acc.process_index
+            epoch, entries = s.dataset.plan.micro_batch(index)
+            gen = step_generator(cfg.seed, index)
+            batch = s.dataset.batch(
+                entries, micro_batch=index, seed=cfg.seed, trigger_word=self.cfg.data.trigger_word,
+                shuffle_tags=self.cfg.data.shuffle_tags, keep_tokens=self.cfg.data.keep_tokens,
+                caption_dropout=self.cfg.data.caption_dropout, generator=gen)
+            latents = batch.latents.to(acc.device, non_blocking=True)
+            t1 = time.perf_counter()
+            with acc.autocast():
+                cond = s.conditioning(batch)
+                loss = diffusion_loss(
+                    s.unet, s.noise_scheduler, latents, cond, gen, prediction_type=s.model.prediction_type,
+                    noise_offset=cfg.noise_offset, min_snr_gamma=cfg.min_snr_gamma, unet_dtype=s.weight_dtype)
+            # Only the last micro-batch synchronises gradients across GPUs.
+            if k < cfg.grad_accum - 1 and acc.num_processes > 1:
+                with acc.no_sync(s.unet):
+                    acc.backward(loss / cfg.grad_accum)
+            else:
+                acc.backward(loss / cfg.grad_accum)
+            loss_sum += loss.detach()
+            t2 = time.perf_counter()
+            data_time += t1 - t0
+            compute_time += t2 - t1
+        self.micro_batch += cfg.grad_accum * acc.num_processes
+        t_opt = time.perf_counter()
+        applied = s.optimizer_step(cfg.max_grad_norm)
+        t_end = time.perf_counter()
+        self.step += 1
+        loss_value = loss_sum.item() / cfg.grad_accum
+        if applied:
+            self.bad_in_a_row = 0
+        else:
+            self.skipped_steps += 1
+            self.bad_in_a_row += 1
+            self._status(f"step {self.step}: loss or gradient was not finite; the update was skipped", "warning")
+            if self.bad_in_a_row >= MAX_BAD_STEPS:
+                raise NonFiniteLoss(
+                    f"{MAX_BAD_STEPS} steps in a row had a NaN/inf loss or gradient (from step "
+                    f"{self.step - MAX_BAD_STEPS + 1}). Likely causes: a learning rate too high "
+                    f"({cfg.learning_rate:g}), fp16 with the SDXL VAE or an fp16-unsafe model (try "
+                    "precision = \"bf16\"), or a corrupt base model. The weights were not changed by those steps.")
+        step_time = t_end - t_start
+        mem = memory_snapshot(acc.device)
+        batch_images = cfg.batch_size * cfg.grad_accum * acc.num_processes
+        self.emit(StepDone(
+            step=self.step, total_steps=self.total_steps, epoch=self.micro_batch // max(1, s.dataset.plan.batches_per_epoch),
+            loss=loss_value, lr=s.current_lr(), step_time_s=step_time, data_time_s=data_time,
+            compute_time_s=compute_time, optimizer_time_s=t_end - t_opt,
+            samples_per_s=batch_images / step_time if step_time > 0 else 0.0, ram_mb=mem.ram_mb,
+            gpu_alloc_mb=mem.gpu_alloc_mb, gpu_peak_mb=mem.gpu_peak_mb, skipped_steps=self.skipped_steps))
+
+    # ---------------------------------------------------------------- outputs
+    def save_checkpoint(self, reason: str) -> Path | None:
+        s = self._session()
+        if not s.accelerator.is_main_process:
+            return None
+        state = ckpt.TrainState(
+            step=self.step, micro_batch=self.micro_batch,
+            epoch=self.micro_batch // max(1, s.dataset.plan.batches_per_epoch), skipped_steps=self.skipped_steps,
+            loratui_version=loratui.__version__, config_digest=config_digest(self.cfg, s.dataset.fingerprint()),
+            saved_at=time.time())
+        path = ckpt.write_checkpoint(
+            self.paths.checkpoints, state, lora=s.lora_state_dict(), optimizer=s.optimizer.state_dict(),
+            scheduler=s.lr_scheduler.state_dict(), config_text=render_config_toml(self.cfg))
+        ckpt.prune_checkpoints(self.paths.checkpoints, self.cfg.save.keep)
+        self._last_checkpoint_step = self.step
+        self.emit(CheckpointSaved(step=self.step, path=str(path), reason=reason))
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        s = self._session()
+        loaded = ckpt.load_checkpoint(path)
+        saved = loaded.state.config_digest
+        now = config_digest(self.cfg, s.dataset.fingerprint())
+        breaking, harmless = describe_differences(saved, now)
+        if breaking:
+            listing = "\n".join(f"  - {line}" for line in breaking)
+            raise ResumeRefused(
+                f"cannot resume from {path}: these changes since it was saved would make the run a different "
+                f"one:\n{listing}\nUndo them, or start a new run without --resume.")
+        for line in harmless:
+            self._status(f"resuming with a changed setting: {line}")
+        s.load_lora_state_dict(loaded.lora)
+        s.optimizer.load_state_dict(loaded.optimizer)
+        s.lr_scheduler.load_state_dict(loaded.scheduler)
+        ckpt.set_rng_state(loaded.rng)
+        self.step = loaded.state.step
+        self.micro_batch = loaded.state.micro_batch
+        self.skipped_steps = loaded.state.skipped_steps
+        self._last_checkpoint_step = self.step
+        self.resumed_from = path
+        self._status(f"resumed from {path.name} (step {self.step})")
+
+    def sample(self) -> None:
+        s = self._session()
+        if not s.accelerator.is_main_process or not self.cfg.sample.prompts:
+            return
+        from loratui.engine.sampling import generate_samples
+
+        out_dir = self.paths.samples / ckpt.checkpoint_name(self.step)
+        for result in generate_samples(s, self.cfg, out_dir):
+            self.emit(SampleReady(step=self.step, path=str(result.path), prompt=result.prompt, seed=result.seed))
+        s.unet.train()
+
+    def export(self) -> Path:
+        from loratui.engine.export import export_lora
+
+        s = self._session()
+        path = self.paths.lora_file(self.cfg)
+        if s.accelerator.is_main_process:
+            export_lora(s, self.cfg, path, steps=self.step, fmt=self.cfg.save.format)
+            self._status(f"saved {path}")
+        return path
+
+    def cleanup(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+    # ---------------------------------------------------------------- helpers
+    def _session(self) -> TrainingSession:
+        if self.session is None:
+            raise RuntimeError("Trainer.setup() has not run")
+        return self.session
+
+    def _status(self, text: str, level: str = "info", progress: float | None = None) -> None:
+        getattr(log, "warning" if level == "warning" else "info")(text)
+        self.emit(Status(text=text, level=level, progress=progress))
+
+
+class ResumeRefused(Exception):
+    pass

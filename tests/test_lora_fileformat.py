@@ -22,7 +22,7 @@ from loratui.lora import (
     save_kohya,
 )
 from loratui.lora.inspect import inspect_lora_file, render_inspection
-from loratui.lora.merge import merge_networks, unmerge_networks
+from loratui.lora.merge import bake_networks, merge_networks, unmerge_networks
 
 torch.set_num_threads(1)
 
@@ -222,6 +222,29 @@ def test_merge_at_scale_one_equals_the_lora_output(pipe, networks) -> None:
     torch.testing.assert_close(_unet_out(pipe), with_lora, rtol=1e-4, atol=1e-5)
     networks["unet"].set_multiplier(0.0)
     assert not torch.allclose(_unet_out(pipe), with_lora, atol=1e-4)
+
+
+def test_bake_leaves_a_plain_model_with_the_lora_in_its_weights(tmp_path_factory) -> None:
+    from loratui.models.builtin import build_pipeline
+
+    pipe = build_pipeline("tiny-sd", tmp_path_factory.mktemp("bake"))
+    keys = set(pipe.unet.state_dict())
+    network = inject_lora(pipe.unet, component="unet", family="sd1", preset="all", rank=4, alpha=2.0)
+    with torch.no_grad():
+        for module in network.values():
+            module.lora_up.weight.normal_(0, 0.2)
+    with_lora = _unet_out(pipe)
+    bake_networks({"unet": network})
+    assert set(pipe.unet.state_dict()) == keys
+    assert len(network) == 0
+    torch.testing.assert_close(_unet_out(pipe), with_lora, rtol=1e-4, atol=1e-5)
+
+
+def test_file_from_another_family_is_refused(pipe, networks, tmp_path) -> None:
+    path = tmp_path / "xl.safetensors"
+    save_kohya(path, networks, {"ss_base_model_version": "sdxl_base_v1-0"})
+    with pytest.raises(ValueError, match="trained on sdxl but the base model is sd1"):
+        apply_lora_file(path, networks)
 
 
 def test_inspect_summarises_the_file(networks, tmp_path) -> None:

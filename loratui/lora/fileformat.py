@@ -26,6 +26,7 @@ from loratui.lora.naming import (
     KOHYA_PREFIX,
     UNetLayout,
     base_model_version,
+    family_from_metadata,
     guess_family,
     kohya_to_module_path,
     module_path_to_kohya,
@@ -207,6 +208,8 @@ def save_kohya(path: str | os.PathLike[str], networks: Mapping[str, LoRANetwork]
                *, dtype: torch.dtype | None = torch.float16) -> None:  # fmt: skip
     """Write the networks as a kohya LoRA (loads in A1111, Forge, ComfyUI and diffusers)."""
     entries, family = _entries_from_networks(networks)
+    if not entries:
+        raise ValueError("there are no LoRA modules to save")
     _write_kohya(Path(path), entries, family, metadata, dtype)
 
 
@@ -252,6 +255,8 @@ def save_diffusers(path: str | os.PathLike[str], networks: Mapping[str, LoRANetw
                    *, dtype: torch.dtype | None = torch.float16) -> None:  # fmt: skip
     """Write the networks in the diffusers/PEFT format, with alpha kept in ``lora_adapter_metadata``."""
     entries, family = _entries_from_networks(networks)
+    if not entries:
+        raise ValueError("there are no LoRA modules to save")
     _write_diffusers(Path(path), entries, family, metadata, dtype)
 
 
@@ -311,90 +316,70 @@ _PEFT_SUFFIX = re.compile(
     r"^(?P<module>.+?)(?:\.lora_(?P<peft>[AB])\.weight|\.lora(?:_linear_layer)?\.(?P<old>down|up)\.weight"
     r"|_lora\.(?P<proc>down|up)\.weight|\.alpha)$"
 )
+_KOHYA_SUFFIX = re.compile(r"^(?P<module>[^.]+)\.(?:lora_(?P<part>down|up)\.weight|alpha)$")
 _DIFFUSERS_COMPONENTS = {"unet": "unet", "text_encoder": "te", "text_encoder_2": "te2"}
+_TE_ATTN = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
+
+
+def _pair_up(tensors: dict[str, torch.Tensor], pattern: re.Pattern[str], path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Group tensors by module into {"down", "up", "alpha"}; anything else is an error naming the key."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        m = pattern.match(key)
+        if m is None:
+            raise LoRAFileError(
+                f"LoRA file {path} has a key loratui cannot read: {key!r}; only plain LoRA is supported "
+                "(not LoHa/LoKr/DoRA or LoCon with a mid weight)"
+            )
+        groups = m.groupdict()
+        part = {"A": "down", "B": "up"}.get(groups.get("peft") or "") or groups.get("part") or groups.get("old")
+        pairs.setdefault(m["module"], {})[part or groups.get("proc") or "alpha"] = tensor
+    for module, parts in pairs.items():
+        if "down" not in parts or "up" not in parts:
+            raise LoRAFileError(f"LoRA file {path}: module {module!r} has no {'up' if 'down' in parts else 'down'} weight")
+    return pairs
+
+
+def _alpha(parts: dict[str, torch.Tensor]) -> float:
+    # Every loader reads a missing alpha as alpha = rank (scale 1).
+    return float(parts["alpha"].float().reshape(-1)[0]) if "alpha" in parts else float(parts["down"].shape[0])
 
 
 def _diffusers_module_path(module: str) -> tuple[str, str]:
     """``unet.down_blocks...attn1.processor.to_q`` -> (``unet``, canonical module path)."""
     prefix, _, path = module.partition(".")
-    if prefix not in _DIFFUSERS_COMPONENTS:
-        raise LoRAFileError(f"unknown component {prefix!r} in LoRA key {module!r}")
     path = path.replace(".processor.", ".")
-    path = re.sub(r"\.to_out$", ".to_out.0", path)
-    if prefix != "unet" and not path.startswith("text_model."):
-        path = "text_model." + path
-    return _DIFFUSERS_COMPONENTS[prefix], path
+    if prefix == "unet":
+        return "unet", re.sub(r"\.to_out$", ".to_out.0", path)
+    # The old attention-processor spelling named CLIP's projections like the UNet's.
+    path = re.sub(r"\.(to_q|to_k|to_v|to_out)(\.0)?$", lambda m: "." + _TE_ATTN[m[1]], path)
+    return _DIFFUSERS_COMPONENTS[prefix], path if path.startswith("text_model.") else "text_model." + path
 
 
 def _adapter_alpha(adapter: dict[str, object], prefix: str, path: str, rank: int) -> float:
-    pattern = adapter.get(f"{prefix}.alpha_pattern") or {}
-    assert isinstance(pattern, dict)
-    for key, value in pattern.items():
+    """The alpha PEFT would use for a module, from diffusers' lora_adapter_metadata."""
+    for key, value in dict(adapter.get(f"{prefix}.alpha_pattern") or {}).items():  # type: ignore[call-overload]
         if re.match(rf"(.*\.)?({key})$", path):
             return float(value)
     alpha = adapter.get(f"{prefix}.lora_alpha")
     return float(alpha) if alpha is not None else float(rank)  # type: ignore[arg-type]
 
 
-def _read_diffusers(tensors: dict[str, torch.Tensor], metadata: dict[str, str], family: str | None,
-                    layout: UNetLayout | None, path: Path) -> tuple[dict[str, LoRAWeights], str, str | None]:  # fmt: skip
-    adapter = json.loads(metadata.get(LORA_ADAPTER_METADATA_KEY, "{}") or "{}")
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    fmt = "diffusers"
-    for key, tensor in tensors.items():
-        m = _PEFT_SUFFIX.match(key)
-        if m is None:
-            raise LoRAFileError(f"LoRA file {path} has a key loratui cannot read: {key!r} (LyCORIS/DoRA are not supported)")
-        part = {"A": "down", "B": "up"}.get(m["peft"] or "", m["old"] or m["proc"] or "alpha")
-        fmt = fmt if m["peft"] or part == "alpha" else "diffusers-old"
-        pairs.setdefault(m["module"], {})[part] = tensor
-    located = {module: _diffusers_module_path(module) for module in pairs}
-    if family is None:
-        has_te2 = any(c == "te2" for c, _ in located.values())
-        family = "sdxl" if has_te2 else guess_family(
-            {f"lora_unet_{p.replace('.', '_')}" if c == "unet" else f"lora_te_{p.replace('.', '_')}": tuple(t["down"].shape)
-             for (c, p), t in zip(located.values(), pairs.values()) if "down" in t},
-            metadata,
-        )  # fmt: skip
-    naming_family = family or "sd1"
-    modules: dict[str, LoRAWeights] = {}
-    for module, parts in pairs.items():
-        if "down" not in parts or "up" not in parts:
-            raise LoRAFileError(f"LoRA file {path}: module {module!r} lacks its {'up' if 'down' in parts else 'down'} weight")
-        component, mpath = located[module]
-        if component == "te" and naming_family == "sdxl":
-            component = "te1"
-        rank = int(parts["down"].shape[0])
-        if "alpha" in parts:
-            alpha = float(parts["alpha"].float().reshape(-1)[0])
-        else:
-            prefix = module.partition(".")[0]
-            peft_path = mpath.removeprefix("text_model.") if component != "unet" else mpath
-            alpha = _adapter_alpha(adapter, prefix, peft_path, rank)
-        name = module_path_to_kohya(component, mpath, naming_family, layout)
-        modules[name] = LoRAWeights(parts["down"], parts["up"], alpha)
-    return modules, fmt, family
-
-
-def _read_kohya(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, LoRAWeights]:
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        name, _, suffix = key.partition(".")
-        if suffix not in ("lora_down.weight", "lora_up.weight", "alpha"):
-            raise LoRAFileError(
-                f"LoRA file {path} has a key loratui cannot read: {key!r} (only plain LoRA is supported, "
-                "not LoCon-with-mid/LoHa/LoKr/DoRA)"
-            )
-        parts.setdefault(name, {})[suffix.split(".")[0]] = tensor
+def _read_diffusers(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path
+                    ) -> tuple[dict[tuple[str, str], LoRAWeights], str]:  # fmt: skip
+    """Modules keyed by (component, canonical path), and "diffusers" or "diffusers-old"."""
+    adapter = json.loads(metadata.get(LORA_ADAPTER_METADATA_KEY) or "{}")
+    old = any(not k.endswith((".lora_A.weight", ".lora_B.weight", ".alpha")) for k in tensors)
     modules = {}
-    for name, p in parts.items():
-        if "lora_down" not in p or "lora_up" not in p:
-            raise LoRAFileError(f"LoRA file {path}: module {name!r} lacks its {'lora_up' if 'lora_down' in p else 'lora_down'} weight")
-        rank = int(p["lora_down"].shape[0])
-        # Every loader reads a missing alpha as alpha = rank (scale 1).
-        alpha = float(p["alpha"].float().reshape(-1)[0]) if "alpha" in p else float(rank)
-        modules[name] = LoRAWeights(p["lora_down"], p["lora_up"], alpha)
-    return modules
+    for module, parts in _pair_up(tensors, _PEFT_SUFFIX, path).items():
+        component, mpath = _diffusers_module_path(module)
+        prefix = module.partition(".")[0]
+        if "alpha" in parts:
+            alpha = _alpha(parts)
+        else:
+            alpha = _adapter_alpha(adapter, prefix, mpath.removeprefix("text_model."), int(parts["down"].shape[0]))
+        modules[(component, mpath)] = LoRAWeights(parts["down"], parts["up"], alpha)
+    return modules, "diffusers-old" if old else "diffusers"
 
 
 def _normalise_names(modules: dict[str, LoRAWeights], family: str, layout: UNetLayout | None) -> dict[str, LoRAWeights]:
@@ -405,7 +390,7 @@ def _normalise_names(modules: dict[str, LoRAWeights], family: str, layout: UNetL
             component, mpath = kohya_to_module_path(name, family, layout)
             out[module_path_to_kohya(component, mpath, family, layout)] = w
         except ValueError:
-            out[name] = w
+            out[name] = w  # a module outside the known layout keeps the file's own name
     return out
 
 
@@ -413,8 +398,8 @@ def load_lora_file(path: str | os.PathLike[str], *, family: str | None = None,
                    layers_per_block: int | None = None) -> LoRAFile:  # fmt: skip
     """Read a kohya or diffusers/PEFT LoRA file into kohya-named modules.
 
-    ``family`` and ``layers_per_block`` decide SDXL's SGM block numbers when the
-    file does not say (default: guessed, SDXL layers_per_block 2).
+    ``family`` overrides the guess (metadata, then names, then widths);
+    ``layers_per_block`` sets SDXL's SGM block numbering (default 2).
     """
     path = Path(path)
     data = read_validated_bytes(path)
@@ -422,24 +407,28 @@ def load_lora_file(path: str | os.PathLike[str], *, family: str | None = None,
         tensors = st_load(data)
     except Exception as exc:  # safetensors raises its own error types
         raise LoRAFileError(f"LoRA file {path} could not be read as safetensors ({exc}); copy it again") from exc
-    header_len = int.from_bytes(data[:8], "little")
-    metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+    metadata = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
     if not tensors:
         raise LoRAFileError(f"LoRA file {path} holds no tensors")
     family = normalize_family(family) if family else None
+
     if all(k.startswith(_KOHYA_PREFIXES) for k in tensors):
-        modules = _read_kohya(tensors, path)
         fmt = "kohya"
-        family = family or guess_family({n: tuple(w.down.shape) for n, w in modules.items()}, metadata)
+        modules = {name: LoRAWeights(p["down"], p["up"], _alpha(p)) for name, p in _pair_up(tensors, _KOHYA_SUFFIX, path).items()}
     elif all(k.partition(".")[0] in _DIFFUSERS_COMPONENTS for k in tensors):
-        layout = UNetLayout.for_family(family or "sdxl", layers_per_block)
-        modules, fmt, family = _read_diffusers(tensors, metadata, family, layout, path)
+        by_path, fmt = _read_diffusers(tensors, metadata, path)
+        # Provisional SD1-style names (diffusers block names; te2 stays te2)
+        # are enough to guess the family; the names are then made final.
+        modules = {module_path_to_kohya(c, p, "sd1"): w for (c, p), w in by_path.items()}
     else:
         odd = next(k for k in tensors if not k.startswith(_KOHYA_PREFIXES))
         raise LoRAFileError(
             f"LoRA file {path} is neither kohya (lora_unet_/lora_te_ keys) nor diffusers (unet./text_encoder. keys); "
             f"first unrecognised key: {odd!r}"
         )
+    family = family or guess_family({n: tuple(w.down.shape) for n, w in modules.items()}, metadata)
+    if family == "sdxl":
+        modules = {re.sub(r"^lora_te_", "lora_te1_", n): w for n, w in modules.items()}
     if family is not None:
         modules = _normalise_names(modules, family, UNetLayout.for_family(family, layers_per_block))
     return LoRAFile(path, fmt, family, dict(metadata), modules)
@@ -481,7 +470,11 @@ def apply_lora_file(lora_file: LoRAFile | str | os.PathLike[str], networks: Mapp
     """Load a file's weights into injected networks, to continue training from an existing LoRA."""
     lora = lora_file if isinstance(lora_file, LoRAFile) else load_lora_file(lora_file)
     family = next(iter(networks.values())).family if networks else None
-    if family is not None and lora.family not in (None, family):
+    if family is not None and lora.family != family:
+        stated = family_from_metadata(lora.metadata)
+        if stated is not None and stated != family:
+            raise ValueError(f"LoRA file {lora.path} was trained on {stated} but the base model is {family}; "
+                             "pick a base model of the same family")  # fmt: skip
         lora = LoRAFile(lora.path, lora.format, family, lora.metadata, _normalise_names(lora.modules, family, None))
     sd = lora.state_dict()
     prefixes = {KOHYA_PREFIX[n.component] + "_": n for n in networks.values()}

@@ -45,3 +45,16 @@ def unmerge_networks(networks: Mapping[str, LoRANetwork] | Iterable[LoRANetwork]
     _add(networks, -scale)
     for module in _modules(networks):
         module.multiplier = multiplier
+
+
+def bake_networks(networks: Mapping[str, LoRANetwork] | Iterable[LoRANetwork], scale: float = 1.0) -> None:
+    """Merge and take the LoRA wrappers out: the model is a plain model again, with the LoRA in its weights.
+
+    This is what an exported merged model needs: its state dict then has the
+    base model's own keys (``...to_q.weight``), ready for ``save_pretrained``.
+    The networks are empty afterwards.
+    """
+    merge_networks(networks, scale)
+    items = networks.values() if isinstance(networks, Mapping) else networks
+    for network in items:
+        network.remove()

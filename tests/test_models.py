@@ -122,6 +122,9 @@ def test_load_builtin(models: dict[str, LoadedModel], name: str) -> None:
     assert model.sample_scheduler.config.prediction_type == pred
     assert len(model.text_encoders) == len(model.tokenizers) == (2 if family == "sdxl" else 1)
     assert not any(p.requires_grad for p in model.unet.parameters())
+    info = probe_model(f"builtin:{name}")
+    assert (info.family, info.prediction_type, info.resolution) == (family, pred, 128)
+    assert probe_model(str(builtin.builtin_dir(name))).family == family
     # Loading the same thing again yields the same cache identity.
     assert load_model(f"builtin:{name}").fingerprint == model.fingerprint
 
@@ -176,3 +179,5 @@ def test_family_and_prediction_overrides(cache_dir: Path) -> None:
     assert model.sample_scheduler.config.prediction_type == "v_prediction"
     with pytest.raises(ModelLoadError, match="prediction_type 'x0'"):
         load_model("builtin:tiny-sd", prediction_type="x0")
+    with pytest.raises(ModelLoadError, match="model.family is set to sdxl"):
+        load_model("builtin:tiny-sd", family="sdxl")

@@ -264,3 +264,22 @@ def test_hub_id_that_cannot_be_reached(monkeypatch: pytest.MonkeyPatch) -> None:
     # Something that looks like a path is never sent to the hub.
     with pytest.raises(ModelLoadError, match="does not exist"):
         probe_model("./models/sd15")
+
+
+def test_probing_does_not_import_torch(tiny_sd_folder: Path, tmp_path: Path) -> None:
+    # The wizard probes as the user types; torch and diffusers take seconds to
+    # import, so probing built-ins, folders and safetensors files must not.
+    import subprocess
+    import sys
+
+    path = _checkpoint(tmp_path / "m.safetensors", SDXL_KEYS)
+    code = (
+        "import sys\n"
+        "from loratui.models.probe import probe_model\n"
+        f"for spec in ['builtin:tiny-sd2', {str(tiny_sd_folder)!r}, {str(path)!r}]:\n"
+        "    probe_model(spec)\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -10,17 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from loratui.models.builtin import BUILTIN_MODELS, ensure_builtin
-    from loratui.models.loader import LoadedModel, ModelInfo, ModelLoadError, load_model, probe_model
+    from loratui.models.loader import LoadedModel, load_model
+    from loratui.models.probe import ModelInfo, ModelLoadError, probe_model
     from loratui.models.text import TextEmbedding, encode_prompts, encode_tokens, tokenize
 
 _EXPORTS = {
     "BUILTIN_MODELS": "builtin",
     "ensure_builtin": "builtin",
     "LoadedModel": "loader",
-    "ModelInfo": "loader",
-    "ModelLoadError": "loader",
+    "ModelInfo": "probe",
+    "ModelLoadError": "probe",
     "load_model": "loader",
-    "probe_model": "loader",
+    "probe_model": "probe",
     "TextEmbedding": "text",
     "encode_prompts": "text",
     "encode_tokens": "text",

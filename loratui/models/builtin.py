@@ -20,8 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
 # Bumped whenever the built-in weights or layout change, so a stale cache
 # folder is never mistaken for the current model.
 BUILTIN_VERSION = "v1"
@@ -37,11 +35,21 @@ BUILTIN_MODELS: dict[str, str] = {
 # built before it.
 _SEED = 20240601
 
+
+def _seed(offset: int) -> None:
+    # torch is imported here, not at the top, so that probing a spec (which
+    # imports this module for the names and cache paths) stays torch-free.
+    import torch
+
+    torch.manual_seed(_SEED + offset)
+
+
 # SD's training noise schedule, shared by all three families.
 _BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
 
 # A sample_size of 16 latents times the VAE's 8x gives a 128 px native size.
 _SAMPLE_SIZE = 16
+BUILTIN_RESOLUTION = _SAMPLE_SIZE * 8
 
 
 @contextmanager
@@ -91,7 +99,7 @@ def _check_name(name: str) -> str:
 def _vae(scaling_factor: float) -> Any:
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(_SEED + 1)
+    _seed(1)
     # Four encoder blocks -> three downsamples -> 8x, as in SD's VAE.
     return AutoencoderKL(
         in_channels=3,
@@ -130,7 +138,7 @@ def _text_config(*, hidden_act: str, projection_dim: int, hidden_size: int, pad_
 def _text_encoder(seed_offset: int, *, with_projection: bool = False, **cfg: Any) -> Any:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(_SEED + seed_offset)
+    _seed(seed_offset)
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     return cls(_text_config(**cfg)).eval()
 
@@ -138,7 +146,7 @@ def _text_encoder(seed_offset: int, *, with_projection: bool = False, **cfg: Any
 def _sd_unet(*, cross_attention_dim: int, linear_projection: bool) -> Any:
     from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(_SEED + 2)
+    _seed(2)
     return UNet2DConditionModel(
         sample_size=_SAMPLE_SIZE,
         in_channels=4,
@@ -160,7 +168,7 @@ def _sd_unet(*, cross_attention_dim: int, linear_projection: bool) -> Any:
 def _sdxl_unet(*, cross_attention_dim: int, pooled_dim: int, time_embed_dim: int) -> Any:
     from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(_SEED + 2)
+    _seed(2)
     return UNet2DConditionModel(
         sample_size=_SAMPLE_SIZE,
         in_channels=4,
@@ -260,6 +268,8 @@ def ensure_builtin(name: str) -> Path:
     The build is written into a temporary sibling and renamed into place, so
     an interrupted build never leaves a folder that looks finished.
     """
+    from loratui.models import tokenizer as chartok
+
     name = _check_name(name)
     target = builtin_dir(name)
     if (target / "model_index.json").is_file():
@@ -272,6 +282,11 @@ def ensure_builtin(name: str) -> Path:
             pipe = build_pipeline(name, Path(tok_dir))
             with quiet_progress():
                 pipe.save_pretrained(str(tmp), safe_serialization=True)
+            # Real SD folders also carry vocab.json/merges.txt beside
+            # tokenizer.json; with them the folder loads with slow and fast
+            # CLIP tokenizers alike, whichever transformers is installed.
+            for tok_dir in tmp.glob("tokenizer*"):
+                chartok.write_char_tokenizer_files(tok_dir)
         if target.exists() and not (target / "model_index.json").is_file():
             # A half folder without model_index.json (not ours: ours are
             # renamed in whole) is in the way.

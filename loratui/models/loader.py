@@ -1,18 +1,13 @@
 """Load a base model from a built-in name, a folder, one file or a hub id.
 
-``probe_model`` answers "what is this?" cheaply (configs and file headers
-only) so the wizard can show the family while the user types;
-``load_model`` loads the weights through diffusers. Every user mistake ends
-in a ``ModelLoadError`` whose message names the path and what to do.
+What the spec is comes from ``probe`` (cheap, headers and configs only);
+the weights then load through diffusers, by ``from_pretrained`` for folders,
+built-ins and hub ids and ``from_single_file`` for one checkpoint file.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
-import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,41 +15,17 @@ from typing import Any
 import torch
 
 from loratui.models import builtin
-from loratui.models.family import (
-    FAMILY_NAMES,
-    FamilyError,
-    check_family,
-    check_prediction_type,
-    family_from_configs,
-    family_from_keys,
-    native_resolution,
-    prediction_from_keys,
-    prediction_from_scheduler_config,
+from loratui.models.family import FamilyError, check_family, check_prediction_type, native_resolution
+from loratui.models.probe import (
+    ModelInfo,
+    ModelLoadError,
+    folder_info,
+    probe_model,
+    read_safetensors_header,
+    resolve_spec,
 )
 
-SAFE_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# safetensors refuses headers above 100 MB; a bigger length means garbage.
-_MAX_HEADER = 100 * 1024 * 1024
-
-_BUILTIN_FAMILY = {"tiny-sd": ("sd1", "epsilon"), "tiny-sd2": ("sd2", "v_prediction"), "tiny-sdxl": ("sdxl", "epsilon")}
-
-
-class ModelLoadError(Exception):
-    """A base model cannot be used; the message says which and what to do."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What probe_model found out without loading weights."""
-
-    spec: str
-    source_kind: str  # "builtin" | "folder" | "single_file" | "hub"
-    family: str  # "sd1" | "sd2" | "sdxl"
-    prediction_type: str  # "epsilon" | "v_prediction"
-    description: str
-    path: Path | None = None
+__all__ = ["LoadedModel", "ModelInfo", "ModelLoadError", "load_model", "make_noise_scheduler", "probe_model"]
 
 
 @dataclass
@@ -104,202 +75,6 @@ class LoadedModel:
         return pipe
 
 
-# --- resolving a spec -----------------------------------------------------
-
-
-def _resolve(spec: str) -> tuple[str, Path | str]:
-    """(source_kind, location) for a spec; raises ModelLoadError for bad ones."""
-    text = spec.strip()
-    if not text:
-        raise ModelLoadError("no base model given; set model.base to builtin:tiny-sd, a hub id, a folder or a file")
-    if text.startswith(builtin.BUILTIN_PREFIX):
-        name = text[len(builtin.BUILTIN_PREFIX) :]
-        if name not in builtin.BUILTIN_MODELS:
-            known = ", ".join(builtin.BUILTIN_PREFIX + n for n in builtin.BUILTIN_MODELS)
-            raise ModelLoadError(f"unknown built-in model {text!r}; choose one of {known}")
-        return "builtin", name
-    path = Path(text).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise ModelLoadError(
-                f"{path} is not a diffusers model folder (it has no model_index.json); "
-                "point at the folder that contains model_index.json, or at a .safetensors checkpoint file"
-            )
-        return "folder", path
-    if path.is_file():
-        return "single_file", path
-    looks_like_path = text.startswith(("/", ".", "~")) or text.lower().endswith(SAFE_SUFFIXES + PICKLE_SUFFIXES)
-    if not looks_like_path and _HUB_ID.match(text):
-        return "hub", text
-    raise ModelLoadError(
-        f"{path} does not exist; check the path (or, for a Hugging Face model, give its id as org/name)"
-    )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}; the model folder is damaged, copy it again") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} does not hold a JSON object; the model folder is damaged, copy it again")
-    return data
-
-
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file, checked against the file size.
-
-    A download cut short keeps a valid header but loses tensor bytes, which
-    otherwise only shows up deep inside a load; the size check catches it here.
-    """
-    again = "download or copy it again"
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            raw_len = fh.read(8)
-            header_len = struct.unpack("<Q", raw_len)[0] if len(raw_len) == 8 else -1
-            if not 0 <= header_len <= min(_MAX_HEADER, size - 8):
-                raise ModelLoadError(f"{path} is truncated or not a safetensors file ({size} bytes); {again}")
-            header = json.loads(fh.read(header_len))
-        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-        # JSON errors are ValueErrors; the rest mean a header of the wrong shape.
-        raise ModelLoadError(f"{path} has a damaged safetensors header; {again}") from None
-    if 8 + header_len + end > size:
-        raise ModelLoadError(
-            f"{path} is truncated: its header describes {8 + header_len + end} bytes but the file has {size}; "
-            f"the download or copy was cut short, {again}"
-        )
-    return header
-
-
-# --- probing --------------------------------------------------------------
-
-
-def _configs_info(
-    spec: str, kind: str, label: str, read: Callable[[str], dict[str, Any]], path: Path | None
-) -> ModelInfo:
-    """ModelInfo from a diffusers layout's JSON files, whatever reads them."""
-    index, unet_cfg = read("model_index.json"), read("unet/config.json")
-    if not unet_cfg:
-        raise ModelLoadError(
-            f"{label} has no unet/config.json; only whole Stable Diffusion pipelines "
-            "(UNet, VAE, text encoder) can be trained"
-        )
-    try:
-        family = family_from_configs(index, unet_cfg, read("text_encoder/config.json"))
-        pred = prediction_from_scheduler_config(read("scheduler/scheduler_config.json"))
-    except FamilyError as exc:
-        raise ModelLoadError(f"{label}: {exc}") from None
-    res = native_resolution(family, pred, unet_cfg)
-    return ModelInfo(spec, kind, family, pred, _describe(family, pred, res, label), path)
-
-
-def _folder_info(spec: str, kind: str, folder: Path) -> ModelInfo:
-    return _configs_info(spec, kind, f"diffusers folder {folder}", lambda name: _read_json(folder / name), folder)
-
-
-def _describe(family: str, pred: str, resolution: int, where: str) -> str:
-    pred_text = "v-prediction" if pred == "v_prediction" else "epsilon"
-    return f"{FAMILY_NAMES[family]}, {pred_text}, {resolution} px ({where})"
-
-
-def _checkpoint_keys(path: Path, allow_pickle: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Tensor name -> shape of a single-file checkpoint, and non-tensor extras."""
-    suffix = path.suffix.lower()
-    if suffix in SAFE_SUFFIXES:
-        header = read_safetensors_header(path)
-        return {k: v.get("shape") for k, v in header.items() if k != "__metadata__"}, {}
-    if suffix not in PICKLE_SUFFIXES:
-        raise ModelLoadError(
-            f"{path} is neither a .safetensors checkpoint nor a diffusers folder; "
-            "point at a .safetensors file or a folder with model_index.json"
-        )
-    if not allow_pickle:
-        raise ModelLoadError(
-            f"{path} is a pickle checkpoint ({suffix}); loading one can run arbitrary code hidden in the file. "
-            "Convert it to .safetensors, or if you trust its source set model.allow_pickle = true in loratui.toml"
-        )
-    try:
-        # mmap reads the index, not the weights; weights_only refuses code.
-        data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file here
-        raise ModelLoadError(
-            f"cannot read {path} as a plain-tensor checkpoint ({type(exc).__name__}: {exc}); convert it to .safetensors"
-        ) from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} does not hold a state dict; it is not a Stable Diffusion checkpoint")
-    extras = {k: v for k, v in data.items() if not isinstance(v, (dict, torch.Tensor))}
-    state = data.get("state_dict", data)
-    if not isinstance(state, dict):
-        return {}, extras
-    return {str(k): list(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}, extras
-
-
-def _single_file_info(spec: str, path: Path, config_source: str | None, allow_pickle: bool) -> ModelInfo:
-    keys, extras = _checkpoint_keys(path, allow_pickle)
-    try:
-        family = family_from_keys(keys, keys)
-    except FamilyError as exc:
-        raise ModelLoadError(f"{path}: {exc}") from None
-    pred = prediction_from_keys(keys, family)
-    has_marker = pred == "v_prediction" and family != "sd2"
-    unet_cfg: dict[str, Any] = {}
-    if config_source and Path(config_source).expanduser().is_dir():
-        cfg_dir = Path(config_source).expanduser()
-        unet_cfg = _read_json(cfg_dir / "unet" / "config.json")
-        if not has_marker:
-            sched = _read_json(cfg_dir / "scheduler" / "scheduler_config.json")
-            if sched:
-                pred = prediction_from_scheduler_config(sched)
-    elif family == "sd2" and extras.get("global_step") == 875000:
-        # The one SD2 checkpoint trained for epsilon (512-base) is known by
-        # its step count, as diffusers also does.
-        pred = "epsilon"
-    res = native_resolution(family, pred, unet_cfg)
-    return ModelInfo(spec, "single_file", family, pred, _describe(family, pred, res, f"single file {path.name}"), path)
-
-
-def _hub_info(spec: str, repo_id: str) -> ModelInfo:
-    from huggingface_hub import hf_hub_download
-
-    def fetch(name: str) -> dict[str, Any]:
-        last: Exception | None = None
-        # The local hub cache first, so probing a downloaded model is offline.
-        for local_only in (True, False):
-            try:
-                return _read_json(Path(hf_hub_download(repo_id, name, local_files_only=local_only)))
-            except Exception as exc:  # noqa: BLE001 - hub errors vary by version
-                last = exc
-        if name == "model_index.json":
-            raise ModelLoadError(
-                f"{repo_id!r} is not a local path and its model_index.json could not be fetched from the "
-                f"Hugging Face hub ({type(last).__name__}); check the id, your network, or log in for gated models"
-            ) from None
-        return {}
-
-    return _configs_info(spec, "hub", f"hub model {repo_id}", fetch, None)
-
-
-def probe_model(spec: str, *, config_source: str | None = None, allow_pickle: bool = False) -> ModelInfo:
-    """Family, prediction type and a description, without loading weights."""
-    kind, where = _resolve(spec)
-    if kind == "builtin":
-        name = str(where)
-        family, pred = _BUILTIN_FAMILY[name]
-        return ModelInfo(spec, "builtin", family, pred, f"built-in: {builtin.BUILTIN_MODELS[name]}")
-    if kind == "folder":
-        return _folder_info(spec, kind, Path(where))
-    if kind == "single_file":
-        return _single_file_info(spec, Path(where), config_source, allow_pickle)
-    return _hub_info(spec, str(where))
-
-
 # --- loading --------------------------------------------------------------
 
 
@@ -314,7 +89,7 @@ def load_model(
     device: str | torch.device = "cpu",
 ) -> LoadedModel:
     """Load a base model; family and prediction_type override detection."""
-    kind, where = _resolve(spec)
+    kind, where = resolve_spec(spec)
     if kind == "builtin":
         # Built-ins load from their cache folder exactly like a user's folder.
         try:
@@ -324,7 +99,7 @@ def load_model(
                 f"cannot write the built-in model to {builtin.cache_root()}: {exc.strerror or exc}; "
                 "free some space or set LORATUI_CACHE_DIR to a writable folder"
             ) from None
-        info = _folder_info(spec, "builtin", Path(where))
+        info = folder_info(spec, "builtin", Path(where))
     else:
         info = probe_model(spec, config_source=config_source, allow_pickle=allow_pickle)
     try:
@@ -333,19 +108,19 @@ def load_model(
     except FamilyError as exc:
         raise ModelLoadError(f"model settings: {exc}") from None
 
-    pipe = _load_pipeline(kind, where, fam, config_source, dtype)
+    try:
+        pipe = _load_pipeline(kind, where, fam, config_source, dtype)
+        text_encoders, tokenizers = _text_components(pipe, fam, spec)
+    except ModelLoadError as exc:
+        if fam == info.family:
+            raise
+        raise ModelLoadError(
+            f"{exc}. model.family is set to {fam} but the model looks like {info.family}; try model.family = auto"
+        ) from None
     pipe.to(device)
     sample_scheduler = pipe.scheduler
     if sample_scheduler.config.get("prediction_type") != pred:
         sample_scheduler = type(sample_scheduler).from_config(sample_scheduler.config, prediction_type=pred)
-
-    if fam == "sdxl":
-        text_encoders = [pipe.text_encoder, pipe.text_encoder_2]
-        tokenizers = [pipe.tokenizer, pipe.tokenizer_2]
-    else:
-        text_encoders, tokenizers = [pipe.text_encoder], [pipe.tokenizer]
-    if any(m is None for m in text_encoders + tokenizers) or pipe.unet is None or pipe.vae is None:
-        raise ModelLoadError(f"{spec} is missing a UNet, VAE, text encoder or tokenizer; loratui needs all of them")
     # Frozen unless the trainer says otherwise: a base model is never trained
     # whole, and eval mode turns off the text encoders' dropout.
     for module in [pipe.unet, pipe.vae, *text_encoders]:
@@ -369,6 +144,15 @@ def load_model(
         # not its component entries, for make_pipeline to pass on.
         pipeline_config={k: v for k, v in pipe.config.items() if isinstance(v, (bool, int, float)) and k[0] != "_"},
     )
+
+
+def _text_components(pipe: Any, family: str, spec: str) -> tuple[list[Any], list[Any]]:
+    names = ["", "_2"] if family == "sdxl" else [""]
+    encoders = [getattr(pipe, f"text_encoder{n}", None) for n in names]
+    tokenizers = [getattr(pipe, f"tokenizer{n}", None) for n in names]
+    if any(m is None for m in encoders + tokenizers) or pipe.unet is None or pipe.vae is None:
+        raise ModelLoadError(f"{spec} is missing a UNet, VAE, text encoder or tokenizer; loratui needs all of them")
+    return encoders, tokenizers
 
 
 def make_noise_scheduler(scheduler_config: Any, prediction_type: str) -> Any:

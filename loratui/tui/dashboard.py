@@ -1,0 +1,416 @@
+"""The live training dashboard: loss, numbers, samples, checkpoints and the run's controls.
+
+The engine runs in a thread worker whose only contact with the screen is
+``post_message``. Every event is applied to a :class:`RunState` (nothing is
+dropped: the loss history keeps every step); drawing is throttled, because a
+fast GPU can finish more steps per second than a terminal should repaint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import Footer, Header, ProgressBar, Sparkline, Static
+from textual.worker import Worker, WorkerState
+
+from loratui.commands import Command, CommandChannel
+from loratui.events import Event, Failed, Finished, StepDone
+from loratui.project import ProjectPaths
+from loratui.tui.modals import Choice, ChoiceModal, ErrorModal, LogScreen
+from loratui.tui.widgets.checkpoint_list import CheckpointList
+from loratui.tui.widgets.loss_history import history_from_rows
+from loratui.tui.widgets.loss_plot import LossPlot
+from loratui.tui.widgets.project_runs import ProjectRuns, read_project_runs
+from loratui.tui.widgets.run_state import RunState, display_path
+from loratui.tui.widgets.sample_gallery import SampleGallery
+from loratui.tui.widgets.stats_panel import StatsPanel
+from loratui.tui.widgets.status_bar import StatusBar
+
+Engine = Callable[..., None]
+DRAW_INTERVAL_S = 0.1
+"""At most ten repaints a second from step events; other events repaint at once."""
+SPARK_POINTS = 200
+
+
+def usage_text(lora: str, *, stopped_early: bool, step: int, total: int | None) -> str:
+    head = (f"■ Stopped at step {step}/{total or '?'} and saved." if stopped_early
+            else f"✔ Finished at step {step}.")
+    return (f"{head} Your LoRA: {lora}\n"
+            f"diffusers:  pipe.load_lora_weights(\"{lora}\")\n"
+            "ComfyUI: copy it to ComfyUI/models/loras · A1111/Forge: copy it to models/Lora")
+
+
+class DashboardScreen(Screen[None]):
+    """Watch and steer one project's training run."""
+
+    TITLE = "Training dashboard"
+    HELP = """
+The engine reads commands between optimizer steps: pause, sample and checkpoint
+take effect after the step in progress. Pausing keeps the model in memory and
+resumes at once. Stop saves a checkpoint and the LoRA, then ends the run; you
+can resume it later from the checkpoint.
+
+The plot shows the smoothed (EMA) loss over the whole run; the sparkline the raw
+loss of the last steps. Diffusion loss is noisy: judge the trend and the samples.
+On a small terminal the panes stack: scroll with the arrow keys or Page Up/Down.
+Ctrl+P opens the command palette (change the theme there; the choice is remembered).
+"""
+
+    # Short descriptions: all of them fit an 80-column footer; the tooltips say more.
+    BINDINGS = [
+        Binding("t", "train", "Train", tooltip="Start training (or resume a stopped run)"),
+        Binding("p", "pause", "Pause", tooltip="Pause after the step in progress; the model stays loaded"),
+        Binding("p", "resume", "Resume", tooltip="Continue a paused run"),
+        Binding("s", "sample", "Sample", tooltip="Make sample images after the step in progress"),
+        Binding("c", "checkpoint", "Checkpoint", tooltip="Save a resumable checkpoint after the step in progress"),
+        Binding("x", "stop", "Stop", tooltip="Stop and save a checkpoint and the LoRA (asks first)"),
+        Binding("l", "log", "Log", tooltip="The training log and the run's events"),
+        Binding("e", "edit", "Setup", tooltip="Change images, captions, model and training settings"),
+        Binding("q", "quit", "Quit", tooltip="Quit (asks to stop properly while training)"),
+    ]
+
+    phase: reactive[str] = reactive("idle")
+    """Mirror of the run's phase, so bindings and the status badge follow it."""
+
+    class EngineEvent(Message):
+        """One engine event, carried from the worker thread to the screen."""
+
+        def __init__(self, event: Event) -> None:
+            super().__init__()
+            self.event = event
+
+    def __init__(self, project_dir: Path, engine: Engine, *, clock: Callable[[], float] = time.time,
+                 start: bool = False, ask_resume: bool = True) -> None:
+        super().__init__()
+        self.project_dir = Path(project_dir)
+        self.paths = ProjectPaths(self.project_dir)
+        self.engine = engine
+        self.clock = clock
+        self.state = RunState(root=self.project_dir)
+        self.commands = CommandChannel()
+        self.runs: ProjectRuns | None = None
+        self._start_on_mount = start
+        self._ask_resume = ask_resume
+        self._last_draw = 0.0
+        self._draw_pending = False
+        self._failure_shown = False
+        self._quit_when_done = False
+        self._log_screen: LogScreen | None = None
+
+    # Layout -----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll(id="dash-body"):
+            with Vertical(id="dash-left"):
+                with Vertical(id="run-pane", classes="pane"):
+                    yield ProgressBar(id="progress", show_eta=False)
+                    yield StatsPanel(self.state, clock=self.clock, id="stats")
+                with Vertical(id="checkpoint-pane", classes="pane"):
+                    yield CheckpointList(id="checkpoints")
+            with Vertical(id="dash-right"):
+                yield Static("", id="finished", markup=False)
+                with Vertical(id="loss-pane", classes="pane"):
+                    yield Sparkline([], id="spark")
+                    yield LossPlot(id="plot")
+                with Vertical(id="sample-pane", classes="pane"):
+                    yield SampleGallery(id="samples")
+        yield StatusBar(id="status")
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self.sub_title = str(self.project_dir)
+        self.query_one("#run-pane").border_title = "Run"
+        self.query_one("#checkpoint-pane").border_title = "Checkpoints"
+        self.query_one("#loss-pane").border_title = "Loss · raw (last steps) and smoothed (whole run)"
+        self.query_one("#sample-pane").border_title = "Samples"
+        self.query_one("#finished").display = False
+        self.query_one("#dash-body").focus()  # arrow keys scroll the stacked panes on small terminals
+        self._load_project()
+        self.set_interval(1.0, self._tick)
+        if self._start_on_mount:
+            self.start_training(resume=False)
+        elif self.runs is not None and self.runs.resumable and self._ask_resume:
+            self.call_after_refresh(self._offer_resume)
+
+    def _load_project(self) -> None:
+        runs = self.runs = read_project_runs(self.project_dir)
+        self.title = f"loratui · {runs.name}"
+        self.state.history = history_from_rows(runs.rows)
+        if runs.rows:
+            self.state.last = runs.rows[-1]
+            self.state.total_steps = runs.total_steps
+        self.state.checkpoints = list(runs.checkpoints)
+        self.state.samples = list(runs.samples)
+        if runs.finished and runs.lora_file is not None:
+            self.state.apply(Finished(step=runs.last_step, lora_path=str(runs.lora_file),
+                                      time=runs.lora_file.stat().st_mtime))
+        if runs.config_problem:
+            self._set_status(runs.config_problem.splitlines()[0])
+        elif runs.resumable:
+            newest = runs.newest_checkpoint
+            self._set_status(f"Stopped at step {runs.last_step}; press t to resume from the checkpoint at "
+                             f"step {newest.step if newest else '?'}.")
+        elif not runs.rows:
+            self._set_status("Ready. Press t to train, e to change the setup.")
+        self._draw()
+
+    # Training ---------------------------------------------------------------------------
+
+    def start_training(self, *, resume: bool) -> None:
+        if self.state.running:
+            return
+        self.commands = CommandChannel()  # never let a command meant for the last run reach this one
+        self._failure_shown = False
+        self.state.finished = self.state.failed = None
+        self.state.phase = "starting"
+        self._set_status("Starting: loading models…")
+        self._sync_phase()
+        self._draw()
+        self._run_engine(resume)
+
+    def reload_and_start(self) -> None:
+        """Start a fresh run after the setup changed (the wizard's Start over this screen)."""
+        self._load_project()
+        self.start_training(resume=False)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="training")
+    def _run_engine(self, resume: bool) -> None:
+        post = self.post_message
+
+        def emit(event: Event) -> None:
+            post(self.EngineEvent(event))
+
+        self.engine(self.project_dir, emit=emit, commands=self.commands, resume=resume)
+
+    @on(EngineEvent)
+    def _engine_event(self, message: EngineEvent) -> None:
+        event = message.event
+        self.state.apply(event)
+        if isinstance(event, StepDone):
+            self._schedule_draw()
+            return
+        if self.state.log:
+            self._set_status(self.state.log[-1])
+            if self._log_screen is not None:
+                self._log_screen.add_status(self.state.log[-1])
+        if isinstance(event, Failed):
+            self._show_failure(event.message, event.log_path)
+        self._sync_phase()
+        self._draw()
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "training" or not event.worker.is_finished:
+            return
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            if self.state.failed is None:
+                self.state.apply(Failed(message=f"{type(error).__name__}: {error}",
+                                        log_path=str(self.paths.log_file), time=self.clock()))
+            failed = self.state.failed
+            self._show_failure(failed.message if failed else str(error),
+                               failed.log_path if failed else str(self.paths.log_file))
+        elif self.state.running:
+            # The engine returned without Finished (an abort): the run is over all the same.
+            self.state.phase = "idle"
+            self._set_status(f"Training ended at step {self.state.step} without saving.")
+        self._sync_phase()
+        self._draw()
+        if self._quit_when_done:
+            self.app.exit()
+
+    def _show_failure(self, message: str, log_path: str | None) -> None:
+        if self._failure_shown:
+            return
+        self._failure_shown = True
+        self._set_status(f"Training failed: {message.splitlines()[0] if message else ''}")
+        self.app.push_screen(ErrorModal("Training failed", message, log_path or str(self.paths.log_file)))
+
+    # Drawing ----------------------------------------------------------------------------
+
+    def _schedule_draw(self) -> None:
+        wait = DRAW_INTERVAL_S - (time.monotonic() - self._last_draw)
+        if wait <= 0:
+            self._draw()
+        elif not self._draw_pending:
+            self._draw_pending = True
+            self.set_timer(wait, self._draw)
+
+    def _draw(self) -> None:
+        self._draw_pending = False
+        self._last_draw = time.monotonic()
+        s = self.state
+        self.query_one("#progress", ProgressBar).update(total=s.total_steps, progress=s.step)
+        self.query_one("#stats", StatsPanel).refresh(layout=True)
+        self.query_one("#spark", Sparkline).data = s.history.recent(SPARK_POINTS)
+        self.query_one("#plot", LossPlot).update_history(s.history, s.total_steps)
+        self.query_one("#checkpoints", CheckpointList).update_checkpoints(s.checkpoints)
+        self.query_one("#samples", SampleGallery).show(s.latest_samples())
+        self._draw_finished()
+
+    def _draw_finished(self) -> None:
+        panel = self.query_one("#finished", Static)
+        done = self.state.finished
+        if done is None or self.state.running:
+            panel.display = False
+            return
+        lora = done.lora_path or "(no LoRA written)"
+        panel.update(usage_text(lora, stopped_early=done.stopped_early, step=done.step,
+                                total=self.state.total_steps))
+        panel.display = True
+
+    def _tick(self) -> None:
+        if self.state.running:
+            self.query_one("#stats", StatsPanel).refresh()  # elapsed time moves on
+
+    def _sync_phase(self) -> None:
+        self.phase = self.state.phase
+
+    def watch_phase(self, phase: str) -> None:
+        self.query_one("#status", StatusBar).phase = phase
+        self.refresh_bindings()
+
+    def _set_status(self, text: str) -> None:
+        self.query_one("#status", StatusBar).text = text
+
+    # Actions ----------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # False hides a key from the footer, None shows it dimmed: pause and resume share p,
+        # so only one of them is ever shown; the rest stay visible so the keys can be learnt.
+        phase = self.state.phase
+        if action == "pause":
+            return False if phase == "paused" else (True if phase == "training" else None)
+        if action == "resume":
+            return phase == "paused"
+        if action in ("sample", "checkpoint", "stop"):
+            return True if phase in ("training", "paused", "pausing") else None
+        if action in ("train", "edit"):
+            return None if self.state.running else True
+        return True
+
+    def _send(self, command: Command) -> None:
+        self.commands.send(command)
+
+    def action_pause(self) -> None:
+        self._send(Command.PAUSE)
+        self.state.phase = "pausing"
+        self._set_status("Pausing after the step in progress…")
+        self._sync_phase()
+
+    def action_resume(self) -> None:
+        self._send(Command.RESUME)
+        self._set_status("Resuming…")
+
+    def action_sample(self) -> None:
+        self._send(Command.SAMPLE_NOW)
+        self._set_status("Sample requested: it is made after the step in progress.")
+
+    def action_checkpoint(self) -> None:
+        self._send(Command.CHECKPOINT_NOW)
+        self._set_status("Checkpoint requested: it is saved after the step in progress.")
+
+    def action_stop(self) -> None:
+        def answered(choice: str | None) -> None:
+            if choice == "stop" and self.state.running:
+                self._stop()
+
+        self.app.push_screen(ChoiceModal(
+            "Stop training?",
+            f"Step {self.state.step} of {self.state.total_steps or '?'}. A checkpoint and the LoRA are saved "
+            "first; you can resume from the checkpoint later.",
+            [Choice("stop", "Stop and save", "warning", "y"), Choice("cancel", "Keep training", "primary", "n")],
+        ), answered)
+
+    def _stop(self) -> None:
+        self._send(Command.STOP)
+        self.state.phase = "stopping"
+        self._set_status("Stopping: saving a checkpoint and the LoRA after the step in progress…")
+        self._sync_phase()
+
+    def action_train(self) -> None:
+        runs = read_project_runs(self.project_dir)
+        if runs.resumable:
+            self._offer_resume()
+        else:
+            self.start_training(resume=False)
+
+    def _offer_resume(self) -> None:
+        runs = self.runs = read_project_runs(self.project_dir)
+        newest = runs.newest_checkpoint
+        if newest is None:
+            return
+
+        def answered(choice: str | None) -> None:
+            if choice in ("resume", "restart"):
+                self.start_training(resume=choice == "resume")
+
+        total = runs.total_steps or "?"
+        self.app.push_screen(ChoiceModal(
+            "Resume training?",
+            f"This project's last run stopped at step {runs.last_step} of {total}. "
+            f"The newest checkpoint is step {newest.step} ({display_path(newest.path, self.project_dir)}).",
+            [Choice("resume", "Resume", "primary", "r"), Choice("restart", "Start over", "warning", "o"),
+             Choice("later", "Not now", "default", "n")],
+        ), answered)
+
+    def action_log(self) -> None:
+        def closed(_: None) -> None:
+            self._log_screen = None
+
+        self._log_screen = LogScreen(self.paths.log_file, list(self.state.log))
+        self.app.push_screen(self._log_screen, closed)
+
+    def action_edit(self) -> None:
+        open_wizard = getattr(self.app, "open_wizard", None)
+        if open_wizard is not None:
+            open_wizard(self.project_dir)
+
+    def action_quit(self) -> None:
+        if not self.state.running:
+            self.app.exit()
+            return
+        if self._quit_when_done:
+            self._confirm_force_quit()
+            return
+
+        def answered(choice: str | None) -> None:
+            if choice == "stop":
+                self._quit_when_done = True
+                if self.state.phase != "stopping":
+                    self._stop()
+            elif choice == "abort":
+                self._quit_when_done = True
+                self._send(Command.ABORT)
+                self._set_status("Quitting without saving after the step in progress…")
+
+        self.app.push_screen(ChoiceModal(
+            "Quit while training?",
+            f"Training is at step {self.state.step} of {self.state.total_steps or '?'}. Stopping properly saves "
+            "a checkpoint and the LoRA (after the step in progress) before quitting.",
+            [Choice("stop", "Stop, save and quit", "warning", "y"), Choice("abort", "Quit without saving", "error",
+                                                                           "a"),
+             Choice("cancel", "Keep training", "primary", "n")],
+        ), answered)
+
+    def _confirm_force_quit(self) -> None:
+        def answered(choice: str | None) -> None:
+            if choice == "now":
+                self.app.exit()
+
+        self.app.push_screen(ChoiceModal(
+            "Still stopping",
+            "The engine is finishing its step and saving. Quitting now may leave the last checkpoint "
+            "incomplete.",
+            [Choice("wait", "Wait", "primary", "n"), Choice("now", "Quit now", "error", "y")],
+        ), answered)

@@ -1,0 +1,3 @@
+"""Widgets of the dashboard, and the small data models they draw from."""
+
+from __future__ import annotations

@@ -1,0 +1,57 @@
+"""The tail of ``logs/train.log`` followed live, with the run's status lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.widgets import RichLog
+
+TAIL_BYTES = 64 * 1024
+"""How much of an existing log to show on open: the recent past, not a long run's megabytes."""
+
+
+class LogView(RichLog):
+    """A RichLog that follows a growing file by polling its size (works on every filesystem)."""
+
+    DEFAULT_CSS = """
+    LogView {
+        height: 1fr;
+        background: $surface;
+    }
+    """
+
+    def __init__(self, log_file: Path | None, *, poll_s: float = 0.5, id: str | None = None,
+                 classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes, highlight=False, markup=False, wrap=True, max_lines=5000)
+        self.log_file = log_file
+        self.poll_s = poll_s
+        self._offset = 0
+
+    def on_mount(self) -> None:
+        self.read_new(tail=True)
+        self.set_interval(self.poll_s, self.read_new)
+
+    def read_new(self, tail: bool = False) -> None:
+        if self.log_file is None:
+            return
+        try:
+            size = self.log_file.stat().st_size
+        except OSError:
+            return
+        if size < self._offset:  # truncated or replaced: start over
+            self._offset = 0
+        if size == self._offset:
+            return
+        start = max(size - TAIL_BYTES, self._offset) if tail else self._offset
+        with self.log_file.open("rb") as f:
+            f.seek(start)
+            chunk = f.read(size - start)
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return  # a line still being written; take it whole next time
+        self._offset = start + end + 1
+        text = chunk[:end].decode("utf-8", errors="replace")
+        if tail and start > 0:
+            text = text.split("\n", 1)[-1]  # drop the partial first line
+        for line in text.splitlines():
+            self.write(line)

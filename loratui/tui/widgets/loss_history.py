@@ -1,0 +1,105 @@
+"""The loss of every step of a run, with its exponential moving average.
+
+This is the data behind the sparkline and the plot. It keeps every point (a
+plot may thin them out for drawing, the history never does) and can be
+rebuilt from ``logs/metrics.jsonl`` when a project is reopened.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loratui.events import StepDone, event_from_dict
+
+EMA_BETA = 0.98
+"""Weight of the past in the smoothed loss; diffusion loss is noisy, so smooth hard."""
+
+
+@dataclass
+class LossHistory:
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    ema: list[float] = field(default_factory=list)
+    """Bias-corrected EMA after each step; non-finite losses leave it unchanged."""
+    _raw_ema: float = 0.0
+    _finite_count: int = 0
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def add(self, step: int, loss: float) -> None:
+        if self.steps and step <= self.steps[-1]:
+            # A resumed run repeats the steps after its checkpoint: the new values replace the old.
+            self.truncate_after(step - 1)
+        self.steps.append(step)
+        self.losses.append(loss)
+        if math.isfinite(loss):
+            self._raw_ema = EMA_BETA * self._raw_ema + (1 - EMA_BETA) * loss
+            self._finite_count += 1
+        self.ema.append(self._smoothed())
+
+    def _smoothed(self) -> float:
+        if not self._finite_count:
+            return math.nan
+        return self._raw_ema / (1 - EMA_BETA ** self._finite_count)
+
+    def truncate_after(self, step: int) -> None:
+        """Forget every point after ``step`` (the EMA is recomputed from what stays)."""
+        keep = bisect.bisect_right(self.steps, step)
+        if keep == len(self.steps):
+            return
+        steps, losses = self.steps[:keep], self.losses[:keep]
+        self.steps, self.losses, self.ema = [], [], []
+        self._raw_ema, self._finite_count = 0.0, 0
+        for s, v in zip(steps, losses):
+            self.add(s, v)
+
+    @property
+    def last_loss(self) -> float | None:
+        return self.losses[-1] if self.losses else None
+
+    @property
+    def smoothed(self) -> float | None:
+        return self.ema[-1] if self.ema else None
+
+    def recent(self, count: int) -> list[float]:
+        """The last ``count`` finite losses, for the sparkline."""
+        return [v for v in self.losses[-count:] if math.isfinite(v)]
+
+
+def read_metrics(path: Path) -> list[StepDone]:
+    """Every step row of a metrics.jsonl; a torn last line (a killed run) is skipped."""
+    rows: list[StepDone] = []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return rows
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(data, dict) or data.get("event", "step") != "step":
+            continue
+        data.setdefault("event", "step")
+        try:
+            event = event_from_dict(data)
+        except (TypeError, KeyError):
+            continue
+        if isinstance(event, StepDone):
+            rows.append(event)
+    return rows
+
+
+def history_from_rows(rows: list[StepDone]) -> LossHistory:
+    history = LossHistory()
+    for row in rows:
+        history.add(row.step, float(row.loss))
+    return history

@@ -1,0 +1,127 @@
+"""A plot of the smoothed loss over the whole run, drawn with braille dots.
+
+Braille gives 2×4 dots per cell, so an ordinary pane shows a few hundred
+points with no image support from the terminal and no plotting library.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import ClassVar
+
+from rich.text import Text
+from textual.app import RenderResult
+from textual.widget import Widget
+
+from loratui.tui.widgets.loss_history import LossHistory
+
+# Bit of each dot inside a braille cell, indexed [row][column] (Unicode braille layout).
+_DOT_BITS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))
+_BRAILLE_BASE = 0x2800
+
+
+def _label(value: float) -> str:
+    return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+
+
+class LossPlot(Widget):
+    """Smoothed (EMA) loss against step, with the y range labelled on the left."""
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"loss-plot--line", "loss-plot--axis"}
+    """`loss-plot--line` colours the curve; `loss-plot--axis` the labels and the axis."""
+
+    DEFAULT_CSS = """
+    LossPlot {
+        height: 1fr;
+        min-height: 4;
+    }
+    LossPlot > .loss-plot--line {
+        color: $primary;
+    }
+    LossPlot > .loss-plot--axis {
+        color: $text-muted;
+    }
+    """
+
+    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.history = LossHistory()
+        self.total_steps: int | None = None
+
+    def update_history(self, history: LossHistory, total_steps: int | None) -> None:
+        self.history = history
+        self.total_steps = total_steps
+        self.refresh()
+
+    def render(self) -> RenderResult:
+        width, height = self.size.width, self.size.height
+        axis_style = self.get_component_rich_style("loss-plot--axis")
+        line_style = self.get_component_rich_style("loss-plot--line")
+        steps, values = self._finite_points()
+        if not steps:
+            return Text("smoothed loss appears after the first step", style=axis_style, justify="center")
+        low, high = min(values), max(values)
+        if high - low < 1e-12:
+            low, high = low - 0.5 * abs(low or 1) * 0.01, high + 0.5 * abs(high or 1) * 0.01
+        pad = (high - low) * 0.05
+        low, high = low - pad, high + pad
+        labels = [_label(high), _label((high + low) / 2), _label(low)]
+        gutter = max(len(s) for s in labels) + 1
+        plot_w, plot_h = width - gutter - 1, height - 1
+        if plot_w < 4 or plot_h < 1:
+            return Text(f"smoothed {values[-1]:.4g}", style=line_style)
+        grid = self._dots(steps, values, plot_w, plot_h, low, high)
+        label_rows = {0: labels[0], plot_h // 2: labels[1], plot_h - 1: labels[2]}
+        text = Text(no_wrap=True, overflow="crop")
+        for row in range(plot_h):
+            text.append(label_rows.get(row, "").rjust(gutter - 1) + " ", axis_style)
+            text.append("┤" if row in label_rows else "│", axis_style)
+            text.append("".join(chr(_BRAILLE_BASE + bits) for bits in grid[row]), line_style)
+            text.append("\n")
+        first, last = steps[0], self._x_end(steps)
+        right = f"step {last}"
+        left = str(first)
+        inner = max(plot_w - len(left) - len(right), 1)
+        text.append(" " * gutter + "└" + left + "─" * inner + right, axis_style)
+        return text
+
+    def _finite_points(self) -> tuple[list[int], list[float]]:
+        pairs = [(s, v) for s, v in zip(self.history.steps, self.history.ema) if math.isfinite(v)]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def _x_end(self, steps: list[int]) -> int:
+        # Spanning the whole run (not just the steps done) shows how far along it is.
+        return max(steps[-1], self.total_steps or 0)
+
+    def _dots(self, steps: list[int], values: list[float], plot_w: int, plot_h: int,
+              low: float, high: float) -> list[list[int]]:
+        cols, rows = plot_w * 2, plot_h * 4
+        grid = [[0] * plot_w for _ in range(plot_h)]
+        x0, x1 = steps[0], self._x_end(steps)
+        span = max(x1 - x0, 1)
+        previous: int | None = None
+        for px in range(cols):
+            at = x0 + span * px / max(cols - 1, 1)
+            if at > steps[-1] + 1e-9:
+                break
+            value = _interpolate(steps, values, at)
+            py = round((high - value) / (high - low) * (rows - 1))
+            py = min(max(py, 0), rows - 1)
+            # Joining to the previous column keeps steep drops a line instead of scattered dots.
+            lo, hi = (py, py) if previous is None else (min(py, previous), max(py, previous))
+            for y in range(lo, hi + 1):
+                grid[y // 4][px // 2] |= _DOT_BITS[y % 4][px % 2]
+            previous = py
+        return grid
+
+
+def _interpolate(steps: list[int], values: list[float], at: float) -> float:
+    i = bisect.bisect_left(steps, at)
+    if i <= 0:
+        return values[0]
+    if i >= len(steps):
+        return values[-1]
+    s0, s1 = steps[i - 1], steps[i]
+    t = (at - s0) / (s1 - s0) if s1 != s0 else 0.0
+    return values[i - 1] + (values[i] - values[i - 1]) * t

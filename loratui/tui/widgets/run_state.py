@@ -1,0 +1,188 @@
+"""What the dashboard knows about a run, built only from engine events.
+
+The screen feeds every event to :meth:`RunState.apply` and then redraws from
+this object, so drawing can be throttled without losing anything and the
+state can be tested without a terminal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import fmean
+
+from loratui.events import (
+    CheckpointSaved,
+    Event,
+    Failed,
+    Finished,
+    Paused,
+    Resumed,
+    SampleReady,
+    Started,
+    Status,
+    StepDone,
+)
+from loratui.tui.widgets.loss_history import LossHistory
+
+SPEED_WINDOW = 20
+"""Steps averaged for it/s and ETA: long enough to hide jitter, short enough to follow a slowdown."""
+LOG_LIMIT = 500
+
+PHASES = ("idle", "starting", "training", "pausing", "paused", "stopping", "finished", "failed")
+
+
+@dataclass
+class RunState:
+    root: Path | None = None
+    """The project folder: paths inside it are shown relative to it."""
+    phase: str = "idle"
+    started: Started | None = None
+    last: StepDone | None = None
+    total_steps: int | None = None
+    history: LossHistory = field(default_factory=LossHistory)
+    checkpoints: list[CheckpointSaved] = field(default_factory=list)
+    samples: list[SampleReady] = field(default_factory=list)
+    status: Status | None = None
+    finished: Finished | None = None
+    failed: Failed | None = None
+    log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LIMIT))
+    _times: deque[tuple[float, float, float, float, float]] = field(
+        default_factory=lambda: deque(maxlen=SPEED_WINDOW))
+
+    @property
+    def running(self) -> bool:
+        """True while the engine is alive and must be stopped before leaving."""
+        return self.phase in ("starting", "training", "pausing", "paused", "stopping")
+
+    @property
+    def step(self) -> int:
+        if self.last is not None:
+            return self.last.step
+        if self.history.steps:
+            return self.history.steps[-1]
+        return self.started.start_step if self.started else 0
+
+    def apply(self, event: Event) -> None:
+        handler = getattr(self, f"_on_{event.kind}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_started(self, event: Started) -> None:
+        self.started = event
+        self.total_steps = event.total_steps
+        self.phase = "training"
+        self.finished = self.failed = None
+        self._times.clear()
+        # Steps logged after the checkpoint we resume from are trained again; drop them now
+        # so the plot never shows two values for one step.
+        self.history.truncate_after(event.start_step)
+        where = f" from {display_path(event.resumed_from, self.root)}" if event.resumed_from else ""
+        self._log(f"started at step {event.start_step}/{event.total_steps}{where} "
+                  f"on {event.device} ({event.family}, {event.precision})")
+
+    def _on_step(self, event: StepDone) -> None:
+        self.last = event
+        self.total_steps = event.total_steps
+        self.history.add(event.step, event.loss)
+        self._times.append((event.step_time_s, event.data_time_s, event.compute_time_s,
+                            event.optimizer_time_s, event.samples_per_s))
+        if self.phase == "starting":
+            self.phase = "training"
+
+    def _on_checkpoint(self, event: CheckpointSaved) -> None:
+        self.checkpoints = [c for c in self.checkpoints if c.step != event.step] + [event]
+        self._log(f"checkpoint saved at step {event.step} ({event.reason}): "
+                  f"{display_path(event.path, self.root)}")
+
+    def _on_sample(self, event: SampleReady) -> None:
+        self.samples.append(event)
+        self._log(f"sample at step {event.step}: {display_path(event.path, self.root)}")
+
+    def _on_paused(self, event: Paused) -> None:
+        self.phase = "paused"
+        self._log(f"paused at step {event.step}")
+
+    def _on_resumed(self, event: Resumed) -> None:
+        self.phase = "training"
+        self._log(f"resumed at step {event.step}")
+
+    def _on_status(self, event: Status) -> None:
+        self.status = event
+        self._log(f"{event.level}: {event.text}" if event.level != "info" else event.text)
+
+    def _on_finished(self, event: Finished) -> None:
+        self.finished = event
+        self.phase = "finished"
+        how = "stopped early" if event.stopped_early else "finished"
+        lora = display_path(event.lora_path, self.root) if event.lora_path else "not written"
+        self._log(f"{how} at step {event.step}; LoRA: {lora}")
+
+    def _on_failed(self, event: Failed) -> None:
+        self.failed = event
+        self.phase = "failed"
+        self._log(f"error: {event.message}")
+
+    def _log(self, line: str) -> None:
+        self.log.append(line)
+
+    # Derived numbers for the stats panel -------------------------------------------------
+
+    def mean_times(self) -> tuple[float, float, float, float] | None:
+        """Average (step, data, forward+backward, optimizer) seconds over the recent window."""
+        if not self._times:
+            return None
+        cols = list(zip(*self._times))
+        return fmean(cols[0]), fmean(cols[1]), fmean(cols[2]), fmean(cols[3])
+
+    def iterations_per_s(self) -> float | None:
+        times = self.mean_times()
+        return 1.0 / times[0] if times and times[0] > 0 else None
+
+    def samples_per_s(self) -> float | None:
+        return fmean(t[4] for t in self._times) if self._times else None
+
+    def eta_s(self) -> float | None:
+        times = self.mean_times()
+        if times is None or self.total_steps is None:
+            return None
+        return max(self.total_steps - self.step, 0) * times[0]
+
+    def latest_samples(self) -> list[SampleReady]:
+        """Every sample of the newest step that has any, in the order they arrived."""
+        if not self.samples:
+            return []
+        newest = max(s.step for s in self.samples)
+        return [s for s in self.samples if s.step == newest]
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def format_mb(mb: float | None) -> str:
+    if mb is None:
+        return "–"
+    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
+
+
+def display_path(path: str | Path, root: Path | None) -> str:
+    """A path relative to the project when it is inside it: shorter, and what the user typed."""
+    p = Path(path)
+    if root is not None:
+        try:
+            return str(p.resolve().relative_to(root.resolve()))
+        except ValueError:
+            pass
+    return str(p)

@@ -1,0 +1,153 @@
+"""The one-shot commands: check, sample, export, inspect, convert, bench."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from loratui.config import ConfigError, SamplePrompt, load_config
+from loratui.project import ProjectPaths
+
+console = Console()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from loratui.data.report import render_report
+    from loratui.data.scan import scan_images
+
+    cfg = load_config(args.dir)
+    images = ProjectPaths(Path(args.dir)).images(cfg)
+    report = scan_images(images, resolution=cfg.data.resolution, caption_extension=cfg.data.caption_extension,
+                         bucket_step=cfg.data.bucket_step, trigger_word=cfg.data.trigger_word)
+    console.print(render_report(report))
+    if report.usable:
+        console.print(f"steps per epoch at batch size {cfg.train.batch_size}: "
+                      f"{report.steps_per_epoch(cfg.train.batch_size)}")
+    return report.exit_code
+
+
+def _load_for_inference(project_dir: Path, lora: Path | None, *, use_lora: bool):
+    """The project's base model with its LoRA (or another file) injected, on the best device."""
+    import torch
+
+    from loratui.engine.quiet import quiet_libraries
+    from loratui.lora.fileformat import apply_lora_file, load_lora_file
+    from loratui.lora.inject import inject_lora
+    from loratui.models.loader import load_model
+
+    quiet_libraries()
+    cfg = load_config(project_dir)
+    paths = ProjectPaths(Path(project_dir))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    model = load_model(cfg.model.base, config_source=cfg.model.config_source or None,
+                       allow_pickle=cfg.model.allow_pickle,
+                       family=None if cfg.model.family == "auto" else cfg.model.family,
+                       prediction_type=None if cfg.model.prediction_type == "auto" else cfg.model.prediction_type,
+                       dtype=dtype, device=device)
+    model.vae.to(device, torch.float32)
+    for te in model.text_encoders:
+        te.to(device)
+    networks = {}
+    if use_lora:
+        lora = lora or paths.lora_file(cfg)
+        if not lora.is_file():
+            raise ConfigError(f"no LoRA file at {lora}: train the project first, pass --lora FILE, or use --no-lora.")
+        lf = load_lora_file(lora)
+        ranks = set(lf.ranks.values())
+        rank = max(ranks)
+        has_te = any(not n.startswith("lora_unet_") for n in lf.modules)
+        preset = "all" if any(".conv" in n or "resnets" in n or "_in_layers" in n for n in lf.modules) \
+            else cfg.lora.preset
+        networks["unet"] = inject_lora(model.unet, component="unet", family=model.family, preset=preset,
+                                       rank=rank, alpha=rank)
+        if has_te:
+            names = ["te"] if len(model.text_encoders) == 1 else ["te1", "te2"]
+            for name, te in zip(names, model.text_encoders):
+                networks[name] = inject_lora(te, component=name, family=model.family, preset=cfg.lora.preset,
+                                             rank=rank, alpha=rank)
+        if len(ranks) > 1:
+            raise ConfigError(f"{lora} mixes ranks {sorted(ranks)}; sampling it is not supported yet. Load it in "
+                              "diffusers, ComfyUI or A1111 instead.")
+        apply_lora_file(lf, networks, strict=False)
+    return cfg, model, networks, device, dtype
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from loratui.engine.sampling import render
+
+    cfg, model, networks, device, dtype = _load_for_inference(args.dir, args.lora, use_lora=not args.no_lora)
+    prompt = SamplePrompt(prompt=args.prompt, negative=args.negative, seed=args.seed, steps=args.steps,
+                          guidance=args.guidance)
+    out = Path(args.out)
+    tmp_dir = out.parent / f".{out.name}.parts"
+    for result in render(model, networks, [prompt], cfg, tmp_dir, device=device, scale=args.scale,
+                         autocast_dtype=dtype):
+        result.path.replace(out)
+        result.path.with_suffix(".txt").replace(out.with_suffix(".txt"))
+    tmp_dir.rmdir()
+    console.print(f"wrote {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from loratui.engine import checkpoint as ckpt
+    from loratui.engine.export import SAVE_DTYPES, training_metadata
+    from loratui.lora.fileformat import convert_lora_file
+    from loratui.models.loader import probe_model
+
+    project = Path(args.dir)
+    cfg = load_config(project)
+    paths = ProjectPaths(project)
+    source = args.checkpoint or ckpt.latest_checkpoint(paths.checkpoints)
+    if source is None:
+        raise ConfigError(f"{paths.checkpoints} holds no checkpoint to export; train the project first.")
+    loaded = ckpt.load_checkpoint(Path(source))
+    fmt = args.format or cfg.save.format
+    default = paths.lora_file(cfg)
+    out = Path(args.out) if args.out else (default.with_name(default.stem + "-diffusers.safetensors")
+                                           if fmt == "diffusers" else default)
+    info = probe_model(cfg.model.base, config_source=cfg.model.config_source or None,
+                       allow_pickle=cfg.model.allow_pickle)
+    family = info.family if cfg.model.family == "auto" else cfg.model.family
+    pred = info.prediction_type if cfg.model.prediction_type == "auto" else cfg.model.prediction_type
+    meta = training_metadata(cfg, family=family, prediction_type=pred, steps=loaded.state.step,
+                             epoch=loaded.state.epoch, num_images=0, tag_frequency={})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The checkpoint holds kohya-keyed float32 tensors; the converter writes either format from them,
+    # with the chosen dtype, the hashes and an atomic rename.
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        staged = Path(tmp) / "lora.safetensors"
+        save_file(loaded.lora, str(staged), metadata=meta)
+        convert_lora_file(staged, out, fmt, family=family, dtype=SAVE_DTYPES[cfg.save.precision])
+    console.print(f"wrote {out} ({fmt}) from {Path(source).name}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from loratui.lora.inspect import inspect_lora_file, render_inspection
+
+    console.print(render_inspection(inspect_lora_file(args.file)))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from loratui.lora.fileformat import convert_lora_file
+
+    result = convert_lora_file(args.src, args.dst, args.to, family=args.family)
+    console.print(f"wrote {args.dst}: {args.to} format, {len(result.modules)} modules, family {result.family}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from loratui.engine.estimate import estimate_run, render_estimate
+
+    est = estimate_run(Path(args.dir), load_config(args.dir), measure=True, steps=args.steps)
+    console.print(render_estimate(est))
+    return 0

@@ -1,0 +1,139 @@
+"""How big and how long a run will be, before it starts (wizard Review, ``loratui bench``)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loratui.commands import CommandChannel
+from loratui.config import ProjectConfig
+
+
+@dataclass
+class RunEstimate:
+    total_steps: int
+    seconds_per_step: float | None
+    peak_memory_mb: float | None
+    measured: bool
+    note: str
+    samples_per_s: float | None = None
+    device: str = ""
+    step_times: list[float] = field(default_factory=list)
+
+    @property
+    def total_seconds(self) -> float | None:
+        return None if self.seconds_per_step is None else self.seconds_per_step * self.total_steps
+
+
+def _model_folder(spec: str) -> Path | None:
+    if spec.startswith("builtin:"):
+        from loratui.models.builtin import ensure_builtin
+
+        return ensure_builtin(spec.split(":", 1)[1])
+    path = Path(spec).expanduser()
+    return path if (path / "model_index.json").is_file() else None
+
+
+def count_trainable_params(project_dir: Path, cfg: ProjectConfig) -> int:
+    """LoRA parameters for this config, counted on an empty (meta-device) model: no weights are loaded."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from loratui.lora.inject import inject_lora
+    from loratui.models.loader import probe_model
+
+    folder = _model_folder(cfg.model.base)
+    if folder is None:
+        raise ValueError(f"{cfg.model.base}: the count needs a local diffusers folder; it is shown once training "
+                         "has loaded the model")
+    family = probe_model(cfg.model.base).family if cfg.model.family == "auto" else cfg.model.family
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
+        total = inject_lora(unet, component="unet", family=family, preset=cfg.lora.preset, rank=cfg.lora.rank,
+                            alpha=cfg.lora.alpha).num_parameters()
+        if cfg.lora.train_text_encoder:
+            total += _count_text_encoders(folder, family, cfg)
+    return total
+
+
+def _count_text_encoders(folder: Path, family: str, cfg: ProjectConfig) -> int:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from loratui.lora.inject import inject_lora
+
+    total = 0
+    parts = [("text_encoder", "te1" if family == "sdxl" else "te", CLIPTextModel)]
+    if family == "sdxl":
+        parts.append(("text_encoder_2", "te2", CLIPTextModelWithProjection))
+    for sub, component, cls in parts:
+        te = cls(CLIPTextConfig.from_pretrained(folder / sub))
+        total += inject_lora(te, component=component, family=family, preset=cfg.lora.preset, rank=cfg.lora.rank,
+                             alpha=cfg.lora.alpha).num_parameters()
+    return total
+
+
+def estimate_run(project_dir: Path, cfg: ProjectConfig, *, measure: bool, steps: int = 4) -> RunEstimate:
+    """With ``measure``, time a few real steps of this project on this machine (loads the model and
+    fills the latent cache, which the real run then reuses); otherwise only count steps."""
+    from loratui.engine.trainer import Trainer
+    from loratui.events import Event
+
+    def discard(event: Event) -> None:
+        pass
+
+    trainer = Trainer(Path(project_dir), cfg, emit=discard, commands=CommandChannel())
+    try:
+        trainer.setup()
+        s = trainer.session
+        assert s is not None
+        total = trainer.total_steps
+        if not measure:
+            return RunEstimate(total, None, None, False, "not measured", device=str(s.accelerator.device))
+        import torch
+
+        device = s.accelerator.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(max(2, steps)):
+            t0 = time.perf_counter()
+            trainer._optimizer_step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        from loratui.engine.memory import memory_snapshot
+
+        mem = memory_snapshot(device)
+        peak = mem.gpu_peak_mb if mem.gpu_peak_mb is not None else mem.ram_mb
+        per_step = statistics.median(times[1:])  # the first step pays one-off allocation and warm-up
+        images = cfg.train.batch_size * cfg.train.grad_accum
+        note = (f"measured over {len(times) - 1} steps after a warm-up step on {device}; "
+                f"{'GPU peak allocated' if mem.gpu_peak_mb is not None else 'process RAM'} shown")
+        return RunEstimate(total, per_step, peak, True, note, images / per_step, str(device), times)
+    finally:
+        trainer.cleanup()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s"
+
+
+def render_estimate(est: RunEstimate):
+    from rich.table import Table
+
+    table = Table(title="loratui bench", show_header=False)
+    table.add_row("device", est.device)
+    table.add_row("total steps", str(est.total_steps))
+    if est.seconds_per_step is not None:
+        table.add_row("s/step", f"{est.seconds_per_step:.3f}")
+        table.add_row("samples/s", f"{est.samples_per_s:.2f}")
+        table.add_row("projected run", format_duration(est.total_seconds or 0))
+    if est.peak_memory_mb is not None:
+        table.add_row("peak memory", f"{est.peak_memory_mb:,.0f} MiB")
+    table.add_row("note", est.note)
+    return table

@@ -137,6 +137,12 @@ def test_probe_single_file_takes_prediction_from_config_source(tmp_path: Path, t
     info = probe_model(str(path), config_source=str(tiny_sd_folder))
     assert info.prediction_type == "epsilon"
     assert "128 px" in info.description
+    # The file's own v_pred marker wins over the config's scheduler.
+    marked = _checkpoint(tmp_path / "v.safetensors", SD1_KEYS + ["v_pred"])
+    assert probe_model(str(marked), config_source=str(tiny_sd_folder)).prediction_type == "v_prediction"
+    with pytest.raises(ModelLoadError, match="model.config_source") as err:
+        probe_model(str(path), config_source=str(tmp_path / "missing"))
+    assert str(tmp_path / "missing") in str(err.value)
 
 
 def test_truncated_safetensors_is_named(tmp_path: Path) -> None:

@@ -31,6 +31,13 @@ BUILTIN_MODELS: dict[str, str] = {
     "tiny-sdxl": "tiny random SDXL layout (two text encoders, size conditioning, 128 px)",
 }
 
+# (family, prediction type) of each built-in, known without building it.
+BUILTIN_FAMILIES: dict[str, tuple[str, str]] = {
+    "tiny-sd": ("sd1", "epsilon"),
+    "tiny-sd2": ("sd2", "v_prediction"),
+    "tiny-sdxl": ("sdxl", "epsilon"),
+}
+
 # One seed per component, so building a component never depends on what was
 # built before it.
 _SEED = 20240601
@@ -285,8 +292,9 @@ def ensure_builtin(name: str) -> Path:
             # Real SD folders also carry vocab.json/merges.txt beside
             # tokenizer.json; with them the folder loads with slow and fast
             # CLIP tokenizers alike, whichever transformers is installed.
-            for tok_dir in tmp.glob("tokenizer*"):
-                chartok.write_char_tokenizer_files(tok_dir)
+            for saved in tmp.glob("tokenizer*"):
+                if saved.is_dir():
+                    chartok.write_char_tokenizer_files(saved)
         if target.exists() and not (target / "model_index.json").is_file():
             # A half folder without model_index.json (not ours: ours are
             # renamed in whole) is in the way.

@@ -130,9 +130,14 @@ def prediction_from_keys(keys: Iterable[str], family: str) -> str:
     because the 768 px 2.0/2.1 models most SD2 files derive from are; SD1
     and SDXL as epsilon. The user can override either in the config.
     """
-    if any(k == "v_pred" or k.endswith(".v_pred") for k in keys):
+    if has_v_pred_marker(keys):
         return "v_prediction"
     return "v_prediction" if family == "sd2" else "epsilon"
+
+
+def has_v_pred_marker(keys: Iterable[str]) -> bool:
+    """Whether a checkpoint carries the empty ``v_pred`` tensor that marks v-prediction."""
+    return any(k == "v_pred" or k.endswith(".v_pred") for k in keys)
 
 
 def native_resolution(family: str, prediction_type: str, unet_config: Mapping[str, Any] | None = None) -> int:

@@ -117,7 +117,10 @@ def load_model(
         raise ModelLoadError(
             f"{exc}. model.family is set to {fam} but the model looks like {info.family}; try model.family = auto"
         ) from None
-    pipe.to(device)
+    # Moved one by one: pipe.to() warns about fp16 on CPU, which is fine here
+    # (the trainer casts what runs on CPU).
+    for module in [pipe.unet, pipe.vae, *text_encoders]:
+        module.to(device)
     sample_scheduler = pipe.scheduler
     if sample_scheduler.config.get("prediction_type") != pred:
         sample_scheduler = type(sample_scheduler).from_config(sample_scheduler.config, prediction_type=pred)

@@ -22,6 +22,7 @@ from loratui.models.family import (
     FamilyError,
     family_from_configs,
     family_from_keys,
+    has_v_pred_marker,
     native_resolution,
     prediction_from_keys,
     prediction_from_scheduler_config,
@@ -32,8 +33,6 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # safetensors refuses headers above 100 MB; a bigger length means garbage.
 _MAX_HEADER = 100 * 1024 * 1024
-
-_BUILTIN_FAMILY = {"tiny-sd": ("sd1", "epsilon"), "tiny-sd2": ("sd2", "v_prediction"), "tiny-sdxl": ("sdxl", "epsilon")}
 
 
 class ModelLoadError(Exception):
@@ -195,27 +194,43 @@ def _checkpoint_keys(path: Path, allow_pickle: bool) -> tuple[dict[str, Any], di
 
 def _single_file_info(spec: str, path: Path, config_source: str | None, allow_pickle: bool) -> ModelInfo:
     keys, extras = _checkpoint_keys(path, allow_pickle)
+    cfg_dir = _config_folder(config_source)
     try:
         family = family_from_keys(keys, keys)
+        pred = prediction_from_keys(keys, family)
+        unet_cfg = read_json(cfg_dir / "unet" / "config.json") if cfg_dir else {}
+        if has_v_pred_marker(keys):
+            pass  # the file's own marker beats any config
+        elif cfg_dir and (sched := read_json(cfg_dir / "scheduler" / "scheduler_config.json")):
+            pred = prediction_from_scheduler_config(sched)
+        elif family == "sd2" and extras.get("global_step") == 875000:
+            # The one SD2 checkpoint trained for epsilon (512-base) is known
+            # by its step count, as diffusers also does.
+            pred = "epsilon"
     except FamilyError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
-    pred = prediction_from_keys(keys, family)
-    has_marker = pred == "v_prediction" and family != "sd2"
-    unet_cfg: dict[str, Any] = {}
-    if config_source and Path(config_source).expanduser().is_dir():
-        cfg_dir = Path(config_source).expanduser()
-        unet_cfg = read_json(cfg_dir / "unet" / "config.json")
-        if not has_marker:
-            sched = read_json(cfg_dir / "scheduler" / "scheduler_config.json")
-            if sched:
-                pred = prediction_from_scheduler_config(sched)
-    elif family == "sd2" and extras.get("global_step") == 875000:
-        # The one SD2 checkpoint trained for epsilon (512-base) is known by
-        # its step count, as diffusers also does.
-        pred = "epsilon"
     res = native_resolution(family, pred, unet_cfg)
     desc = _describe(family, pred, res, f"single file {path.name}")
     return ModelInfo(spec, "single_file", family, pred, desc, path, res)
+
+
+def _config_folder(config_source: str | None) -> Path | None:
+    """The local diffusers folder named by model.config_source, if it is one.
+
+    A hub id is left to diffusers; a path that is not a diffusers folder is
+    refused here rather than sent to the hub as an id.
+    """
+    if not config_source:
+        return None
+    path = Path(config_source).expanduser()
+    if (path / "model_index.json").is_file():
+        return path
+    if path.exists() or config_source.startswith(("/", ".", "~")) or not _HUB_ID.match(config_source):
+        raise ModelLoadError(
+            f"model.config_source {config_source!r} is not a diffusers folder (no model_index.json there); "
+            "point it at a folder of the same family that has model_index.json, or at a hub id"
+        )
+    return None
 
 
 def _hub_info(spec: str, repo_id: str) -> ModelInfo:
@@ -244,7 +259,7 @@ def probe_model(spec: str, *, config_source: str | None = None, allow_pickle: bo
     kind, where = resolve_spec(spec)
     if kind == "builtin":
         name = str(where)
-        family, pred = _BUILTIN_FAMILY[name]
+        family, pred = builtin.BUILTIN_FAMILIES[name]
         desc = f"built-in: {builtin.BUILTIN_MODELS[name]}"
         return ModelInfo(spec, "builtin", family, pred, desc, None, builtin.BUILTIN_RESOLUTION)
     if kind == "folder":

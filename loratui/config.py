@@ -51,7 +51,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     images: str = _f("images", "folder of images and same-name .txt captions; N_name/ sub-folders repeat N times")
-    caption_extension: str = _f(".txt", "caption file extension (.txt or .caption)", choices=(".txt", ".caption"))
+    caption_extension: str = _f(".txt", "caption file extension; kohya's default is .caption, most tools use .txt", choices=(".txt", ".caption"))
     trigger_word: str = _f("", "word put at the start of every caption that lacks it")
     shuffle_tags: bool = _f(False, "shuffle comma-separated tags each step (keeps the first keep_tokens in place)")
     keep_tokens: int = _f(1, "tags kept in place when shuffling", min=0, max=75)

@@ -189,8 +189,10 @@ def test_continue_from_a_file_and_rank_mismatch(pipe, networks, tmp_path) -> Non
         "te": inject_lora(pipe.text_encoder, component="te", family="sd1", preset="attention", rank=4, alpha=1.0),
     }
     apply_lora_file(path, fresh)
+    loaded = fresh["unet"].state_dict()
+    assert loaded.keys() == state.keys()
     for key, value in state.items():
-        assert torch.equal(fresh["unet"].state_dict()[key], value), key
+        assert torch.equal(loaded[key], value), key
     assert float(fresh["te"]["lora_te_text_model_encoder_layers_0_self_attn_q_proj"].alpha) == 8.0
     torch.testing.assert_close(_unet_out(pipe), expected)
     for net in fresh.values():

@@ -16,6 +16,7 @@ from loratui.lora.naming import (
     kohya_to_module_path,
     module_path_to_kohya,
     sgm_to_diffusers,
+    unet_ldm_key,
 )
 
 torch.set_num_threads(1)
@@ -206,3 +207,21 @@ def test_family_guess_from_names() -> None:
     assert guess_family({"lora_unet_down_blocks_0_attentions_0_proj_in": (4, 320, 1, 1)}, {}) == "sd1"
     assert guess_family({"lora_unet_x_attn2_to_k": (4, 1024)}, {}) == "sd2"
     assert guess_family({"lora_unet_x": (4, 8)}, {"ss_base_model_version": "sdxl_base_v1-0"}) == "sdxl"
+
+
+@pytest.mark.parametrize("config", ["sd15_unet.json", "sdxl_unet.json"])
+def test_ldm_names_agree_with_diffusers_single_file_converter(config) -> None:
+    # Build an original-layout checkpoint with our names, one distinct value per
+    # parameter; diffusers' converter must put every value back where it came from.
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    unet = _unet(config)
+    layout = UNetLayout.from_config(unet.config)
+    names = [name for name, _ in unet.named_parameters()]
+    checkpoint = {}
+    for i, name in enumerate(names):
+        module, _, leaf = name.rpartition(".")
+        checkpoint[f"{unet_ldm_key(module, layout)}.{leaf}"] = torch.tensor([float(i)])
+    converted = convert_ldm_unet_checkpoint(checkpoint, dict(unet.config))
+    assert set(converted) == set(names)
+    assert all(converted[name].item() == i for i, name in enumerate(names))

@@ -102,7 +102,8 @@ def _te_targets(root: nn.Module) -> list[tuple[int, str, str, nn.Module]]:
     """(layer index, sub-name, actual path, module) for every CLIP encoder target."""
     out = []
     for path, module in root.named_modules():
-        if not _is(module, *_ENCODER_LAYER):
+        # A renamed layer class is still recognised by its shape: attention plus MLP.
+        if not (_is(module, *_ENCODER_LAYER) or (hasattr(module, "self_attn") and hasattr(module, "mlp"))):
             continue
         m = re.search(r"layers\.(\d+)$", path)
         if m is None:

@@ -16,6 +16,7 @@ from loratui.lora import (
     LoRAFileError,
     apply_lora_file,
     convert_lora_file,
+    inject_from_file,
     inject_lora,
     load_lora_file,
     save_diffusers,
@@ -214,6 +215,33 @@ def test_continue_from_a_file_and_rank_mismatch(pipe, networks, tmp_path) -> Non
         torch.testing.assert_close(_unet_out(pipe), expected)
     finally:
         unet_only["unet"].remove()
+
+
+def test_inject_from_file_uses_the_files_own_layers_ranks_and_alphas(pipe, networks, tmp_path) -> None:
+    path = tmp_path / "lora.safetensors"
+    save_kohya(path, networks, {}, dtype=torch.float32)
+    expected = _unet_out(pipe)
+    te_ids = torch.arange(10).unsqueeze(0)
+    expected_te = pipe.text_encoder(te_ids).last_hidden_state.detach()
+    counts = {c: len(n) for c, n in networks.items()}
+    for net in networks.values():
+        net.remove()
+
+    loaded = inject_from_file(load_lora_file(path, family="sd1"), {"unet": pipe.unet, "te": pipe.text_encoder})
+    try:
+        assert {c: len(n) for c, n in loaded.items()} == counts
+        assert sorted(set(loaded["unet"].ranks.values())) == [2, 4]
+        torch.testing.assert_close(_unet_out(pipe), expected)
+        torch.testing.assert_close(pipe.text_encoder(te_ids).last_hidden_state, expected_te)
+    finally:
+        for net in loaded.values():
+            net.remove()
+
+    lora = load_lora_file(path, family="sd1")
+    lora.modules["lora_unet_down_blocks_9_resnets_0_conv1"] = next(iter(lora.modules.values()))
+    with pytest.raises(ValueError, match="1 modules this sd1 model does not have.*down_blocks_9"):
+        inject_from_file(lora, {"unet": pipe.unet, "te": pipe.text_encoder})
+    assert not any(type(m).__name__ == "LoRAModule" for m in pipe.unet.modules())  # nothing left behind
 
 
 def test_merge_at_scale_one_equals_the_lora_output(pipe, networks) -> None:

@@ -12,7 +12,7 @@ from loratui.lora.fileformat import (
     save_diffusers,
     save_kohya,
 )
-from loratui.lora.inject import UNET_PRESETS, expected_module_count, inject_lora
+from loratui.lora.inject import UNET_PRESETS, expected_module_count, inject_from_file, inject_lora
 from loratui.lora.inspect import inspect_lora_file, render_inspection
 from loratui.lora.layer import LoRAModule, LoRANetwork
 from loratui.lora.merge import bake_networks, merge_networks, unmerge_networks
@@ -28,6 +28,7 @@ __all__ = [
     "bake_networks",
     "convert_lora_file",
     "expected_module_count",
+    "inject_from_file",
     "inject_lora",
     "inspect_lora_file",
     "load_lora_file",

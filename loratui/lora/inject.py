@@ -15,8 +15,8 @@ config implies, so a family that silently stopped matching is an error.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,11 +27,16 @@ from loratui.lora.naming import (
     TE_TARGETS,
     UNetLayout,
     components_for,
+    kohya_to_module_path,
     normalize_family,
+    split_kohya_name,
     te_kohya_name,
     te_module_path,
     unet_kohya_name,
 )
+
+if TYPE_CHECKING:
+    from loratui.lora.fileformat import LoRAFile
 
 UNET_PRESETS = ("attention", "attention+ff", "all")
 _ATTN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -183,6 +188,74 @@ def inject_lora(
         setattr(parent, attr, lora)
         modules[name], paths[name], sites[name] = lora, canonical, (parent, attr, base)
     return LoRANetwork(component, family, preset, modules, paths, sites)
+
+
+def _find(root: nn.Module, component: str, path: str) -> tuple[str, nn.Module] | None:
+    """The module at a canonical path, allowing for transformers 5's CLIPTextModel without ``text_model.``."""
+    candidates = [path]
+    if component != "unet":
+        candidates.append(path.removeprefix("text_model."))
+    for candidate in candidates:
+        for prefix in ("", *_WRAPPER_PREFIXES):
+            try:
+                return prefix + candidate, root.get_submodule(prefix + candidate)
+            except AttributeError:
+                continue
+    return None
+
+
+def inject_from_file(lora: LoRAFile, roots: Mapping[str, nn.Module], *, strict: bool = True) -> dict[str, LoRANetwork]:
+    """Wrap exactly the layers a LoRA file has, with its own per-module ranks and alphas, and load it.
+
+    For sampling with any kohya or diffusers LoRA whatever preset or ranks it
+    was trained with. ``roots`` maps component to model (``{"unet": unet,
+    "te": text_encoder}``); load the file with the model's family
+    (``load_lora_file(path, family=...)``) so SDXL/SD1 names resolve. With
+    ``strict``, modules the model does not have are an error naming them.
+    """
+    family = lora.family or "sd1"
+    groups: dict[str, list[str]] = {}
+    for name in lora.modules:
+        groups.setdefault(split_kohya_name(name)[0], []).append(name)
+    networks: dict[str, LoRANetwork] = {}
+    unknown: list[str] = [n for c, names in groups.items() if c not in roots for n in names]
+    for component, names in groups.items():
+        root = roots.get(component)
+        if root is None:
+            continue
+        config = getattr(root, "config", None)
+        layout = UNetLayout.from_config(config) if component == "unet" and config is not None else None
+        modules: dict[str, LoRAModule] = {}
+        paths: dict[str, str] = {}
+        sites: dict[str, tuple[nn.Module, str, nn.Module]] = {}
+        for name in names:
+            _, canonical = kohya_to_module_path(name, family, layout)
+            found = _find(root, component, canonical)
+            if found is None or not isinstance(found[1], (nn.Linear, nn.Conv2d)):
+                unknown.append(name)
+                continue
+            actual, base = found
+            weights = lora.modules[name]
+            parent_path, _, attr = actual.rpartition(".")
+            parent = root.get_submodule(parent_path) if parent_path else root
+            modules[name] = LoRAModule(base, weights.rank, weights.alpha)
+            setattr(parent, attr, modules[name])
+            paths[name], sites[name] = canonical, (parent, attr, base)
+        network = LoRANetwork(component, family, "file", modules, paths, sites)
+        networks[component] = network
+        try:
+            network.load_state_dict({k: v for k, v in lora.state_dict().items() if k.partition(".")[0] in modules})
+        except ValueError:
+            network.remove()
+            raise
+    if strict and unknown:
+        for network in networks.values():
+            network.remove()
+        raise ValueError(
+            f"LoRA file {lora.path} has {len(unknown)} modules this {family} model does not have "
+            f"(e.g. {sorted(unknown)[:3]}); it was made for another model family or layout"
+        )
+    return networks
 
 
 # -- expected counts ---------------------------------------------------------------

@@ -15,7 +15,7 @@ config implies, so a family that silently stopped matching is an error.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,30 +44,39 @@ _ATTN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
-def _classes(spec: Iterable[tuple[str, str]]) -> tuple[type, ...]:
-    found = []
-    for module_name, class_name in spec:
-        try:
-            module = __import__(module_name, fromlist=[class_name])
-            found.append(getattr(module, class_name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
+class _Classes:
+    """Library classes looked up on first use, so importing loratui.lora stays cheap."""
+
+    def __init__(self, *spec: tuple[str, str]) -> None:
+        self._spec = spec
+        self._found: tuple[type, ...] | None = None
+
+    def get(self) -> tuple[type, ...]:
+        if self._found is None:
+            found = []
+            for module_name, class_name in self._spec:
+                try:
+                    found.append(getattr(__import__(module_name, fromlist=[class_name]), class_name))
+                except (ImportError, AttributeError):
+                    continue  # renamed or moved: the class-name fallback still applies
+            self._found = tuple(found)
+        return self._found
 
 
-def _is(module: nn.Module, classes: tuple[type, ...], names: tuple[str, ...]) -> bool:
-    return isinstance(module, classes) or type(module).__name__ in names
+def _is(module: nn.Module, classes: _Classes | tuple[type, ...], names: tuple[str, ...]) -> bool:
+    if type(module).__name__ in names:
+        return True
+    return isinstance(module, classes.get() if isinstance(classes, _Classes) else classes)
 
 
-_TRANSFORMER = (_classes([("diffusers.models.transformers.transformer_2d", "Transformer2DModel")]),
+_TRANSFORMER = (_Classes(("diffusers.models.transformers.transformer_2d", "Transformer2DModel")),
                 ("Transformer2DModel", "SpatialTransformer"))  # fmt: skip
-_RESNET = (_classes([("diffusers.models.resnet", "ResnetBlock2D")]), ("ResnetBlock2D",))
+_RESNET = (_Classes(("diffusers.models.resnet", "ResnetBlock2D")), ("ResnetBlock2D",))
 _SAMPLER = (
-    _classes([("diffusers.models.downsampling", "Downsample2D"), ("diffusers.models.upsampling", "Upsample2D")]),
+    _Classes(("diffusers.models.downsampling", "Downsample2D"), ("diffusers.models.upsampling", "Upsample2D")),
     ("Downsample2D", "Upsample2D"),
 )
-_ENCODER_LAYER = (_classes([("transformers.models.clip.modeling_clip", "CLIPEncoderLayer")]),
-                  ("CLIPEncoderLayer",))  # fmt: skip
+_ENCODER_LAYER = (_Classes(("transformers.models.clip.modeling_clip", "CLIPEncoderLayer")), ("CLIPEncoderLayer",))
 
 
 def _strip_wrapper(path: str) -> str:

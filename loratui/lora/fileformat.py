@@ -191,8 +191,7 @@ def _default_metadata(entries: list[_Entry], family: str) -> dict[str, str]:
     return meta
 
 
-def _write_kohya(path: Path, entries: list[_Entry], family: str, metadata: Mapping[str, object],
-                 dtype: torch.dtype | None) -> None:  # fmt: skip
+def _kohya_tensors(entries: list[_Entry], dtype: torch.dtype | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     tensors: dict[str, torch.Tensor] = {}
     for e in entries:
         if not e.name.startswith(_KOHYA_PREFIXES):
@@ -200,17 +199,28 @@ def _write_kohya(path: Path, entries: list[_Entry], family: str, metadata: Mappi
         tensors[f"{e.name}.lora_down.weight"] = _cast(e.weights.down, dtype)
         tensors[f"{e.name}.lora_up.weight"] = _cast(e.weights.up, dtype)
         tensors[f"{e.name}.alpha"] = _alpha_tensor(e.weights.alpha, dtype)
-    meta = {**_default_metadata(entries, family), **_stringify(metadata)}
+    return tensors, {}
+
+
+def _write(path: Path, entries: list[_Entry], family: str, metadata: Mapping[str, object],
+           dtype: torch.dtype | None, fmt: str) -> None:  # fmt: skip
+    if not entries:
+        raise ValueError(f"there are no LoRA modules to save to {path}")
+    tensors, extra = (_kohya_tensors if fmt == "kohya" else _diffusers_tensors)(entries, dtype)
+    meta = {**_default_metadata(entries, family), **_stringify(metadata), **extra}
     write_atomic(Path(path), _serialise_with_hashes(tensors, meta))
 
 
 def save_kohya(path: str | os.PathLike[str], networks: Mapping[str, LoRANetwork], metadata: Mapping[str, object],
                *, dtype: torch.dtype | None = torch.float16) -> None:  # fmt: skip
     """Write the networks as a kohya LoRA (loads in A1111, Forge, ComfyUI and diffusers)."""
-    entries, family = _entries_from_networks(networks)
-    if not entries:
-        raise ValueError("there are no LoRA modules to save")
-    _write_kohya(Path(path), entries, family, metadata, dtype)
+    _write(Path(path), *_entries_from_networks(networks), metadata, dtype, "kohya")
+
+
+def save_diffusers(path: str | os.PathLike[str], networks: Mapping[str, LoRANetwork], metadata: Mapping[str, object],
+                   *, dtype: torch.dtype | None = torch.float16) -> None:  # fmt: skip
+    """Write the networks in the diffusers/PEFT format, with alpha kept in ``lora_adapter_metadata``."""
+    _write(Path(path), *_entries_from_networks(networks), metadata, dtype, "diffusers")
 
 
 def _peft_target(component: str, path: str) -> str:
@@ -239,25 +249,14 @@ def _adapter_metadata(entries: list[_Entry]) -> dict[str, object]:
     return packed
 
 
-def _write_diffusers(path: Path, entries: list[_Entry], family: str, metadata: Mapping[str, object],
-                     dtype: torch.dtype | None) -> None:  # fmt: skip
+def _diffusers_tensors(entries: list[_Entry], dtype: torch.dtype | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     tensors: dict[str, torch.Tensor] = {}
     for e in entries:
         key = f"{DIFFUSERS_PREFIX[e.component]}.{e.path}"
         tensors[f"{key}.lora_A.weight"] = _cast(e.weights.down, dtype)
         tensors[f"{key}.lora_B.weight"] = _cast(e.weights.up, dtype)
-    meta = {**_default_metadata(entries, family), **_stringify(metadata), "format": "pt"}
-    meta[LORA_ADAPTER_METADATA_KEY] = json.dumps(_adapter_metadata(entries), indent=2, sort_keys=True)
-    write_atomic(Path(path), _serialise_with_hashes(tensors, meta))
-
-
-def save_diffusers(path: str | os.PathLike[str], networks: Mapping[str, LoRANetwork], metadata: Mapping[str, object],
-                   *, dtype: torch.dtype | None = torch.float16) -> None:  # fmt: skip
-    """Write the networks in the diffusers/PEFT format, with alpha kept in ``lora_adapter_metadata``."""
-    entries, family = _entries_from_networks(networks)
-    if not entries:
-        raise ValueError("there are no LoRA modules to save")
-    _write_diffusers(Path(path), entries, family, metadata, dtype)
+    adapter = json.dumps(_adapter_metadata(entries), indent=2, sort_keys=True)
+    return tensors, {"format": "pt", LORA_ADAPTER_METADATA_KEY: adapter}
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -460,8 +459,7 @@ def convert_lora_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], 
     # Our own hashes are recomputed for the new bytes.
     meta = {k: v for k, v in lora.metadata.items() if k not in ("sshs_model_hash", "sshs_legacy_hash", "format",
                                                                   LORA_ADAPTER_METADATA_KEY)}  # fmt: skip
-    writer = _write_kohya if to == "kohya" else _write_diffusers
-    writer(Path(dst), entries, fam, meta, dtype)
+    _write(Path(dst), entries, fam, meta, dtype, to)
     return load_lora_file(dst, family=fam, layers_per_block=layers_per_block)
 
 

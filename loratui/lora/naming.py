@@ -24,7 +24,7 @@ DIFFUSERS_PREFIX = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder",
 TE_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
 
 _FAMILY_ALIASES = {
-    "sd1": "sd1", "sd15": "sd1", "sd1.5": "sd1", "sd_v1": "sd1", "v1": "sd1", "sd": "sd1",
+    "sd1": "sd1", "sd15": "sd1", "sd1.5": "sd1", "sd_v1": "sd1", "sd_v1_v": "sd1", "v1": "sd1", "sd": "sd1",
     "sd2": "sd2", "sd21": "sd2", "sd2.1": "sd2", "sd_v2": "sd2", "sd_v2_v": "sd2", "v2": "sd2",
     "sdxl": "sdxl", "sdxl_base_v1-0": "sdxl", "xl": "sdxl",
 }  # fmt: skip

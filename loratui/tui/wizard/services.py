@@ -1,0 +1,118 @@
+"""The slow work behind the wizard, behind one small seam.
+
+Each function here runs in a thread worker and imports its heavy module
+(PIL walks, torch, diffusers) only when called, so the wizard is on screen
+before any of it loads. Tests pass their own ``Services`` to make the
+results instant and fixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from loratui.config import ProjectConfig
+    from loratui.data.scan import ScanReport
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What the Review step shows about a run; mirrors the engine's RunEstimate."""
+
+    total_steps: int
+    seconds_per_step: float | None
+    peak_memory_mb: float | None
+    measured: bool
+    note: str
+
+
+def scan(images_dir: Path, cfg: ProjectConfig, progress: Progress | None = None) -> ScanReport:
+    from loratui.data.scan import scan_images
+
+    return scan_images(images_dir, resolution=cfg.data.resolution, caption_extension=cfg.data.caption_extension,
+                       bucket_step=cfg.data.bucket_step, trigger_word=cfg.data.trigger_word, progress=progress)
+
+
+def probe(spec: str, config_source: str | None, allow_pickle: bool) -> Any:
+    """ModelInfo for ``spec``; raises ``ModelLoadError`` (or ValueError) with the loader's message."""
+    from loratui.models.loader import probe_model
+
+    return probe_model(spec, config_source=config_source, allow_pickle=allow_pickle)
+
+
+def model_error_types() -> tuple[type[BaseException], ...]:
+    """The exceptions whose message is meant for the user, not a bug's traceback."""
+    from loratui.models.loader import ModelLoadError
+
+    return (ModelLoadError, ValueError, OSError)
+
+
+def count_params(project_dir: Path, cfg: ProjectConfig) -> int | None:
+    """Trainable LoRA parameters, or None while the engine cannot count them yet."""
+    try:
+        from loratui.engine.estimate import count_trainable_params
+    except ImportError:
+        return None
+    return int(count_trainable_params(project_dir, cfg))
+
+
+def estimate(project_dir: Path, cfg: ProjectConfig, total_steps: int, family: str | None, *,
+             measure: bool) -> Estimate:
+    """The engine's estimate when it has one; otherwise a rough one, labelled as such."""
+    try:
+        from loratui.engine.estimate import estimate_run
+    except ImportError:
+        return rough_estimate(cfg, total_steps, family)
+    run = estimate_run(project_dir, cfg, measure=measure)
+    return Estimate(run.total_steps, run.seconds_per_step, run.peak_memory_mb, run.measured, run.note)
+
+
+# Training cost of one image per step, from the design notes: SD1.5 ≈ 1.7 TFLOP
+# at 512 px, SDXL ≈ 14 TFLOP at 1024 px; the cost grows with the pixel count.
+_TFLOP_PER_IMAGE = {"sd1": (1.7, 512), "sd2": (1.7, 512), "sdxl": (14.0, 1024)}
+# What a rented A100 or 4090 sustains on these UNets in half precision.
+_ASSUMED_TFLOPS = 60.0
+# (frozen fp16 weights, activations of one image at the native side) in MB;
+# gradient checkpointing keeps about a quarter of the activations.
+_MEMORY_MB = {"sd1": (2600.0, 4000.0), "sd2": (2900.0, 4000.0), "sdxl": (7000.0, 12000.0)}
+
+
+def rough_estimate(cfg: ProjectConfig, total_steps: int, family: str | None = None) -> Estimate:
+    """Arithmetic from published model sizes, for a full-size model on a recent GPU.
+
+    It is only meant to tell a 20-minute run from a 20-hour one; the engine's
+    measured estimate replaces it.
+    """
+    if cfg.model.base.startswith("builtin:"):
+        return Estimate(total_steps, None, None, False,
+                        "built-in tiny model: a fraction of a second per step, even on a CPU")
+    family = family or (cfg.model.family if cfg.model.family != "auto" else "sd1")
+    tflop, side = _TFLOP_PER_IMAGE.get(family, _TFLOP_PER_IMAGE["sd1"])
+    scale = (cfg.data.resolution / side) ** 2
+    seconds = tflop * scale * cfg.train.batch_size * cfg.train.grad_accum / _ASSUMED_TFLOPS
+    weights, activations = _MEMORY_MB.get(family, _MEMORY_MB["sd1"])
+    if cfg.train.precision == "no":
+        seconds *= 4.0  # fp32 gives up the half-precision tensor-core rate
+        weights *= 2.0
+        activations *= 2.0
+    if cfg.train.gradient_checkpointing:
+        seconds *= 1.7
+        activations /= 4.0
+    memory = weights + activations * scale * cfg.train.batch_size
+    return Estimate(total_steps, seconds, memory, False,
+                    f"rough arithmetic for a full-size {family} model at ~{_ASSUMED_TFLOPS:.0f} TFLOP/s; not measured")
+
+
+@dataclass
+class Services:
+    """The slow functions the wizard calls from its workers."""
+
+    scan: Callable[..., Any] = scan
+    probe: Callable[[str, "str | None", bool], Any] = probe
+    model_errors: Callable[[], tuple[type[BaseException], ...]] = model_error_types
+    count_params: Callable[[Path, Any], "int | None"] = count_params
+    estimate: Callable[..., Estimate] = estimate

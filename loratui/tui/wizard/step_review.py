@@ -1,0 +1,175 @@
+"""Step 6, Review: the whole config, how long it will take, and Start."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.content import Content
+from textual.message import Message
+from textual.widgets import Button, Static
+
+from loratui.config import CONFIG_NAME, SECTIONS, ProjectConfig, field_specs
+from loratui.tui.wizard.base import WizardStep
+from loratui.tui.wizard.services import Estimate
+from loratui.tui.wizard.step_training import planned_steps
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_text(estimate: Estimate) -> str:
+    parts = []
+    if estimate.seconds_per_step is not None:
+        total = estimate.seconds_per_step * estimate.total_steps
+        parts.append(f"≈ {estimate.seconds_per_step:.2g} s per step → about {duration(total)} in all")
+    if estimate.peak_memory_mb is not None:
+        parts.append(f"peak memory ≈ {estimate.peak_memory_mb / 1024:.1f} GB")
+    if not parts:
+        return estimate.note
+    label = "measured" if estimate.measured else "estimate"
+    return f"{label}: {' · '.join(parts)}\n({estimate.note})"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def section_listing(cfg: ProjectConfig, section: str) -> Content:
+    """One ``[section]`` as it reads in the file; values changed from the default stand out."""
+    lines = [Content.styled(f"[{section}]", "bold $accent")]
+    for spec in field_specs(section):
+        value = getattr(getattr(cfg, section), spec.name)
+        if spec.name == "prompts":
+            lines.extend(Content(f"prompt {i}: seed {p.seed}, {p.prompt!r}") for i, p in enumerate(value, 1))
+            continue
+        style = "bold" if value != spec.default else "$text-muted"
+        lines.append(Content.assemble(f"{spec.name} = ", (_toml_value(value), style)))
+    return Content("\n").join(lines)
+
+
+class ReviewStep(WizardStep):
+    """Everything at a glance; Start trains once nothing is invalid."""
+
+    title = "Review"
+
+    BINDINGS = [
+        Binding("ctrl+e", "measure", "Measure a step"),
+    ]
+
+    class Estimated(Message):
+        def __init__(self, key: Any, estimate: Estimate | None, failure: str = "") -> None:
+            super().__init__()
+            self.key = key
+            self.estimate = estimate
+            self.failure = failure
+
+    def __init__(self, state: Any) -> None:
+        super().__init__(state)
+        self._estimated: Any = None
+
+    def compose_step(self) -> ComposeResult:
+        with VerticalScroll(id="review-scroll", classes="wizard-form"):
+            yield Static("", id="review-verdict", markup=False)
+            yield Static("", id="review-run", markup=False)
+            yield Static("", id="review-estimate", markup=False)
+            with Horizontal(id="review-actions"):
+                yield Button("Start training", id="review-start", variant="success", compact=True,
+                             tooltip="ctrl+n")
+                yield Button("Measure a step", id="review-measure", compact=True, tooltip="ctrl+e")
+            yield Static(f"{CONFIG_NAME} · name = {json.dumps(self.state.cfg.name)} · changed values in bold",
+                         classes="form-heading", markup=False)
+            with Grid(id="review-config"):
+                for section in SECTIONS:
+                    yield Static(id=f"review-{section}")
+
+    def entered(self) -> None:
+        self.refresh_review()
+        if self._estimated != self._key():
+            self._estimate_now(measure=False)
+
+    def config_changed(self, path: str) -> None:
+        if self.display:
+            self.refresh_review()
+
+    def refresh_review(self) -> None:
+        problems = self.screen.problems()  # type: ignore[attr-defined]
+        verdict = self.query_one("#review-verdict", Static)
+        verdict.set_class(bool(problems), "-error")
+        if problems:
+            verdict.update("Start needs these fixed first:\n" + "\n".join(f"  • {p}" for p in problems))
+        else:
+            verdict.update("Ready. Start (ctrl+n) saves and opens the training dashboard.")
+        self.query_one("#review-run", Static).update(self._run_text())
+        for section in SECTIONS:
+            self.query_one(f"#review-{section}", Static).update(section_listing(self.state.cfg, section))
+
+    def _run_text(self) -> str:
+        cfg, report = self.state.cfg, self.state.report
+        total = planned_steps(cfg, report)
+        lines = [f"{total} optimizer steps" if total is not None else "steps: unknown until the images are scanned"]
+        if report is not None and report.usable:
+            lines[0] += (f" · {report.images_per_epoch} images/epoch, {report.steps_per_epoch(cfg.train.batch_size)}"
+                         f" batches/epoch at batch size {cfg.train.batch_size}")
+        if cfg.save.every_n_steps:
+            lines.append(f"checkpoint every {cfg.save.every_n_steps} steps, keeping {cfg.save.keep}")
+        if cfg.sample.every_n_steps and cfg.sample.prompts:
+            lines.append(f"{len(cfg.sample.prompts)} sample prompt(s) every {cfg.sample.every_n_steps} steps")
+        elif cfg.sample.every_n_steps:
+            lines.append("sampling is on but there are no sample prompts (step 5)")
+        return "\n".join(lines)
+
+    # -- estimate -------------------------------------------------------------
+
+    def _key(self) -> Any:
+        return (repr(dataclasses.asdict(self.state.cfg)), planned_steps(self.state.cfg, self.state.report))
+
+    def action_measure(self) -> None:
+        self._estimate_now(measure=True)
+
+    @on(Button.Pressed, "#review-measure")
+    def _measure_pressed(self) -> None:
+        self.action_measure()
+
+    @on(Button.Pressed, "#review-start")
+    def _start_pressed(self) -> None:
+        self.screen.action_start()  # type: ignore[attr-defined]
+
+    def _estimate_now(self, *, measure: bool) -> None:
+        total = planned_steps(self.state.cfg, self.state.report)
+        info = self.state.model_info
+        family = getattr(info, "family", None)
+        what = "measuring one training step (loads the model) …" if measure else "estimating …"
+        self.query_one("#review-estimate", Static).update(what)
+        self._estimate(self._key(), copy.deepcopy(self.state.cfg), total or 0, family, measure)
+
+    @work(thread=True, exclusive=True, group="estimate", exit_on_error=False)
+    def _estimate(self, key: Any, cfg: ProjectConfig, total: int, family: str | None, measure: bool) -> None:
+        try:
+            estimate = self.state.services.estimate(self.state.project_dir, cfg, total, family, measure=measure)
+        except Exception as exc:  # noqa: BLE001 - an estimate is advice; its failure is shown, not raised
+            self.post_message(self.Estimated(key, None, f"no estimate: {exc}"))
+            return
+        self.post_message(self.Estimated(key, estimate))
+
+    def on_review_step_estimated(self, event: Estimated) -> None:
+        self._estimated = event.key
+        text = event.failure if event.estimate is None else estimate_text(event.estimate)
+        self.query_one("#review-estimate", Static).update(text)

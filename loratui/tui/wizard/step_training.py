@@ -1,0 +1,112 @@
+"""Step 5, Training: how long, how fast, what gets saved and sampled along the way."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import Collapsible, Static
+
+from loratui.tui.wizard.base import ConfigEdited, WizardStep
+from loratui.tui.wizard.prompts_editor import PromptsEditor
+
+if TYPE_CHECKING:
+    from loratui.config import ProjectConfig
+    from loratui.data.scan import ScanReport
+
+# Shown under a heading each; the rest of the fields wait under "More settings".
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Size", ("data.resolution", "train.batch_size", "train.grad_accum")),
+    ("Length", ("train.max_steps", "train.epochs")),
+    ("Learning rate", ("train.learning_rate", "train.text_encoder_lr", "train.lr_scheduler",
+                       "train.warmup_steps", "train.optimizer")),
+    ("Speed and memory", ("train.precision", "train.gradient_checkpointing", "train.seed")),
+    ("Checkpoints", ("save.every_n_steps", "save.keep")),
+    ("Samples", ("sample.every_n_steps",)),
+)
+MORE: tuple[str, ...] = (
+    "data.flip", "data.shuffle_tags", "data.keep_tokens", "data.caption_dropout", "data.bucket_step",
+    "data.cache_latents", "train.weight_decay", "train.max_grad_norm", "train.min_snr_gamma",
+    "train.noise_offset", "train.compile", "train.channels_last", "save.output_name", "save.precision",
+    "save.format", "sample.steps", "sample.guidance", "sample.width", "sample.height",
+)
+LABELS = {
+    "data.resolution": "resolution", "train.batch_size": "batch size", "train.grad_accum": "grad accumulation",
+    "train.max_steps": "max steps", "train.epochs": "epochs", "train.learning_rate": "learning rate",
+    "train.text_encoder_lr": "text encoder lr", "train.lr_scheduler": "scheduler",
+    "train.warmup_steps": "warmup steps", "train.gradient_checkpointing": "grad checkpointing",
+    "save.every_n_steps": "checkpoint every", "save.keep": "checkpoints kept",
+    "sample.every_n_steps": "sample every",
+}
+
+
+def planned_steps(cfg: ProjectConfig, report: ScanReport | None) -> int | None:
+    """Optimizer steps of the whole run; None when it depends on a scan not done yet.
+
+    The same rule as the engine's ``total_optimizer_steps``: batches never mix
+    buckets, and accumulation divides the batches of all epochs together.
+    """
+    t = cfg.train
+    if t.epochs <= 0:
+        return t.max_steps
+    if report is None or not report.usable:
+        return None
+    return max(1, math.ceil(t.epochs * report.steps_per_epoch(t.batch_size) / t.grad_accum))
+
+
+def length_text(cfg: ProjectConfig, report: ScanReport | None) -> str:
+    """How long the run is, in the words the user chose (steps or epochs)."""
+    t = cfg.train
+    total = planned_steps(cfg, report)
+    if t.epochs <= 0:
+        return f"trains {total} optimizer steps (epochs is 0, so max steps decides)"
+    if total is None or report is None:
+        return f"trains {t.epochs} epochs; the step count follows once the images are scanned (step 1)"
+    return (f"trains {t.epochs} epochs × {report.steps_per_epoch(t.batch_size)} batches ÷ {t.grad_accum} "
+            f"accumulation = {total} optimizer steps (max steps is ignored)")
+
+
+class TrainingStep(WizardStep):
+    """The training schedule; rarely changed settings are folded under "More settings"."""
+
+    title = "Training"
+
+    def compose_step(self) -> ComposeResult:
+        with VerticalScroll(id="training-form", classes="wizard-form"):
+            for heading, paths in GROUPS:
+                yield Static(heading, classes="form-heading", markup=False)
+                for path in paths:
+                    yield self.field(path, label=LABELS.get(path))
+                if heading == "Length":
+                    yield Static("", id="training-length", classes="live-note", markup=False)
+            yield PromptsEditor(self.state.cfg.sample.prompts, id="prompts-editor")
+            # Its fields are built on first expand: most people never open it.
+            yield Collapsible(title="More settings", collapsed=True, id="training-more")
+
+    def on_built(self) -> None:
+        self._show_length()
+
+    def entered(self) -> None:
+        self._show_length()
+
+    def config_changed(self, path: str) -> None:
+        if path.startswith("train.") or path.startswith("data."):
+            self._show_length()
+
+    def _show_length(self) -> None:
+        self.query_one("#training-length", Static).update(length_text(self.state.cfg, self.state.report))
+
+    @on(Collapsible.Expanded, "#training-more")
+    async def _expanded(self, event: Collapsible.Expanded) -> None:
+        contents = event.collapsible.query_one(Collapsible.Contents)
+        if not contents.children:
+            await contents.mount_all([self.field(path, long=path == "save.output_name") for path in MORE])
+
+    @on(PromptsEditor.Changed)
+    def _prompts_changed(self, event: PromptsEditor.Changed) -> None:
+        event.stop()
+        self.state.cfg.sample.prompts = event.prompts
+        self.post_message(ConfigEdited("sample.prompts"))

@@ -33,8 +33,8 @@ def _load_for_inference(project_dir: Path, lora: Path | None, *, use_lora: bool)
     import torch
 
     from loratui.engine.quiet import quiet_libraries
-    from loratui.lora.fileformat import apply_lora_file, load_lora_file
-    from loratui.lora.inject import inject_lora
+    from loratui.lora.fileformat import load_lora_file
+    from loratui.lora.inject import inject_from_file
     from loratui.models.loader import load_model
 
     quiet_libraries()
@@ -55,23 +55,10 @@ def _load_for_inference(project_dir: Path, lora: Path | None, *, use_lora: bool)
         lora = lora or paths.lora_file(cfg)
         if not lora.is_file():
             raise ConfigError(f"no LoRA file at {lora}: train the project first, pass --lora FILE, or use --no-lora.")
-        lf = load_lora_file(lora)
-        ranks = set(lf.ranks.values())
-        rank = max(ranks)
-        has_te = any(not n.startswith("lora_unet_") for n in lf.modules)
-        preset = "all" if any(".conv" in n or "resnets" in n or "_in_layers" in n for n in lf.modules) \
-            else cfg.lora.preset
-        networks["unet"] = inject_lora(model.unet, component="unet", family=model.family, preset=preset,
-                                       rank=rank, alpha=rank)
-        if has_te:
-            names = ["te"] if len(model.text_encoders) == 1 else ["te1", "te2"]
-            for name, te in zip(names, model.text_encoders):
-                networks[name] = inject_lora(te, component=name, family=model.family, preset=cfg.lora.preset,
-                                             rank=rank, alpha=rank)
-        if len(ranks) > 1:
-            raise ConfigError(f"{lora} mixes ranks {sorted(ranks)}; sampling it is not supported yet. Load it in "
-                              "diffusers, ComfyUI or A1111 instead.")
-        apply_lora_file(lf, networks, strict=False)
+        # Wrap exactly the layers the file has, with its own ranks: any kohya or diffusers LoRA works.
+        names = ["te"] if len(model.text_encoders) == 1 else ["te1", "te2"]
+        roots = {"unet": model.unet, **dict(zip(names, model.text_encoders))}
+        networks = inject_from_file(load_lora_file(lora, family=model.family), roots)
     return cfg, model, networks, device, dtype
 
 

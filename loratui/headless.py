@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from loratui.commands import Command, CommandChannel
 from loratui.events import CheckpointSaved, Event, Failed, Finished, Paused, Resumed, SampleReady, Started, \
@@ -32,28 +31,35 @@ class HeadlessConsole:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False)
+            TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(bar_width=12), TextColumn("eta"),
+            TimeRemainingColumn(compact=True), TextColumn("{task.fields[stats]}"), console=console, transient=False)
         self.task: int | None = None
         self.smoothed: float | None = None
         self.finished: Finished | None = None
+        # Piped to a file (nohup, CI logs) a live bar prints nothing useful; print a line now and then.
+        self.live = console.is_terminal
+        self._last_line = 0.0
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Started):
             self.console.print(
                 f"training {event.num_images} images on {event.device} ({event.family}, {event.precision}), "
                 f"{event.trainable_params:,} LoRA parameters, steps {event.start_step}→{event.total_steps}")
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=event.total_steps, completed=event.start_step,
-                                               stats="")
+            if self.live:
+                self.progress.start()
+                self.task = self.progress.add_task("train", total=event.total_steps, completed=event.start_step,
+                                                   stats="")
         elif isinstance(event, StepDone):
             self.smoothed = event.loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * event.loss
-            stats = (f"loss {event.loss:.4f} (avg {self.smoothed:.4f})  lr {event.lr:.2e}  "
-                     f"{1 / event.step_time_s if event.step_time_s else 0:.2f} it/s  ep {event.epoch}")
+            stats = (f"loss {event.loss:.4f} avg {self.smoothed:.4f} lr {event.lr:.1e} "
+                     f"{1 / event.step_time_s if event.step_time_s else 0:.1f}it/s ep {event.epoch}")
             if event.skipped_steps:
                 stats += f"  skipped {event.skipped_steps}"
             if self.task is not None:
                 self.progress.update(self.task, completed=event.step, stats=stats)
+            elif event.time - self._last_line >= 10 or event.step == event.total_steps or event.step == 1:
+                self._last_line = event.time
+                self.console.print(f"step {event.step}/{event.total_steps}  {stats}", highlight=False)
         elif isinstance(event, Status):
             style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
             if event.progress is None or event.progress >= 1.0:

@@ -48,7 +48,7 @@ def render(model: LoadedModel, networks: dict[str, LoRANetwork], prompts: list[S
             with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype,
                                                  enabled=autocast_dtype != torch.float32):
                 image = pipe(
-                    prompt=p.prompt, negative_prompt=p.negative or None, width=width, height=height,
+                    **_prompt_kwargs(model, p, cfg.model.clip_skip, device), width=width, height=height,
                     num_inference_steps=p.steps or cfg.sample.steps, guidance_scale=p.guidance or cfg.sample.guidance,
                     generator=gen, output_type="pil").images[0]
             path = out_dir / f"{i:02d}-seed{p.seed}.png"
@@ -66,6 +66,21 @@ def render(model: LoadedModel, networks: dict[str, LoRANetwork], prompts: list[S
         model.vae.to(vae_device)
         if was_training:
             model.unet.train()
+
+
+def _prompt_kwargs(model: LoadedModel, p: SamplePrompt, clip_skip: int, device: torch.device) -> dict:
+    """Prompts as the training saw them, clip skip included."""
+    if clip_skip <= 1:
+        return {"prompt": p.prompt, "negative_prompt": p.negative or None}
+    if model.family == "sdxl":
+        # diffusers counts SDXL's clip skip from the penultimate layer, we from the last.
+        return {"prompt": p.prompt, "negative_prompt": p.negative or None, "clip_skip": clip_skip - 1}
+    # The SD pipeline's own clip_skip path does not work with current CLIPTextModel; encode here instead.
+    from loratui.models.text import encode_prompts
+
+    pos = encode_prompts(model, [p.prompt], clip_skip=clip_skip, device=device)
+    neg = encode_prompts(model, [p.negative], clip_skip=clip_skip, device=device)
+    return {"prompt_embeds": pos.hidden, "negative_prompt_embeds": neg.hidden}
 
 
 def generate_samples(session: TrainingSession, cfg: ProjectConfig, out_dir: Path) -> Iterator[SampleResult]:

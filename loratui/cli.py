@@ -4,6 +4,7 @@ only when it runs, so ``loratui --help`` answers without loading torch."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -72,7 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _no_world_writable_files() -> None:
+    # Checkpoints, samples and the LoRA are written by several libraries with the process umask;
+    # masking "others may write" here covers them all, whatever the shell's umask is.
+    old = os.umask(0)
+    os.umask(old | 0o002)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _no_world_writable_files()
     argv = list(sys.argv[1:] if argv is None else argv)
     # `loratui DIR` is short for `loratui open DIR`.
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
@@ -103,9 +112,9 @@ def _user_error(exc: BaseException) -> str | None:
 
         user_types += (ModelLoadError,)
     if "loratui.engine.trainer" in sys.modules:
-        from loratui.engine.trainer import NonFiniteLoss, ResumeRefused
+        from loratui.engine.trainer import CheckpointWriteError, NonFiniteLoss, OutOfMemory, ResumeRefused
 
-        user_types += (ResumeRefused, NonFiniteLoss)
+        user_types += (ResumeRefused, NonFiniteLoss, OutOfMemory, CheckpointWriteError)
     if "loratui.engine.session" in sys.modules:
         from loratui.engine.session import DatasetEmpty
 

@@ -110,6 +110,8 @@ class SaveConfig:
     precision: str = _f("fp16", "dtype of the saved LoRA tensors", choices=("fp16", "bf16", "fp32"))
     format: str = _f("kohya", "kohya loads everywhere (ComfyUI, A1111, diffusers); diffusers for PEFT tools",
                      choices=("kohya", "diffusers"))
+    on_error: str = _f("stop", "when a checkpoint cannot be written (disk full): stop cleanly, or keep training "
+                       "without it", choices=("stop", "continue"))
 
 
 @dataclass

@@ -45,3 +45,20 @@ def sample_project(tmp_path: Path) -> Path:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not hasattr(session.config, "workerinput"):  # the controller, after all workers are done
         shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Print what the robustness tests tried and how each case was handled, in words."""
+    lines = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "call":
+                continue
+            for key, value in getattr(report, "user_properties", []):
+                if key == "summary":
+                    mark = "ok  " if report.passed else "FAIL"
+                    lines.append(f"{mark} {value}")
+    if lines:
+        terminalreporter.section("what was tried and how loratui handled it")
+        for line in sorted(lines):
+            terminalreporter.write_line(line)

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from pathlib import Path
+
 import torch
 
 import loratui
@@ -23,7 +24,7 @@ from loratui.engine.batches import total_optimizer_steps
 from loratui.engine.compat import config_digest, describe_differences
 from loratui.engine.memory import memory_snapshot
 from loratui.engine.session import TrainingSession, build_session
-from loratui.engine.step import Conditioning, diffusion_loss, step_generator
+from loratui.engine.step import diffusion_loss, step_generator
 from loratui.events import CheckpointSaved, EventSink, Finished, Paused, Resumed, SampleReady, Started, \
     Status, StepDone
 from loratui.project import ProjectPaths
@@ -94,7 +95,7 @@ class Trainer:
             if self._handle_commands():
                 stopped_early = True
                 break
-            self._optimizer_step()
+            self._guarded_step()
             if self._due(self.cfg.save.every_n_steps) and self.step < self.total_steps:
                 self.save_checkpoint("interval")
             if self._due(self.cfg.sample.every_n_steps):
@@ -104,6 +105,40 @@ class Trainer:
             self.save_checkpoint("stop" if stopped_early else "final")
         self.emit(Finished(step=self.step, lora_path=str(lora_path), stopped_early=stopped_early))
         return lora_path
+
+    def _guarded_step(self) -> None:
+        """One optimizer step; on a fault the last good state is saved before the error goes up."""
+        s = self._session()
+        try:
+            self._optimizer_step()
+        except NonFiniteLoss:
+            # Skipped updates left the weights as they were before the first bad step.
+            self._save_after_fault()
+            raise
+        except torch.OutOfMemoryError as exc:
+            s.optimizer.zero_grad(set_to_none=True)
+            mem = memory_snapshot(s.accelerator.device)
+            figures = (f"{mem.gpu_alloc_mb:,.0f} MiB allocated, peak {mem.gpu_peak_mb:,.0f} MiB"
+                       if mem.gpu_alloc_mb is not None else f"process RAM {mem.ram_mb:,.0f} MiB")
+            if s.accelerator.device.type == "cuda":
+                torch.cuda.empty_cache()
+            saved = self._save_after_fault()
+            where = f" The last good step ({self.step}) is saved in {saved}." if saved else ""
+            raise OutOfMemory(
+                f"out of memory at step {self.step + 1} ({figures}). To fit: lower train.batch_size "
+                f"(now {self.cfg.train.batch_size}) or data.resolution (now {self.cfg.data.resolution}), turn on "
+                "train.gradient_checkpointing, use train.optimizer = \"adamw8bit\", keep data.cache_latents on, "
+                f"or train.precision = \"bf16\".{where} Resume with --resume after changing harmless settings. "
+                f"({str(exc).splitlines()[0] if str(exc) else 'OutOfMemoryError'})") from None
+
+    def _save_after_fault(self) -> Path | None:
+        if self._last_checkpoint_step == self.step:
+            return ckpt.latest_checkpoint(self.paths.checkpoints)
+        try:
+            return self.save_checkpoint("fault")
+        except Exception:  # noqa: BLE001 - the original fault is what the user must see
+            log.exception("could not save a checkpoint after the fault")
+            return None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -215,9 +250,21 @@ class Trainer:
             epoch=self.micro_batch // max(1, s.dataset.plan.batches_per_epoch), skipped_steps=self.skipped_steps,
             loratui_version=loratui.__version__, config_digest=config_digest(self.cfg, s.dataset.fingerprint()),
             saved_at=time.time())
-        path = ckpt.write_checkpoint(
-            self.paths.checkpoints, state, lora=s.lora_state_dict(), optimizer=s.optimizer.state_dict(),
-            scheduler=s.lr_scheduler.state_dict(), config_text=render_config_toml(self.cfg))
+        try:
+            path = ckpt.write_checkpoint(
+                self.paths.checkpoints, state, lora=s.lora_state_dict(), optimizer=s.optimizer.state_dict(),
+                scheduler=s.lr_scheduler.state_dict(), config_text=render_config_toml(self.cfg))
+        except OSError as exc:
+            # write_checkpoint removed its temporary folder; the previous checkpoints are untouched.
+            previous = ckpt.latest_checkpoint(self.paths.checkpoints)
+            keep = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+            message = (f"could not write the step {self.step} checkpoint in {self.paths.checkpoints}: "
+                       f"{exc.strerror or exc} ({keep}). Free disk space")
+            if self.cfg.save.on_error == "continue" and reason in ("interval", "request"):
+                self._status(message + "; training goes on without this checkpoint (save.on_error = continue).",
+                             "error")
+                return None
+            raise CheckpointWriteError(message + ", then resume with --resume.") from None
         ckpt.prune_checkpoints(self.paths.checkpoints, self.cfg.save.keep)
         self._last_checkpoint_step = self.step
         self.emit(CheckpointSaved(step=self.step, path=str(path), reason=reason))
@@ -254,8 +301,16 @@ class Trainer:
         from loratui.engine.sampling import generate_samples
 
         out_dir = self.paths.samples / ckpt.checkpoint_name(self.step)
-        for result in generate_samples(s, self.cfg, out_dir):
-            self.emit(SampleReady(step=self.step, path=str(result.path), prompt=result.prompt, seed=result.seed))
+        try:
+            for result in generate_samples(s, self.cfg, out_dir):
+                self.emit(SampleReady(step=self.step, path=str(result.path), prompt=result.prompt,
+                                      seed=result.seed))
+        except torch.OutOfMemoryError:
+            # A sample is never worth the run: skip it and keep training.
+            if s.accelerator.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self._status(f"step {self.step}: samples skipped, out of GPU memory (lower sample.width/height)",
+                         "warning")
         s.unet.train()
 
     def export(self) -> Path:
@@ -285,4 +340,12 @@ class Trainer:
 
 
 class ResumeRefused(Exception):
+    pass
+
+
+class OutOfMemory(Exception):
+    pass
+
+
+class CheckpointWriteError(Exception):
     pass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,9 @@ class BatchPlan:
     seed: int
     flip: bool = False
 
-    @property
+    # Cached on the instance: the trainer asks for it several times a step, and both it and the
+    # epoch tables below cost O(images) to build (hashing the plan as a cache key did too).
+    @cached_property
     def batches_per_epoch(self) -> int:
         counts: dict[tuple[int, int], int] = {}
         for bucket, rep in zip(self.buckets, self.repeats):
@@ -44,16 +46,31 @@ class BatchPlan:
         return sum(self.repeats)
 
     def epoch(self, epoch: int) -> list[list[Entry]]:
-        return list(_epoch_batches(self, epoch))
+        return list(self._batches(epoch))
 
     def micro_batch(self, index: int) -> tuple[int, list[Entry]]:
         """The epoch and entries of the index-th micro-batch of the whole run."""
         per_epoch = self.batches_per_epoch
         epoch, offset = divmod(index, per_epoch)
-        return epoch, list(_epoch_batches(self, epoch)[offset])
+        return epoch, list(self._batches(epoch)[offset])
+
+    @cached_property
+    def _epoch_tables(self) -> dict[int, tuple[tuple[Entry, ...], ...]]:
+        return {}
+
+    def _batches(self, epoch: int) -> tuple[tuple[Entry, ...], ...]:
+        tables = self._epoch_tables
+        found = tables.get(epoch)
+        if found is None:
+            while len(tables) >= _EPOCHS_KEPT:
+                tables.pop(next(iter(tables)))
+            found = tables[epoch] = _epoch_batches(self, epoch)
+        return found
 
 
-@lru_cache(maxsize=4)
+_EPOCHS_KEPT = 4  # enough for the epoch in progress and the next one across a boundary
+
+
 def _epoch_batches(plan: BatchPlan, epoch: int) -> tuple[tuple[Entry, ...], ...]:
     rng = random.Random(f"{plan.seed}:epoch:{epoch}")
     by_bucket: dict[tuple[int, int], list[Entry]] = {}

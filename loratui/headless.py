@@ -115,7 +115,8 @@ def run_headless(project_dir: Path, *, resume: bool = False, overrides: Sequence
                  max_steps: int | None = None, console: Console | None = None) -> int:
     from loratui.engine.runner import run_training
 
-    console = console or Console(stderr=False)
+    # soft_wrap: long paths stay on one line, so a resume command can be copied as printed.
+    console = console or Console(soft_wrap=True)
     commands = CommandChannel()
     view = HeadlessConsole(console)
     bridge = SignalBridge(commands, console)

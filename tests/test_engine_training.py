@@ -184,3 +184,26 @@ def test_checkpoints_are_pruned_and_resume_refuses_a_changed_rank(sample_project
     err = capsys.readouterr().err
     assert code == 2
     assert "lora.rank: 8 → 4" in err and "sample.steps" not in err
+
+
+def test_deferred_step_reports_as_on_cuda_lose_nothing(sample_project: Path) -> None:
+    """On CUDA a step's loss is read one step later so the host never waits; force that path here."""
+    _set(sample_project, "save.every_n_steps=0", "sample.every_n_steps=0")
+    results = {}
+    for defer in (False, True):
+        seen: list[Event] = []
+        trainer = Trainer(sample_project, load_config(sample_project), emit=seen.append, commands=CommandChannel(),
+                          max_steps=5)
+        trainer.setup()
+        trainer.defer_reports = defer
+        try:
+            trainer.train()
+            results[defer] = (trainer.session.lora_state_dict(), seen)
+        finally:
+            trainer.cleanup()
+    (eager_w, eager), (late_w, late) = results[False], results[True]
+    assert [e.step for e in late if isinstance(e, StepDone)] == [1, 2, 3, 4, 5]
+    assert _losses(late) == _losses(eager)
+    assert all(torch.equal(eager_w[k], late_w[k]) for k in eager_w)
+    kinds = [type(e).__name__ for e in late]
+    assert kinds.index("Finished") > max(i for i, k in enumerate(kinds) if k == "StepDone")

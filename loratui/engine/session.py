@@ -47,6 +47,9 @@ class TrainingSession:
     lr_scheduler: Any = None
     trained_text_encoders: list[torch.nn.Module] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self._params = self.lora_parameters()
+
     @property
     def unet(self) -> torch.nn.Module:
         return self.model.unet
@@ -98,20 +101,33 @@ class TrainingSession:
         return [CachedText(hidden[i], pooled[i] if pooled is not None else None) for i in range(len(captions))]
 
     # ------------------------------------------------------------ optimizer
-    def optimizer_step(self, max_grad_norm: float) -> bool:
-        """Clip, step, advance the schedule; False when the update was skipped as non-finite."""
-        params = self.lora_parameters()
-        if self.accelerator.sync_gradients and max_grad_norm > 0:
+    def optimizer_step(self, max_grad_norm: float) -> torch.Tensor:
+        """Clip, step, advance the schedule. Returns a 0-dim device tensor: 1.0 when the update was
+        skipped because the gradient was not finite. With the fused AdamW the skip happens on the
+        device, so the step never waits for the GPU; other optimizers check on the host."""
+        params = self._params
+        if max_grad_norm > 0:
             norm = self.accelerator.clip_grad_norm_(params, max_grad_norm)
         else:
-            norm = torch.norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None]))
-        # A host sync, once per optimizer step: the price of never applying a NaN update.
-        finite = bool(torch.isfinite(norm))
-        if finite:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params
+                                                         if p.grad is not None]))
+        found_inf = (~torch.isfinite(norm)).to(torch.float32)
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        if self._device_side_skip:
+            inner.found_inf = found_inf
+            self.optimizer.step()
+        elif not bool(found_inf):
             self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return finite
+        return found_inf
+
+    @property
+    def _device_side_skip(self) -> bool:
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        # A GradScaler (fp16) sets found_inf itself; only a plain fused AdamW takes ours.
+        return (isinstance(inner, torch.optim.AdamW) and bool(inner.defaults.get("fused"))
+                and getattr(self.accelerator, "scaler", None) is None)
 
     # ------------------------------------------------------------ state
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
@@ -157,9 +173,9 @@ def _make_optimizer(cfg: ProjectConfig, groups: list[dict[str, Any]], device: to
             raise ConfigError("train.optimizer = \"adamw8bit\" needs bitsandbytes: `pip install bitsandbytes` "
                               "(CUDA only), or use \"adamw\".") from None
         return bnb.optim.AdamW8bit(groups, weight_decay=t.weight_decay)
-    # The fused kernel is one launch for all LoRA tensors instead of several per tensor.
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, weight_decay=t.weight_decay, fused=fused)
+    # The fused kernel is one launch for all LoRA tensors instead of several per tensor, and it can skip
+    # a non-finite update on the device (see optimizer_step). It exists for CPU and CUDA alike.
+    return torch.optim.AdamW(groups, weight_decay=t.weight_decay, fused=True)
 
 
 def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) -> TrainingSession:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -31,6 +33,22 @@ from loratui.project import ProjectPaths
 from loratui.tomlfile import render_config_toml
 
 log = logging.getLogger("loratui")
+
+
+@dataclass
+class _StepRecord:
+    """A finished step's numbers, some still on the device until _finish_step reads them."""
+
+    step: int
+    epoch: int
+    loss_sum: torch.Tensor
+    found_inf: torch.Tensor
+    lr: float
+    step_time: float
+    data_time: float
+    compute_time: float
+    optimizer_time: float
+    images: int
 
 
 class StopTraining(Exception):
@@ -61,6 +79,8 @@ class Trainer:
         self.total_steps = 0
         self.resumed_from: Path | None = None
         self._last_checkpoint_step = -1
+        self._pending: _StepRecord | None = None
+        self.defer_reports = False  # set in setup: on CUDA a step's numbers are read one step later
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -72,6 +92,7 @@ class Trainer:
         if self.max_steps_override is not None:
             self.total_steps = self.max_steps_override
         s.make_lr_scheduler(self.total_steps)
+        self.defer_reports = s.accelerator.device.type == "cuda"
         if self.resume:
             latest = ckpt.latest_checkpoint(self.paths.checkpoints)
             if latest is None:
@@ -95,22 +116,23 @@ class Trainer:
             if self._handle_commands():
                 stopped_early = True
                 break
-            self._guarded_step()
+            self._guarded(self._optimizer_step)
             if self._due(self.cfg.save.every_n_steps) and self.step < self.total_steps:
                 self.save_checkpoint("interval")
             if self._due(self.cfg.sample.every_n_steps):
                 self.sample()
+        self._guarded(self._flush)
         lora_path = self.export()
         if self._last_checkpoint_step != self.step:
             self.save_checkpoint("stop" if stopped_early else "final")
         self.emit(Finished(step=self.step, lora_path=str(lora_path), stopped_early=stopped_early))
         return lora_path
 
-    def _guarded_step(self) -> None:
-        """One optimizer step; on a fault the last good state is saved before the error goes up."""
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Run a step (or report a deferred one); on a fault the last good state is saved first."""
         s = self._session()
         try:
-            self._optimizer_step()
+            step()
         except NonFiniteLoss:
             # Skipped updates left the weights as they were before the first bad step.
             self._save_after_fault()
@@ -152,6 +174,8 @@ class Trainer:
     def _handle_commands(self) -> bool:
         """Act on queued commands; True means stop the run (after saving)."""
         pending = self.commands.drain()
+        if pending:
+            self._flush()
         while pending:
             cmd = pending.pop(0)
             if cmd is Command.ABORT:
@@ -214,34 +238,54 @@ class Trainer:
             compute_time += t2 - t1
         self.micro_batch += cfg.grad_accum * acc.num_processes
         t_opt = time.perf_counter()
-        applied = s.optimizer_step(cfg.max_grad_norm)
+        found_inf = s.optimizer_step(cfg.max_grad_norm)
         t_end = time.perf_counter()
         self.step += 1
-        loss_value = loss_sum.item() / cfg.grad_accum
-        if applied:
+        record = _StepRecord(
+            step=self.step, epoch=self.micro_batch // max(1, s.dataset.plan.batches_per_epoch), loss_sum=loss_sum,
+            found_inf=found_inf, lr=s.current_lr(), step_time=t_end - t_start, data_time=data_time,
+            compute_time=compute_time, optimizer_time=t_end - t_opt,
+            images=cfg.batch_size * cfg.grad_accum * acc.num_processes)
+        if self.defer_reports:
+            # Reading the loss waits for the GPU; do it for the previous step, whose work is long done,
+            # while this step's kernels are already queued.
+            record, self._pending = self._pending, record
+        if record is not None:
+            self._finish_step(record)
+
+    def _flush(self) -> None:
+        """Report a step whose numbers were deferred (CUDA), before anything that shows or saves state."""
+        if self._pending is not None:
+            record, self._pending = self._pending, None
+            self._finish_step(record)
+
+    def _finish_step(self, r: _StepRecord) -> None:
+        s = self._session()
+        cfg = self.cfg.train
+        loss_value = r.loss_sum.item() / cfg.grad_accum
+        if r.found_inf.item() == 0:
             self.bad_in_a_row = 0
         else:
             self.skipped_steps += 1
             self.bad_in_a_row += 1
-            self._status(f"step {self.step}: loss or gradient was not finite; the update was skipped", "warning")
+            self._status(f"step {r.step}: loss or gradient was not finite; the update was skipped", "warning")
             if self.bad_in_a_row >= MAX_BAD_STEPS:
                 raise NonFiniteLoss(
                     f"{MAX_BAD_STEPS} steps in a row had a NaN/inf loss or gradient (from step "
-                    f"{self.step - MAX_BAD_STEPS + 1}). Likely causes: a learning rate too high "
+                    f"{r.step - MAX_BAD_STEPS + 1}). Likely causes: a learning rate too high "
                     f"({cfg.learning_rate:g}), fp16 with the SDXL VAE or an fp16-unsafe model (try "
                     "precision = \"bf16\"), or a corrupt base model. The weights were not changed by those steps.")
-        step_time = t_end - t_start
-        mem = memory_snapshot(acc.device)
-        batch_images = cfg.batch_size * cfg.grad_accum * acc.num_processes
+        mem = memory_snapshot(s.accelerator.device)
         self.emit(StepDone(
-            step=self.step, total_steps=self.total_steps, epoch=self.micro_batch // max(1, s.dataset.plan.batches_per_epoch),
-            loss=loss_value, lr=s.current_lr(), step_time_s=step_time, data_time_s=data_time,
-            compute_time_s=compute_time, optimizer_time_s=t_end - t_opt,
-            samples_per_s=batch_images / step_time if step_time > 0 else 0.0, ram_mb=mem.ram_mb,
-            gpu_alloc_mb=mem.gpu_alloc_mb, gpu_peak_mb=mem.gpu_peak_mb, skipped_steps=self.skipped_steps))
+            step=r.step, total_steps=self.total_steps, epoch=r.epoch, loss=loss_value, lr=r.lr,
+            step_time_s=r.step_time, data_time_s=r.data_time, compute_time_s=r.compute_time,
+            optimizer_time_s=r.optimizer_time, samples_per_s=r.images / r.step_time if r.step_time > 0 else 0.0,
+            ram_mb=mem.ram_mb, gpu_alloc_mb=mem.gpu_alloc_mb, gpu_peak_mb=mem.gpu_peak_mb,
+            skipped_steps=self.skipped_steps))
 
     # ---------------------------------------------------------------- outputs
     def save_checkpoint(self, reason: str) -> Path | None:
+        self._flush()
         s = self._session()
         if not s.accelerator.is_main_process:
             return None
@@ -295,6 +339,7 @@ class Trainer:
         self._status(f"resumed from {path.name} (step {self.step})")
 
     def sample(self) -> None:
+        self._flush()
         s = self._session()
         if not s.accelerator.is_main_process or not self.cfg.sample.prompts:
             return
@@ -316,6 +361,7 @@ class Trainer:
     def export(self) -> Path:
         from loratui.engine.export import export_lora
 
+        self._flush()
         s = self._session()
         path = self.paths.lora_file(self.cfg)
         if s.accelerator.is_main_process:

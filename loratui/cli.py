@@ -49,11 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float, default=0.0)
     s.add_argument("--out", type=Path, required=True, help="PNG file to write")
 
-    s = sub.add_parser("export", help="write the LoRA from the newest checkpoint (kohya or diffusers format)")
+    s = sub.add_parser("export", help="write the LoRA from the newest checkpoint (kohya or diffusers format), "
+                                      "or with --merge a base model with the LoRA merged in")
     s.add_argument("dir", type=Path)
     s.add_argument("--format", choices=("kohya", "diffusers"), default=None)
-    s.add_argument("--out", type=Path, help="file to write (default: output/NAME[-diffusers].safetensors)")
+    s.add_argument("--out", type=Path, help="file to write (default: output/NAME[-diffusers].safetensors); "
+                                            "with --merge, the folder to write into (default: output/)")
     s.add_argument("--checkpoint", type=Path, help="a checkpoint folder (default: the newest)")
+    s.add_argument("--merge", action="store_true",
+                   help="write the base model with the LoRA merged in: output/NAME-merged/ (diffusers folder) "
+                        "and output/NAME-merged.safetensors (one checkpoint for A1111/Forge/ComfyUI)")
+    s.add_argument("--scale", type=float, default=1.0, help="with --merge: LoRA strength merged in (0 = base model)")
+    s.add_argument("--lora", type=Path, help="with --merge: merge this LoRA file instead of the newest checkpoint")
 
     s = sub.add_parser("check", help="scan the project's images and print every problem")
     s.add_argument("dir", type=Path)

@@ -80,6 +80,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if getattr(args, "merge", False):
+        from loratui.engine.merge_export import export_merged
+
+        if args.format is not None:
+            raise ConfigError("--format applies to LoRA files; a merged model is always written as a diffusers "
+                              "folder and one original-layout .safetensors. Drop --format or --merge.")
+        if args.lora is not None and args.checkpoint is not None:
+            raise ConfigError("give either --lora FILE or --checkpoint DIR to merge, not both.")
+        folder, single = export_merged(args.dir, scale=args.scale, lora=args.lora or args.checkpoint,
+                                       out_dir=args.out)
+        console.print(f"wrote {folder}/ (diffusers folder) and {single} (one checkpoint), LoRA scale {args.scale:g}")
+        console.print(f"  diffusers: from_pretrained(\"{folder}\"); A1111/Forge: copy {single.name} to "
+                      "models/Stable-diffusion/; ComfyUI: to models/checkpoints/")
+        return 0
+    if getattr(args, "lora", None) is not None or getattr(args, "scale", 1.0) != 1.0:
+        raise ConfigError("--lora and --scale only apply with --merge; add --merge to write a merged model.")
     import tempfile
 
     from safetensors.torch import save_file

@@ -239,6 +239,13 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
         te.to(device)
     optimizer = _make_optimizer(cfg, groups, device)
     model.unet, optimizer = acc.prepare(unet, optimizer)
+    if trained_tes and acc.num_processes > 1:
+        # Text-encoder LoRA gradients must be averaged across GPUs too, so those encoders get DDP as well.
+        wrapped = acc.prepare(*trained_tes)
+        wrapped = list(wrapped) if isinstance(wrapped, (list, tuple)) else [wrapped]
+        swap = {id(te): w for te, w in zip(trained_tes, wrapped)}
+        model.text_encoders = [swap.get(id(te), te) for te in model.text_encoders]
+        trained_tes = wrapped
     if cfg.train.compile and device.type == "cuda":
         model.unet = torch.compile(model.unet)
     text_cache = None if cfg.lora.train_text_encoder else TextCache(paths.cache, model.fingerprint, cfg.model.clip_skip)

@@ -138,7 +138,7 @@ async def test_editing_a_caption_writes_its_file(project: Path) -> None:
 
         await pilot.press("f3")  # next image without a caption: the sofa
         await pilot.pause()
-        assert "10_dog/sofa.png" in text_of(screen, "#caption-file")
+        assert options.highlighted == 1 and "typing creates sofa.txt" in text_of(screen, "#caption-file")
         assert screen.focused is area and area.text == ""
         await pilot.press(*"sks dog on a sofa")
         await pilot.press("ctrl+n")  # leaving the step writes at once
@@ -247,6 +247,16 @@ async def test_training_fields_save_or_explain(project: Path) -> None:
         assert (await saved(pilot, project))["train"]["lr_scheduler"] == "cosine"
         assert load_config(project).train.epochs == 2  # what was saved loads again
 
+        # Settings no step lays out by hand are under "More settings", built when opened.
+        more = app.screen.query_one("#training-more")
+        more.query_one("CollapsibleTitle").focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen.query_one("#train-noise-offset", ConfigField)
+        app.screen.query_one("#data-flip", ConfigField).editor.focus()
+        await pilot.press("space")
+        assert (await saved(pilot, project))["data"]["flip"] is True
+
 
 async def test_sample_prompts_are_added_edited_and_removed(project: Path) -> None:
     app = host(project)
@@ -306,6 +316,11 @@ async def test_keys_and_step_bar_move_between_steps(project: Path) -> None:
         screen = app.screen
         await pilot.press("ctrl+n", "ctrl+n")
         assert screen.step == 3
+        await pilot.pause()
+        assert app.focused is screen.query_one("#model-base", ConfigField).editor  # ready to type
+        bar = screen.query_one("#step-bar", Static).render()
+        current = [bar.plain[s.start:s.end] for s in bar.spans if "reverse" in str(s.style)]
+        assert current == [" 3 Model "]
         await pilot.press("ctrl+b")
         assert screen.step == 2
         await pilot.press("escape")
@@ -347,3 +362,25 @@ def test_planned_steps_agree_with_the_engine(tmp_path: Path) -> None:
                                  batch, seed=1)
         assert planned_steps(cfg, report) == batches.total_optimizer_steps(
             plan, epochs=epochs, max_steps=cfg.train.max_steps, grad_accum=accum)
+
+
+async def test_the_app_opens_the_wizard_and_start_begins_training(project: Path) -> None:
+    """Through the real app shell: ``loratui new`` shows the wizard; Start opens the dashboard."""
+    from loratui.tui.app import LoratuiApp
+    from loratui.tui.dashboard import DashboardScreen
+
+    from .fake_engine import FakeEngine
+
+    engine = FakeEngine(5)
+    app = LoratuiApp(project, mode="new", engine=engine, warmup=None,  # type: ignore[arg-type]
+                     wizard=lambda folder: WizardScreen(folder, services=fake_services()))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, WizardScreen)
+        await goto(pilot, 6)
+        await pilot.press("ctrl+n")
+        for _ in range(40):
+            if isinstance(app.screen, DashboardScreen):
+                break
+            await pilot.pause(0.05)
+        assert isinstance(app.screen, DashboardScreen)

@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
 
-from loratui.config import CONFIG_NAME, ProjectConfig, cross_check, field_spec, save_config
+from loratui.config import CONFIG_NAME, ProjectConfig, cross_check, field_spec, field_specs, save_config
 from loratui.tui.wizard.fields import Check, ConfigField
 from loratui.tui.wizard.services import Services
 
@@ -82,6 +82,16 @@ class WizardState:
         """What a scan's findings depend on; a new scan is due when this changes."""
         d = self.cfg.data
         return (str(self.images_dir()), d.resolution, d.bucket_step, d.caption_extension)
+
+
+def unlisted(sections: tuple[str, ...], shown: set[str]) -> list[str]:
+    """Every field of ``sections`` that no step lays out by hand, in file order.
+
+    Settings added to the config later then still reach the wizard, instead of
+    only the file.
+    """
+    return [spec.path for section in sections for spec in field_specs(section)
+            if spec.path not in shown and spec.type is not list]
 
 
 class ConfigEdited(Message):

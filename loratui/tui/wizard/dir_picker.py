@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, DirectoryTree, Static
+from textual.widgets import Button, DirectoryTree, Footer, Static
 
 
 class PickerTree(DirectoryTree):
@@ -72,6 +72,7 @@ class PathPicker(ModalScreen["Path | None"]):
             with Horizontal(id="picker-buttons"):
                 yield Button("Choose", id="picker-choose", variant="primary", compact=True)
                 yield Button("Cancel", id="picker-cancel", compact=True)
+        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one(PickerTree).focus()

@@ -56,8 +56,7 @@ class ConfigField(Widget):
         & .cf-switch-state { width: 18; padding-left: 1; color: $text-muted; }
         & .cf-note { width: 1fr; height: auto; padding: 0 0 0 2; color: $text-muted; display: none; }
         &.-long .cf-note { padding: 0 0 0 24; }
-        &:focus-within .cf-note { display: block; }
-        &:focus-within .cf-label { color: $accent; text-style: bold; }
+        &.-focused .cf-label { color: $accent; text-style: bold; }
         &.-error .cf-note { display: block; color: $text-error; }
         &.-error .cf-label { color: $text-error; }
     }
@@ -73,6 +72,17 @@ class ConfigField(Widget):
             super().__init__()
             self.field = field
             self.value = value
+
+        @property
+        def control(self) -> ConfigField:
+            return self.field
+
+    class ErrorChanged(Message):
+        """The field became invalid, or valid again."""
+
+        def __init__(self, field: ConfigField) -> None:
+            super().__init__()
+            self.field = field
 
         @property
         def control(self) -> ConfigField:
@@ -151,6 +161,18 @@ class ConfigField(Widget):
             editor.set_class(bool(error), "-invalid")
         note = self.query_one(".cf-note", Static)
         note.update(f"✗ {error}" if error else self._help)
+        self.post_message(self.ErrorChanged(self))
+
+    @property
+    def help(self) -> str:
+        return self._help
+
+    # A class rather than :focus-within, whose change does not always restyle the children.
+    def on_descendant_focus(self) -> None:
+        self.add_class("-focused")
+
+    def on_descendant_blur(self) -> None:
+        self.remove_class("-focused")
 
     def _accept(self, raw: Any) -> None:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -81,7 +81,7 @@ class WizardScreen(Screen[Path | None]):
         self.steps = [cls(self.state) for cls in STEPS]
         self._unsaved: set[str] = set()
         self._save_timer: Timer | None = None
-        self._bar: Content | None = None
+        self._bar: tuple[object, ...] = ()
 
     @property
     def project_dir(self) -> Path:
@@ -92,6 +92,7 @@ class WizardScreen(Screen[Path | None]):
         yield Static(id="step-bar")
         with ContentSwitcher(initial=self.steps[0].id, id="wizard-steps"):
             yield from self.steps
+        yield Static("", id="wizard-hint", markup=False)
         with Horizontal(id="wizard-nav"):
             yield Button("◂ Back", id="wizard-back", compact=True, tooltip="ctrl+b / Escape")
             yield Static(id="wizard-status", markup=False)
@@ -133,6 +134,8 @@ class WizardScreen(Screen[Path | None]):
     async def _show_step(self, number: int) -> None:
         step = self.steps[number - 1]
         await step.build()
+        # Hiding the focused widget makes Textual pick a new focus itself, racing ours below.
+        self.set_focus(None)
         self.query_one(ContentSwitcher).current = step.id
         step.entered()
         last = number == len(STEPS)
@@ -142,13 +145,21 @@ class WizardScreen(Screen[Path | None]):
         self.call_after_refresh(self._focus_step, step)
 
     def _focus_step(self, step: WizardStep) -> None:
+        if self.steps[self.step - 1] is not step:
+            return  # the user has already moved on (keys pressed faster than steps build)
+        # Not the screen's focus chain: right after the switch it may still list the old step.
         if step.first_focus:
             step.query_one(step.first_focus).focus()
             return
-        for widget in self.focus_chain:
-            if step in widget.ancestors:
+        for widget in step.query("*"):
+            # A scrolling form is focusable too, but the user wants its first field.
+            if widget.can_focus and not widget.disabled and not widget.has_class("wizard-form"):
                 widget.focus()
                 return
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        field = next((w for w in event.widget.ancestors_with_self if isinstance(w, ConfigField)), None)
+        self.query_one("#wizard-hint", Static).update(field.help if field is not None else "")
 
     @on(Button.Pressed, "#wizard-next")
     def _next_pressed(self) -> None:
@@ -163,6 +174,9 @@ class WizardScreen(Screen[Path | None]):
     def on_config_field_changed(self, event: ConfigField.Changed) -> None:
         self.state.set(event.field.path, event.value)
         self._changed(event.field.path)
+
+    def on_config_field_error_changed(self, event: ConfigField.ErrorChanged) -> None:
+        self.refresh_step_bar()
 
     def on_config_edited(self, event: ConfigEdited) -> None:
         self._changed(event.path)
@@ -222,8 +236,11 @@ class WizardScreen(Screen[Path | None]):
             style = "reverse bold" if number == self.step else ("$text-error" if step.problems() else "")
             parts.append(Content.styled(label, f"{style} @click=screen.goto({number})".strip()))
         bar = Content(" ").join(parts)
-        if bar != self._bar:  # an unchanged bar need not cost a layout pass per keystroke
-            self._bar = bar
+        # An unchanged bar need not cost a layout pass per keystroke. (Content's == only
+        # compares the text, so the styles are compared too.)
+        key = (bar.plain, tuple(bar.spans))
+        if key != self._bar:
+            self._bar = key
             self.query_one("#step-bar", Static).update(bar)
 
     def action_start(self) -> None:

@@ -126,7 +126,7 @@ class CaptionsStep(WizardStep):
         where = target.name if record.caption_path else f"no caption yet; typing creates {target.name}"
         tokens = count_tokens_estimate(record.caption or "")
         self.query_one("#caption-file", Static).update(
-            f"{record.rel} · {record.width}×{record.height} · {where} · ~{tokens}/75 tokens")
+            f"{record.width}×{record.height} · {where} · ~{tokens}/75 tokens")
 
     def action_next_uncaptioned(self) -> None:
         """Jump to the next image without a caption file, wrapping around."""

@@ -122,6 +122,17 @@ class ImagesStep(WizardStep):
                 yield Static("", id="scan-notices", markup=False)
         yield Static("", id="scan-detail", markup=False)
 
+    @on(ConfigField.ErrorChanged, "#data-images")
+    def _folder_validity(self, event: ConfigField.ErrorChanged) -> None:
+        if event.field.error:
+            # The listing below belongs to the last good folder; showing it now would mislead.
+            self.query_one("#scan-table", DataTable).clear()
+            for part in ("#scan-histogram", "#scan-notices", "#scan-detail"):
+                self.query_one(part, Static).update("")
+            self.query_one("#scan-summary", Static).update("Choose a folder that exists to see its images.")
+        else:
+            self._schedule_scan()  # back to a good folder, maybe the same one: show it again
+
     def _check_folder(self, value: str) -> str | None:
         if not value.strip():
             return "name the folder that holds the images"

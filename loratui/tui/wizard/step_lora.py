@@ -11,7 +11,7 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Static
 
-from loratui.tui.wizard.base import WizardStep
+from loratui.tui.wizard.base import WizardStep, unlisted
 
 _COUNT_INPUTS = ("lora.rank", "lora.preset", "lora.train_text_encoder", "model.base", "model.config_source")
 # Counting loads the model; wait until the user stops changing things.
@@ -54,6 +54,8 @@ class LoraStep(WizardStep):
         yield self.field("lora.preset", label="layers")
         yield self.field("lora.train_text_encoder", label="text encoder LoRA")
         yield self.field("lora.init_lora", long=True, label="start from LoRA", placeholder="empty: start from zeros")
+        for path in unlisted(("lora",), {f.path for f in self.fields}):
+            yield self.field(path)
         yield Static("", id="lora-params", classes="live-note", markup=False)
 
     def on_built(self) -> None:

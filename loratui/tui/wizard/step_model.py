@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Button, Label, Static
 
-from loratui.tui.wizard.base import WizardStep
+from loratui.tui.wizard.base import WizardStep, unlisted
 from loratui.tui.wizard.dir_picker import PathPicker
 from loratui.tui.wizard.fields import ConfigField
 
@@ -51,9 +51,9 @@ class ModelStep(WizardStep):
         yield self.field("model.base", long=True, label="base model",
                          placeholder="builtin:tiny-sd, org/name, a folder or a .safetensors file")
         with Horizontal(id="model-presets"):
-            yield Label("or pick", classes="row-label")
+            yield Label("built-in models", classes="row-label")
             for name in BUILTINS:
-                yield Button(name, id=f"preset-{name[8:]}", compact=True, classes="-small")
+                yield Button(name.removeprefix("builtin:"), id=f"preset-{name[8:]}", compact=True, classes="-small")
             yield Button("Browse…", id="model-browse", compact=True, tooltip="ctrl+o", classes="-small")
         yield Static("", id="model-result", markup=False)
         yield self.field("model.family", label="family")
@@ -62,6 +62,8 @@ class ModelStep(WizardStep):
         yield self.field("model.config_source", long=True, label="config source",
                          placeholder="only for a single file: a diffusers folder or hub id")
         yield self.field("model.allow_pickle", label="allow pickle files")
+        for path in unlisted(("model",), {f.path for f in self.fields}):
+            yield self.field(path)
 
     # -- probing --------------------------------------------------------------
 

@@ -69,6 +69,7 @@ class ReviewStep(WizardStep):
     """Everything at a glance; Start trains once nothing is invalid."""
 
     title = "Review"
+    first_focus = "#review-start"
 
     BINDINGS = [
         Binding("ctrl+e", "measure", "Measure a step"),

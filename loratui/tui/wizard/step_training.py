@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Collapsible, Static
 
-from loratui.tui.wizard.base import ConfigEdited, WizardStep
+from loratui.tui.wizard.base import ConfigEdited, WizardStep, unlisted
 from loratui.tui.wizard.prompts_editor import PromptsEditor
 
 if TYPE_CHECKING:
@@ -27,12 +27,10 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Checkpoints", ("save.every_n_steps", "save.keep")),
     ("Samples", ("sample.every_n_steps",)),
 )
-MORE: tuple[str, ...] = (
-    "data.flip", "data.shuffle_tags", "data.keep_tokens", "data.caption_dropout", "data.bucket_step",
-    "data.cache_latents", "train.weight_decay", "train.max_grad_norm", "train.min_snr_gamma",
-    "train.noise_offset", "train.compile", "train.channels_last", "save.output_name", "save.precision",
-    "save.format", "sample.steps", "sample.guidance", "sample.width", "sample.height",
-)
+# Set on the Images and Captions steps.
+ELSEWHERE = {"data.images", "data.caption_extension", "data.trigger_word"}
+MORE: list[str] = unlisted(("data", "train", "save", "sample"),
+                           ELSEWHERE | {path for _, paths in GROUPS for path in paths})
 LABELS = {
     "data.resolution": "resolution", "train.batch_size": "batch size", "train.grad_accum": "grad accumulation",
     "train.max_steps": "max steps", "train.epochs": "epochs", "train.learning_rate": "learning rate",

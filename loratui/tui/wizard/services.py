@@ -62,12 +62,12 @@ def count_params(project_dir: Path, cfg: ProjectConfig) -> int | None:
 
 def estimate(project_dir: Path, cfg: ProjectConfig, total_steps: int, family: str | None, *,
              measure: bool) -> Estimate:
-    """The engine's estimate when it has one; otherwise a rough one, labelled as such."""
-    try:
-        from loratui.engine.estimate import estimate_run
-    except ImportError:
+    """A rough estimate at once; a measured one (a few real steps, which loads the model) on request."""
+    if not measure:
         return rough_estimate(cfg, total_steps, family)
-    run = estimate_run(project_dir, cfg, measure=measure)
+    from loratui.engine.estimate import estimate_run
+
+    run = estimate_run(project_dir, cfg, measure=True)
     return Estimate(run.total_steps, run.seconds_per_step, run.peak_memory_mb, run.measured, run.note)
 
 
@@ -89,7 +89,8 @@ def rough_estimate(cfg: ProjectConfig, total_steps: int, family: str | None = No
     """
     if cfg.model.base.startswith("builtin:"):
         return Estimate(total_steps, None, None, False,
-                        "built-in tiny model: a fraction of a second per step, even on a CPU")
+                        "built-in tiny model: well under a second per step, even on a CPU; "
+                        "Measure (ctrl+e) times it")
     family = family or (cfg.model.family if cfg.model.family != "auto" else "sd1")
     tflop, side = _TFLOP_PER_IMAGE.get(family, _TFLOP_PER_IMAGE["sd1"])
     scale = (cfg.data.resolution / side) ** 2
@@ -104,7 +105,8 @@ def rough_estimate(cfg: ProjectConfig, total_steps: int, family: str | None = No
         activations /= 4.0
     memory = weights + activations * scale * cfg.train.batch_size
     return Estimate(total_steps, seconds, memory, False,
-                    f"rough arithmetic for a full-size {family} model at ~{_ASSUMED_TFLOPS:.0f} TFLOP/s; not measured")
+                    f"rough arithmetic for a full-size {family} model on a GPU doing ~{_ASSUMED_TFLOPS:.0f} TFLOP/s; "
+                    "Measure (ctrl+e) times real steps on this machine")
 
 
 @dataclass

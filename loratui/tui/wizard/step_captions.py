@@ -14,6 +14,7 @@ from textual.timer import Timer
 from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
 
 from loratui.data.captions import apply_prefix, count_tokens_estimate, find_caption, has_trigger, write_caption
+from loratui.data.report import display_name
 from loratui.tui.widgets.image_view import ImageView
 from loratui.tui.wizard.base import WizardStep
 
@@ -105,7 +106,7 @@ class CaptionsStep(WizardStep):
             self.query_one("#caption-preview", ImageView).path = None
 
     def _label(self, record: ImageRecord) -> str:
-        return f"{caption_mark(record)} {record.rel}"
+        return f"{caption_mark(record)} {display_name(record.rel)}"
 
     @on(OptionList.OptionHighlighted, "#caption-list")
     def _highlighted(self, event: OptionList.OptionHighlighted) -> None:

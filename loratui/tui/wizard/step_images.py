@@ -15,6 +15,7 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Button, DataTable, Static
 
+from loratui.data.report import display_name
 from loratui.tui.wizard.base import WizardStep
 from loratui.tui.wizard.dir_picker import PathPicker
 from loratui.tui.wizard.fields import ConfigField
@@ -74,7 +75,7 @@ def record_cells(record: ImageRecord) -> tuple[str, ...]:
     status = {"ok": "", "converted": "converted", "skipped": "SKIPPED"}.get(record.status, record.status)
     if record.problems and record.status == "ok":
         status = f"⚠ {len(record.problems)}"
-    return (record.rel, size, f"×{record.repeats}", bucket, caption, status)
+    return (display_name(record.rel), size, f"×{record.repeats}", bucket, caption, status)
 
 
 class ImagesStep(WizardStep):
@@ -237,7 +238,7 @@ class ImagesStep(WizardStep):
             return
         notes = record.problems + record.info
         mode = f" · {record.mode}" if record.mode else ""
-        head = f"{record.rel}{mode}: " + ("no problems" if not notes else "")
+        head = f"{display_name(record.rel)}{mode}: " + ("no problems" if not notes else "")
         detail.update(head + "; ".join(notes))
 
     # -- browsing -------------------------------------------------------------

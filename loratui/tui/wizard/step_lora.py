@@ -91,7 +91,7 @@ class LoraStep(WizardStep):
         try:
             count = self.state.services.count_params(self.state.project_dir, cfg)
         except Exception as exc:  # noqa: BLE001 - shown beside the field instead of a traceback
-            text = f"trainable parameters: cannot count yet ({exc})"
+            text = f"trainable parameters: {exc}"
         else:
             text = ("trainable parameters: counted when the model loads" if count is None
                     else f"trainable parameters: {human_count(count)}")

@@ -175,6 +175,8 @@ class ModelStep(WizardStep):
 
     def problems(self) -> list[str]:
         found = super().problems()
-        if self.state.model_error:
+        if self.probing:
+            found.append("model.base: still being checked; a moment")
+        elif self.state.model_error:
             found.append(f"model.base: {self.state.model_error}")
         return found

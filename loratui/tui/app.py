@@ -16,6 +16,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
 from textual.reactive import reactive
+from textual.screen import Screen
 
 from loratui.commands import CommandChannel
 from loratui.config import CONFIG_NAME, ConfigError
@@ -77,7 +78,8 @@ class LoratuiApp(App[None]):
 
     def __init__(self, project_dir: Path | None = None, *, mode: Mode = "start", engine: Engine | None = None,
                  theme: str | None = None, clock: Callable[[], float] = time.time,
-                 warmup: Callable[[], str] | None = default_warmup, settings_path: Path | None = None) -> None:
+                 warmup: Callable[[], str] | None = default_warmup, settings_path: Path | None = None,
+                 wizard: Callable[[Path], Screen[Any]] | None = None) -> None:
         super().__init__()
         self.project_dir = Path(project_dir).expanduser().resolve() if project_dir else None
         self.mode: Mode = mode if project_dir else "start"
@@ -87,6 +89,7 @@ class LoratuiApp(App[None]):
         self.settings_path = settings_path
         self.settings: Settings = load_settings(settings_path)
         self.requested_theme = theme
+        self.wizard_factory = wizard
         self._themes_ready = False
 
     # Start-up ---------------------------------------------------------------------------
@@ -196,33 +199,28 @@ class LoratuiApp(App[None]):
         self.open_wizard(project_dir)
 
     def open_wizard(self, project_dir: Path) -> None:
-        try:
-            from loratui.tui.wizard import WizardScreen
-        except ImportError:
-            self.notify(f"The setup wizard is not available; edit {project_dir / CONFIG_NAME} by hand.",
-                        severity="warning", timeout=8)
-            if not isinstance(self.screen, DashboardScreen):
-                self.open_project(project_dir)
-            return
+        factory = self.wizard_factory
+        if factory is None:
+            try:
+                from loratui.tui.wizard import WizardScreen
+            except ImportError:
+                self.notify(f"The setup wizard is not available; edit {project_dir / CONFIG_NAME} by hand.",
+                            severity="warning", timeout=8)
+                if not isinstance(self.screen, DashboardScreen):
+                    self.open_project(project_dir)
+                return
+            factory = WizardScreen
 
+        # The wizard also posts WizardScreen.Start; its dismissal with the folder is what we act on,
+        # so the run is started exactly once.
         def finished(result: Any) -> None:
             if isinstance(result, Path):
                 self._begin_training(result)
-            elif not any(isinstance(s, DashboardScreen) for s in self.screen_stack):
-                self.open_project(project_dir)
 
-        self.push_screen(WizardScreen(project_dir), finished)
-
-    def on_wizard_screen_start_training(self, message: Any) -> None:
-        """The wizard's Start button (``WizardScreen.StartTraining``), matched by name: no import needed."""
-        message.stop()
-        self._begin_training(Path(message.project_dir))
+        self.push_screen(factory(project_dir), finished)
 
     def _begin_training(self, project_dir: Path) -> None:
-        from loratui.tui.wizard import WizardScreen
-
-        while isinstance(self.screen, WizardScreen):
-            self.pop_screen()
+        project_dir = project_dir.expanduser().resolve()
         screen = self.screen
         if isinstance(screen, DashboardScreen) and screen.project_dir == project_dir:
             if not screen.state.running:

@@ -8,6 +8,7 @@ fast GPU can finish more steps per second than a terminal should repaint.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -19,14 +20,22 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Header, ProgressBar, Sparkline, Static
-from textual.worker import Worker, WorkerState
+from textual.widgets import Footer, Header, ProgressBar, RichLog, Sparkline
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from loratui.commands import Command, CommandChannel
 from loratui.events import Event, Failed, Finished, StepDone
 from loratui.project import ProjectPaths
-from loratui.tui.modals import Choice, ChoiceModal, ErrorModal, LogScreen
+from loratui.tui.modals import (
+    ErrorModal,
+    LogScreen,
+    force_quit_dialog,
+    quit_dialog,
+    resume_dialog,
+    stop_dialog,
+)
 from loratui.tui.widgets.checkpoint_list import CheckpointList
+from loratui.tui.widgets.finished_panel import FinishedPanel
 from loratui.tui.widgets.loss_history import history_from_rows
 from loratui.tui.widgets.loss_plot import LossPlot
 from loratui.tui.widgets.project_runs import ProjectRuns, read_project_runs
@@ -39,14 +48,6 @@ Engine = Callable[..., None]
 DRAW_INTERVAL_S = 0.1
 """At most ten repaints a second from step events; other events repaint at once."""
 SPARK_POINTS = 200
-
-
-def usage_text(lora: str, *, stopped_early: bool, step: int, total: int | None) -> str:
-    head = (f"■ Stopped at step {step}/{total or '?'} and saved." if stopped_early
-            else f"✔ Finished at step {step}.")
-    return (f"{head} Your LoRA: {lora}\n"
-            f"diffusers:  pipe.load_lora_weights(\"{lora}\")\n"
-            "ComfyUI: copy it to ComfyUI/models/loras · A1111/Forge: copy it to models/Lora")
 
 
 class DashboardScreen(Screen[None]):
@@ -117,8 +118,10 @@ Ctrl+P opens the command palette (change the theme there; the choice is remember
                     yield StatsPanel(self.state, clock=self.clock, id="stats")
                 with Vertical(id="checkpoint-pane", classes="pane"):
                     yield CheckpointList(id="checkpoints")
+                with Vertical(id="events-pane", classes="pane"):
+                    yield RichLog(id="events", markup=False, highlight=False, wrap=True, max_lines=500, min_width=20)
             with Vertical(id="dash-right"):
-                yield Static("", id="finished", markup=False)
+                yield FinishedPanel(id="finished")
                 with Vertical(id="loss-pane", classes="pane"):
                     yield Sparkline([], id="spark")
                     yield LossPlot(id="plot")
@@ -133,7 +136,7 @@ Ctrl+P opens the command palette (change the theme there; the choice is remember
         self.query_one("#checkpoint-pane").border_title = "Checkpoints"
         self.query_one("#loss-pane").border_title = "Loss · raw (last steps) and smoothed (whole run)"
         self.query_one("#sample-pane").border_title = "Samples"
-        self.query_one("#finished").display = False
+        self.query_one("#events-pane").border_title = "Events"
         self.query_one("#dash-body").focus()  # arrow keys scroll the stacked panes on small terminals
         self._load_project()
         self.set_interval(1.0, self._tick)
@@ -186,11 +189,26 @@ Ctrl+P opens the command palette (change the theme there; the choice is remember
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")
     def _run_engine(self, resume: bool) -> None:
         post = self.post_message
+        commands = self.commands
+        worker = get_current_worker()
+        done = threading.Event()
 
         def emit(event: Event) -> None:
             post(self.EngineEvent(event))
 
-        self.engine(self.project_dir, emit=emit, commands=self.commands, resume=resume)
+        def abort_when_cancelled() -> None:
+            # Textual cancels workers when the app closes, but cannot stop a thread: a paused or
+            # slow engine must be told, or the process would wait for it forever.
+            while not done.is_set():
+                if worker.cancelled_event.wait(0.2):
+                    commands.send(Command.ABORT)
+                    return
+
+        threading.Thread(target=abort_when_cancelled, name="loratui-abort-on-exit", daemon=True).start()
+        try:
+            self.engine(self.project_dir, emit=emit, commands=commands, resume=resume)
+        finally:
+            done.set()
 
     @on(EngineEvent)
     def _engine_event(self, message: EngineEvent) -> None:
@@ -200,9 +218,11 @@ Ctrl+P opens the command palette (change the theme there; the choice is remember
             self._schedule_draw()
             return
         if self.state.log:
-            self._set_status(self.state.log[-1])
+            line = self.state.log[-1]
+            self._set_status(line)
+            self.query_one("#events", RichLog).write(line)
             if self._log_screen is not None:
-                self._log_screen.add_status(self.state.log[-1])
+                self._log_screen.add_status(line)
         if isinstance(event, Failed):
             self._show_failure(event.message, event.log_path)
         self._sync_phase()
@@ -259,15 +279,8 @@ Ctrl+P opens the command palette (change the theme there; the choice is remember
         self._draw_finished()
 
     def _draw_finished(self) -> None:
-        panel = self.query_one("#finished", Static)
-        done = self.state.finished
-        if done is None or self.state.running:
-            panel.display = False
-            return
-        lora = done.lora_path or "(no LoRA written)"
-        panel.update(usage_text(lora, stopped_early=done.stopped_early, step=done.step,
-                                total=self.state.total_steps))
-        panel.display = True
+        done = None if self.state.running else self.state.finished
+        self.query_one("#finished", FinishedPanel).show(done, self.state.total_steps)
 
     def _tick(self) -> None:
         if self.state.running:
@@ -325,12 +338,7 @@ Ctrl+P opens the command palette (change the theme there; the choice is remember
             if choice == "stop" and self.state.running:
                 self._stop()
 
-        self.app.push_screen(ChoiceModal(
-            "Stop training?",
-            f"Step {self.state.step} of {self.state.total_steps or '?'}. A checkpoint and the LoRA are saved "
-            "first; you can resume from the checkpoint later.",
-            [Choice("stop", "Stop and save", "warning", "y"), Choice("cancel", "Keep training", "primary", "n")],
-        ), answered)
+        self.app.push_screen(stop_dialog(self.state.step, self.state.total_steps), answered)
 
     def _stop(self) -> None:
         self._send(Command.STOP)
@@ -355,14 +363,8 @@ Ctrl+P opens the command palette (change the theme there; the choice is remember
             if choice in ("resume", "restart"):
                 self.start_training(resume=choice == "resume")
 
-        total = runs.total_steps or "?"
-        self.app.push_screen(ChoiceModal(
-            "Resume training?",
-            f"This project's last run stopped at step {runs.last_step} of {total}. "
-            f"The newest checkpoint is step {newest.step} ({display_path(newest.path, self.project_dir)}).",
-            [Choice("resume", "Resume", "primary", "r"), Choice("restart", "Start over", "warning", "o"),
-             Choice("later", "Not now", "default", "n")],
-        ), answered)
+        self.app.push_screen(resume_dialog(runs.last_step, runs.total_steps, newest.step,
+                                           display_path(newest.path, self.project_dir)), answered)
 
     def action_log(self) -> None:
         def closed(_: None) -> None:
@@ -394,23 +396,11 @@ Ctrl+P opens the command palette (change the theme there; the choice is remember
                 self._send(Command.ABORT)
                 self._set_status("Quitting without saving after the step in progress…")
 
-        self.app.push_screen(ChoiceModal(
-            "Quit while training?",
-            f"Training is at step {self.state.step} of {self.state.total_steps or '?'}. Stopping properly saves "
-            "a checkpoint and the LoRA (after the step in progress) before quitting.",
-            [Choice("stop", "Stop, save and quit", "warning", "y"), Choice("abort", "Quit without saving", "error",
-                                                                           "a"),
-             Choice("cancel", "Keep training", "primary", "n")],
-        ), answered)
+        self.app.push_screen(quit_dialog(self.state.step, self.state.total_steps), answered)
 
     def _confirm_force_quit(self) -> None:
         def answered(choice: str | None) -> None:
             if choice == "now":
                 self.app.exit()
 
-        self.app.push_screen(ChoiceModal(
-            "Still stopping",
-            "The engine is finishing its step and saving. Quitting now may leave the last checkpoint "
-            "incomplete.",
-            [Choice("wait", "Wait", "primary", "n"), Choice("now", "Quit now", "error", "y")],
-        ), answered)
+        self.app.push_screen(force_quit_dialog(), answered)

@@ -196,3 +196,43 @@ class LogScreen(ModalScreen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+# The dashboard's questions, worded in one place ------------------------------------------
+
+def _of(step: int, total: int | None) -> str:
+    return f"step {step} of {total or '?'}"
+
+
+def stop_dialog(step: int, total: int | None) -> ChoiceModal:
+    return ChoiceModal(
+        "Stop training?",
+        f"At {_of(step, total)}. A checkpoint and the LoRA are saved first; you can resume from the "
+        "checkpoint later.",
+        [Choice("stop", "Stop and save", "warning", "y"), Choice("cancel", "Keep training", "primary", "n")])
+
+
+def resume_dialog(last_step: int, total: int | None, checkpoint_step: int, checkpoint: str) -> ChoiceModal:
+    return ChoiceModal(
+        "Resume training?",
+        f"This project's last run stopped at {_of(last_step, total)}. The newest checkpoint is step "
+        f"{checkpoint_step} ({checkpoint}).",
+        [Choice("resume", "Resume", "primary", "r"), Choice("restart", "Start over", "warning", "o"),
+         Choice("later", "Not now", "default", "n")])
+
+
+def quit_dialog(step: int, total: int | None) -> ChoiceModal:
+    return ChoiceModal(
+        "Quit while training?",
+        f"Training is at {_of(step, total)}. Stopping properly saves a checkpoint and the LoRA (after the "
+        "step in progress) before quitting.",
+        [Choice("stop", "Stop, save and quit", "warning", "y"),
+         Choice("abort", "Quit without saving", "error", "a"),
+         Choice("cancel", "Keep training", "primary", "n")])
+
+
+def force_quit_dialog() -> ChoiceModal:
+    return ChoiceModal(
+        "Still stopping",
+        "The engine is finishing its step and saving. Quitting now may leave the last checkpoint incomplete.",
+        [Choice("wait", "Wait", "primary", "n"), Choice("now", "Quit now", "error", "y")])

@@ -8,6 +8,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import Screen
@@ -90,9 +91,10 @@ suggested completion and Tab moves to the folder tree.
 
     def set_recent(self, recent: list[str]) -> None:
         self.recent = list(recent)
-        if not self.is_mounted:
-            return  # on_mount draws self.recent
-        options = self.query_one("#recent", OptionList)
+        try:
+            options = self.query_one("#recent", OptionList)
+        except NoMatches:
+            return  # not composed yet: on_mount draws self.recent
         options.clear_options()
         for path in self.recent:
             exists = (Path(path) / CONFIG_NAME).is_file()
@@ -104,6 +106,7 @@ suggested completion and Tab moves to the folder tree.
         empty.display = not self.recent
         options.display = bool(self.recent)
         if self.recent:
+            options.highlighted = 0  # Enter opens the most recent project straight away
             options.focus()
 
     @on(OptionList.OptionSelected, "#recent")

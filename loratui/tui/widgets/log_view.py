@@ -22,7 +22,8 @@ class LogView(RichLog):
 
     def __init__(self, log_file: Path | None, *, poll_s: float = 0.5, id: str | None = None,
                  classes: str | None = None) -> None:
-        super().__init__(id=id, classes=classes, highlight=False, markup=False, wrap=True, max_lines=5000)
+        super().__init__(id=id, classes=classes, highlight=False, markup=False, wrap=True, max_lines=5000,
+                         min_width=20)
         self.log_file = log_file
         self.poll_s = poll_s
         self._offset = 0

@@ -35,18 +35,14 @@ def _load_for_inference(project_dir: Path, lora: Path | None, *, use_lora: bool)
     from loratui.engine.quiet import quiet_libraries
     from loratui.lora.fileformat import load_lora_file
     from loratui.lora.inject import inject_from_file
-    from loratui.models.loader import load_model
+    from loratui.engine.session import load_project_model
 
     quiet_libraries()
     cfg = load_config(project_dir)
     paths = ProjectPaths(Path(project_dir))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    model = load_model(cfg.model.base, config_source=cfg.model.config_source or None,
-                       allow_pickle=cfg.model.allow_pickle,
-                       family=None if cfg.model.family == "auto" else cfg.model.family,
-                       prediction_type=None if cfg.model.prediction_type == "auto" else cfg.model.prediction_type,
-                       dtype=dtype, device=device)
+    model = load_project_model(paths, cfg, dtype=dtype, device=device)
     model.vae.to(device, torch.float32)
     for te in model.text_encoders:
         te.to(device)
@@ -116,7 +112,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     default = paths.lora_file(cfg)
     out = Path(args.out) if args.out else (default.with_name(default.stem + "-diffusers.safetensors")
                                            if fmt == "diffusers" else default)
-    info = probe_model(cfg.model.base, config_source=cfg.model.config_source or None,
+    info = probe_model(paths.model_spec(cfg), config_source=paths.config_source(cfg),
                        allow_pickle=cfg.model.allow_pickle)
     family = info.family if cfg.model.family == "auto" else cfg.model.family
     pred = info.prediction_type if cfg.model.prediction_type == "auto" else cfg.model.prediction_type

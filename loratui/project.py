@@ -57,6 +57,19 @@ class ProjectPaths:
     def lora_file(self, cfg: ProjectConfig) -> Path:
         return self.output / f"{safe_name(cfg.output_name)}.safetensors"
 
+    def input_path(self, value: str) -> str:
+        """A relative path in loratui.toml (a model, a LoRA to start from) means one inside the project,
+        wherever loratui runs from; anything else (hub ids, builtin:…, absolute paths) stays as written."""
+        if value and not Path(value).expanduser().is_absolute() and (self.root / value).exists():
+            return str(self.root / value)
+        return value
+
+    def model_spec(self, cfg: ProjectConfig) -> str:
+        return self.input_path(cfg.model.base)
+
+    def config_source(self, cfg: ProjectConfig) -> str | None:
+        return self.input_path(cfg.model.config_source) or None
+
     def inside(self, value: str, field: str, *, must_be_inside: bool = True) -> Path:
         """Resolve a path from the config; anything loratui writes must stay inside the project."""
         path = (self.root / value).resolve() if not os.path.isabs(value) else Path(value).resolve()

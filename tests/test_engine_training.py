@@ -207,3 +207,22 @@ def test_deferred_step_reports_as_on_cuda_lose_nothing(sample_project: Path) -> 
     assert all(torch.equal(eager_w[k], late_w[k]) for k in eager_w)
     kinds = [type(e).__name__ for e in late]
     assert kinds.index("Finished") > max(i for i, k in enumerate(kinds) if k == "StepDone")
+
+
+def test_init_lora_is_read_inside_the_project_and_a_mismatch_is_explained(sample_project: Path, tmp_path: Path,
+                                                                          monkeypatch, capsys) -> None:
+    _set(sample_project, "save.every_n_steps=0", "sample.every_n_steps=0")
+    _events(sample_project, max_steps=1)
+    import shutil
+
+    shutil.copy(ProjectPaths(sample_project).output / "zxc_toy.safetensors", sample_project / "start.safetensors")
+    _set(sample_project, "lora.init_lora=start.safetensors")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # a relative init_lora means inside the project, wherever loratui runs
+    assert main(["train", str(sample_project), "--headless", "--max-steps", "1"]) == 0
+    _set(sample_project, "lora.rank=4")
+    capsys.readouterr()
+    assert main(["train", str(sample_project), "--headless", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "lora.init_lora = 'start.safetensors'" in err and "Traceback" not in err

@@ -44,11 +44,14 @@ def count_trainable_params(project_dir: Path, cfg: ProjectConfig) -> int:
     from loratui.lora.inject import inject_lora
     from loratui.models.loader import probe_model
 
-    folder = _model_folder(cfg.model.base)
+    from loratui.project import ProjectPaths
+
+    spec = ProjectPaths(Path(project_dir)).model_spec(cfg)
+    folder = _model_folder(spec)
     if folder is None:
         raise ValueError(f"{cfg.model.base}: the count needs a local diffusers folder; it is shown once training "
                          "has loaded the model")
-    family = probe_model(cfg.model.base).family if cfg.model.family == "auto" else cfg.model.family
+    family = probe_model(spec).family if cfg.model.family == "auto" else cfg.model.family
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
         total = inject_lora(unet, component="unet", family=family, preset=cfg.lora.preset, rank=cfg.lora.rank,

@@ -76,24 +76,17 @@ def _read_lora(source: Path, is_checkpoint: bool, family: str, layers_per_block:
     return lora
 
 
-def _in_project(project: Path, value: str) -> str:
-    """A relative model path in loratui.toml means one inside the project, wherever loratui runs from."""
-    if value and not Path(value).expanduser().is_absolute() and (project / value).exists():
-        return str(project / value)
-    return value
-
-
 def _base_folder(project: Path, cfg: Any) -> Path | None:
     """The diffusers folder the base model came from, when there is one on disk."""
     from loratui.models import builtin
     from loratui.models.probe import resolve_spec
 
-    kind, where = resolve_spec(_in_project(project, cfg.model.base))
+    kind, where = resolve_spec(ProjectPaths(project).input_path(cfg.model.base))
     if kind == "builtin":
         return builtin.ensure_builtin(str(where))
     if kind == "folder":
         return Path(where)
-    config = Path(_in_project(project, cfg.model.config_source)).expanduser()
+    config = Path(ProjectPaths(project).input_path(cfg.model.config_source)).expanduser()
     if kind == "single_file" and cfg.model.config_source and config.is_dir():
         return config
     return None
@@ -155,7 +148,7 @@ def export_merged(project_dir: str | os.PathLike[str], *, scale: float = 1.0,
     """
     from loratui.engine.quiet import quiet_libraries
     from loratui.models.builtin import quiet_progress
-    from loratui.models.loader import load_model
+    from loratui.engine.session import load_project_model
     from loratui.models.single_file import checkpoint_metadata, save_single_file
 
     quiet_libraries()
@@ -167,12 +160,7 @@ def export_merged(project_dir: str | os.PathLike[str], *, scale: float = 1.0,
     dtype = SAVE_DTYPES[cfg.save.precision]
 
     # Merged on the CPU in float32: the sum is exact before one final rounding.
-    model = load_model(_in_project(project, cfg.model.base),
-                       config_source=_in_project(project, cfg.model.config_source) or None,
-                       allow_pickle=cfg.model.allow_pickle,
-                       family=None if cfg.model.family == "auto" else cfg.model.family,
-                       prediction_type=None if cfg.model.prediction_type == "auto" else cfg.model.prediction_type,
-                       dtype=torch.float32, device="cpu")
+    model = load_project_model(ProjectPaths(project), cfg, dtype=torch.float32, device="cpu")
     lpb = model.unet.config.get("layers_per_block")
     merge_into_model(model, _read_lora(source, is_checkpoint, model.family, lpb if isinstance(lpb, int) else None),
                      scale)

@@ -145,6 +145,17 @@ class TrainingSession:
         self.accelerator.free_memory()
 
 
+def load_project_model(paths: ProjectPaths, cfg: ProjectConfig, *, dtype: torch.dtype,
+                       device: str | torch.device) -> LoadedModel:
+    """The project's base model, with relative paths read inside the project and the family and
+    prediction-type overrides applied."""
+    return load_model(
+        paths.model_spec(cfg), config_source=paths.config_source(cfg), allow_pickle=cfg.model.allow_pickle,
+        family=None if cfg.model.family == "auto" else cfg.model.family,
+        prediction_type=None if cfg.model.prediction_type == "auto" else cfg.model.prediction_type,
+        dtype=dtype, device=device)
+
+
 def _weight_dtype(precision: str, device: torch.device) -> torch.dtype:
     # Half-precision base weights only where they are fast; the CPU runs fp32.
     if device.type == "cpu":
@@ -199,11 +210,7 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
         status(f"skipping {rec.rel}: {'; '.join(rec.problems)}", "warning")
 
     status(f"loading {cfg.model.base}")
-    model = load_model(
-        cfg.model.base, config_source=cfg.model.config_source or None, allow_pickle=cfg.model.allow_pickle,
-        family=None if cfg.model.family == "auto" else cfg.model.family,
-        prediction_type=None if cfg.model.prediction_type == "auto" else cfg.model.prediction_type,
-        dtype=weight_dtype, device=device)
+    model = load_project_model(paths, cfg, dtype=weight_dtype, device=device)
     for module in [model.unet, model.vae, *model.text_encoders]:
         module.requires_grad_(False)
     # The SDXL VAE overflows in fp16; latents are made once, so fp32 costs little.
@@ -227,7 +234,7 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
         status(f"latents: {cache.hits} from cache, {cache.misses} encoded")
     model.vae.to("cpu")  # not needed until sampling; frees GPU memory for the UNet
 
-    networks, groups, trained_tes = _inject(cfg, model)
+    networks, groups, trained_tes = _inject(cfg, model, paths)
     unet = model.unet
     if cfg.train.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -254,7 +261,8 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
                            trained_text_encoders=trained_tes)
 
 
-def _inject(cfg: ProjectConfig, model: LoadedModel) -> tuple[dict[str, LoRANetwork], list[dict[str, Any]], list]:
+def _inject(cfg: ProjectConfig, model: LoadedModel,
+            paths: ProjectPaths) -> tuple[dict[str, LoRANetwork], list[dict[str, Any]], list]:
     gen = torch.Generator("cpu").manual_seed(cfg.train.seed)
     lc = cfg.lora
     networks = {"unet": inject_lora(model.unet, component="unet", family=model.family, preset=lc.preset,
@@ -267,9 +275,13 @@ def _inject(cfg: ProjectConfig, model: LoadedModel) -> tuple[dict[str, LoRANetwo
                                          rank=lc.rank, alpha=lc.alpha, generator=gen)
             trained_tes.append(te)
     if lc.init_lora:
+        from loratui.config import ConfigError
         from loratui.lora.fileformat import apply_lora_file, load_lora_file
 
-        apply_lora_file(load_lora_file(lc.init_lora), networks)
+        try:
+            apply_lora_file(load_lora_file(paths.input_path(lc.init_lora), family=model.family), networks)
+        except (ValueError, OSError) as exc:  # LoRAFileError is a ValueError
+            raise ConfigError(f"lora.init_lora = {lc.init_lora!r}: {exc}") from None
     groups = [{"params": list(networks["unet"].parameters()), "lr": cfg.train.learning_rate}]
     te_params = [p for k, n in networks.items() if k != "unet" for p in n.parameters()]
     if te_params:

@@ -109,7 +109,10 @@ async def test_a_missing_images_folder_is_explained_and_blocks_start(project: Pa
         (other / "a").mkdir(parents=True)
         (project / "images" / "beach.png").rename(other / "a" / "beach.png")
         await type_into(pilot, "#data-images", "more")
-        await pilot.pause(0.4)  # the scan waits for typing to stop
+        await settle(pilot)
+        assert "Press Enter to scan more" in text_of(app.screen, "#scan-summary")  # not while typing
+        assert app.screen.query_one("#scan-table", DataTable).row_count == 0
+        await pilot.press("enter")
         await settle(pilot)
         assert field.error == ""
         assert (await saved(pilot, project))["data"]["images"] == "more"

@@ -89,8 +89,8 @@ def rough_estimate(cfg: ProjectConfig, total_steps: int, family: str | None = No
     """
     if cfg.model.base.startswith("builtin:"):
         return Estimate(total_steps, None, None, False,
-                        "built-in tiny model: well under a second per step, even on a CPU; "
-                        "Measure (ctrl+e) times it")
+                        "built-in tiny model: the full-size arithmetic does not apply; "
+                        "Measure (ctrl+e) times a few steps on this machine")
     family = family or (cfg.model.family if cfg.model.family != "auto" else "sd1")
     tflop, side = _TFLOP_PER_IMAGE.get(family, _TFLOP_PER_IMAGE["sd1"])
     scale = (cfg.data.resolution / side) ** 2

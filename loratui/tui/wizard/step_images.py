@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textual import on, work
+from textual.worker import get_current_worker
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.timer import Timer
-from textual.widgets import Button, DataTable, Static
+from textual.widgets import Button, DataTable, Input, Static
 
 from loratui.data.report import display_name
 from loratui.tui.wizard.base import WizardStep
@@ -27,6 +28,10 @@ _BAR = 10
 # Typing a path fires a change per keystroke; scan once the typing stops.
 _SCAN_DELAY = 0.3
 _SCAN_INPUTS = ("data.images", "data.resolution", "data.bucket_step", "data.caption_extension")
+
+
+class _Superseded(Exception):
+    pass
 
 
 def describe_repeats(report: ScanReport) -> str:
@@ -131,8 +136,10 @@ class ImagesStep(WizardStep):
             for part in ("#scan-histogram", "#scan-notices", "#scan-detail"):
                 self.query_one(part, Static).update("")
             self.query_one("#scan-summary", Static).update("Choose a folder that exists to see its images.")
+        elif self.state.report is not None and self.state.report_key == self.state.scan_key():
+            self._show(self.state.report)  # back to the folder already scanned
         else:
-            self._schedule_scan()  # back to a good folder, maybe the same one: show it again
+            self._await_enter()
 
     def _check_folder(self, value: str) -> str | None:
         if not value.strip():
@@ -150,10 +157,29 @@ class ImagesStep(WizardStep):
         self._scan_if_due()
 
     def config_changed(self, path: str) -> None:
-        if path in _SCAN_INPUTS:
+        if path == "data.images":
+            # Not scanned while typing: on the way to /data/set, "/" alone is a folder too, and
+            # walking the whole disk is not what anyone asked for.
+            self._await_enter()
+        elif path in _SCAN_INPUTS:
             self._schedule_scan()
         elif path == "train.batch_size" and self.state.report is not None and not self.scanning:
             self._show(self.state.report)
+
+    def _await_enter(self) -> None:
+        self.query_one("#scan-table", DataTable).clear()
+        for part in ("#scan-histogram", "#scan-notices", "#scan-detail"):
+            self.query_one(part, Static).update("")
+        self.query_one("#scan-summary", Static).update(
+            f"Press Enter to scan {self.state.cfg.data.images} (it is also scanned when you leave this step).")
+
+    @on(Input.Submitted, "#data-images Input")
+    def _folder_submitted(self) -> None:
+        self._scan_if_due()
+
+    def left(self) -> None:
+        if not self.query_one("#data-images", ConfigField).error and self.state.report_key != self.state.scan_key():
+            self.action_rescan()
 
     def _schedule_scan(self) -> None:
         if self._timer is not None:
@@ -178,12 +204,18 @@ class ImagesStep(WizardStep):
 
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
     def _scan(self, key: tuple[Any, ...], folder: Path, cfg: Any) -> None:
+        worker = get_current_worker()
+
         def progress(done: int, total: int) -> None:
+            if worker.is_cancelled:
+                raise _Superseded  # a newer scan started; stop decoding this folder's images
             if done % 16 == 0 or done == total:
                 self.post_message(self.Progress(done, total))
 
         try:
             report = self.state.services.scan(folder, cfg, progress)
+        except _Superseded:
+            return
         except Exception as exc:  # noqa: BLE001 - a scan bug must not take the wizard down
             self.post_message(self.Scanned(key, None, f"the scan stopped: {type(exc).__name__}: {exc}"))
             return
@@ -251,6 +283,7 @@ class ImagesStep(WizardStep):
         def chosen(path: Path | None) -> None:
             if path is not None:
                 self.query_one("#data-images", ConfigField).set_value(self.state.show_path(path))
+                self.call_after_refresh(self._scan_if_due)  # once the new value has been taken
 
         self.app.push_screen(PathPicker(start.parent if start != self.state.project_dir else start,
                                         title="Choose the images folder"), chosen)

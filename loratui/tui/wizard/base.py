@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -13,6 +12,7 @@ from textual.containers import Vertical
 from textual.message import Message
 
 from loratui.config import CONFIG_NAME, ProjectConfig, cross_check, field_spec, field_specs, save_config
+from loratui.project import ProjectPaths
 from loratui.tui.wizard.fields import Check, ConfigField
 from loratui.tui.wizard.services import Services
 
@@ -37,10 +37,14 @@ class WizardState:
     model_error: str = ""
     load_problem: str = ""
 
+    @property
+    def paths(self) -> ProjectPaths:
+        """The engine's own rules for paths in loratui.toml, so the wizard checks what training will read."""
+        return ProjectPaths(self.project_dir)
+
     def resolve(self, value: str) -> Path:
-        """A path from the config: relative ones are relative to the project folder."""
-        path = Path(os.path.expanduser(value))
-        return path if path.is_absolute() else self.project_dir / path
+        """A folder from the config: relative ones are inside the project folder."""
+        return self.paths.inside(value, "data.images", must_be_inside=False)
 
     def show_path(self, path: Path) -> str:
         """A path as the user would type it: relative to the project when inside it."""
@@ -50,7 +54,7 @@ class WizardState:
             return str(path)
 
     def images_dir(self) -> Path:
-        return self.resolve(self.cfg.data.images)
+        return self.paths.images(self.cfg)
 
     def cross_problem(self, path: str, value: Any) -> str | None:
         """The first rule spanning fields that ``value`` would break, worded for this field."""

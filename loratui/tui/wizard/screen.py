@@ -21,6 +21,7 @@ from textual.timer import Timer
 from textual.widgets import Button, ContentSwitcher, Footer, Static
 
 from loratui.config import CONFIG_NAME, ConfigError, ProjectConfig, load_config
+from loratui.project import create_project
 from loratui.tui.wizard.base import ConfigEdited, WizardState, WizardStep
 from loratui.tui.wizard.fields import ConfigField
 from loratui.tui.wizard.services import Services
@@ -37,8 +38,6 @@ STEPS: tuple[type[WizardStep], ...] = (ImagesStep, CaptionsStep, ModelStep, Lora
 
 def load_or_create(project_dir: Path) -> tuple[ProjectConfig, str]:
     """The project's config, creating the project when there is none; and why it could not be read."""
-    from loratui.project import create_project
-
     if not (project_dir / CONFIG_NAME).exists():
         return create_project(project_dir), ""
     try:

@@ -90,20 +90,14 @@ class ModelStep(WizardStep):
         m = self.state.cfg.model
         return (m.base, m.config_source, m.allow_pickle)
 
-    def _spec(self, text: str) -> str:
-        """Relative paths are relative to the project folder, like every other path in loratui.toml."""
-        text = text.strip()
-        if not text or text.startswith("builtin:") or Path(text).expanduser().is_absolute():
-            return text
-        inside = self.state.project_dir / text
-        return str(inside) if inside.exists() else text
-
     def _probe_now(self) -> None:
         key = self._key()
         self.probing = True
         self._show()
         base, source, pickle = key
-        self._probe(key, self._spec(base), self._spec(source) or None, pickle)
+        # Relative paths mean inside the project, exactly as training will read them.
+        paths = self.state.paths
+        self._probe(key, paths.input_path(base), paths.input_path(source) or None, pickle)
 
     @work(thread=True, exclusive=True, group="probe", exit_on_error=False)
     def _probe(self, key: tuple[Any, ...], spec: str, config_source: str | None, allow_pickle: bool) -> None:

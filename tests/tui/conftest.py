@@ -81,6 +81,10 @@ async def settle(pilot, screen) -> None:
     """Wait out the throttled redraw so the screen shows the latest state."""
     await pilot.pause(0.15)
     screen._draw()
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause()
+    # Layout may settle a frame later (a scrollbar appearing changes widths): draw once more.
+    screen._draw()
     await pilot.pause()
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
+from textual.timer import Timer
 
 from loratui.config import CONFIG_NAME, ProjectConfig, cross_check, field_spec, field_specs, save_config
 from loratui.project import ProjectPaths
@@ -120,6 +121,7 @@ class WizardStep(Vertical):
         self.state = state
         self.built = False
         self.fields: list[ConfigField] = []
+        self._debounce: Timer | None = None
 
     def compose_step(self) -> ComposeResult:
         """The step's widgets; composed the first time the step is shown, so the wizard opens fast."""
@@ -133,6 +135,16 @@ class WizardStep(Vertical):
 
     def on_built(self) -> None:
         """The step's widgets exist now; fill in what they show."""
+
+    def debounce(self, delay: float, callback: Callable[[], object]) -> None:
+        """Run ``callback`` once ``delay`` seconds pass without another call (typing has paused)."""
+        self.cancel_debounce()
+        self._debounce = self.set_timer(delay, callback)
+
+    def cancel_debounce(self) -> None:
+        if self._debounce is not None:
+            self._debounce.stop()
+            self._debounce = None
 
     def field(self, path: str, *, check: Check | None = None, **kwargs: Any) -> ConfigField:
         """A field bound to the config: its rules, the extra ``check``, and the cross-field rules."""

@@ -10,7 +10,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.timer import Timer
 from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
 
 from loratui.data.captions import apply_prefix, count_tokens_estimate, find_caption, has_trigger, write_caption
@@ -58,7 +57,6 @@ class CaptionsStep(WizardStep):
         self._shown_report: ScanReport | None = None
         self._records: list[ImageRecord] = []
         self.current: ImageRecord | None = None
-        self._pending: Timer | None = None
 
     def compose_step(self) -> ComposeResult:
         with Horizontal(id="captions-settings"):
@@ -151,15 +149,11 @@ class CaptionsStep(WizardStep):
         record = self.current
         if record is None or event.text_area.text == (record.caption or ""):
             return
-        if self._pending is not None:
-            self._pending.stop()
-        self._pending = self.set_timer(_WRITE_DELAY, self.flush)
+        self.debounce(_WRITE_DELAY, self.flush)
 
     def flush(self) -> None:
         """Write the caption being edited, if it changed; atomically, so a crash keeps old or new."""
-        if self._pending is not None:
-            self._pending.stop()
-            self._pending = None
+        self.cancel_debounce()
         record = self.current
         if record is None:
             return

@@ -13,7 +13,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.timer import Timer
 from textual.widgets import Button, DataTable, Input, Static
 
 from loratui.data.report import display_name
@@ -110,7 +109,6 @@ class ImagesStep(WizardStep):
 
     def __init__(self, state: Any) -> None:
         super().__init__(state)
-        self._timer: Timer | None = None
         self.scanning = False
         self.failure = ""
 
@@ -162,7 +160,7 @@ class ImagesStep(WizardStep):
             # walking the whole disk is not what anyone asked for.
             self._await_enter()
         elif path in _SCAN_INPUTS:
-            self._schedule_scan()
+            self.debounce(_SCAN_DELAY, self._scan_if_due)
         elif path == "train.batch_size" and self.state.report is not None and not self.scanning:
             self._show(self.state.report)
 
@@ -180,11 +178,6 @@ class ImagesStep(WizardStep):
     def left(self) -> None:
         if not self.query_one("#data-images", ConfigField).error and self.state.report_key != self.state.scan_key():
             self.action_rescan()
-
-    def _schedule_scan(self) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-        self._timer = self.set_timer(_SCAN_DELAY, self._scan_if_due)
 
     def _scan_if_due(self) -> None:
         field = self.query_one("#data-images", ConfigField)

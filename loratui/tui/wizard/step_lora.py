@@ -8,7 +8,6 @@ from typing import Any
 from textual import work
 from textual.app import ComposeResult
 from textual.message import Message
-from textual.timer import Timer
 from textual.widgets import Static
 
 from loratui.tui.wizard.base import WizardStep, unlisted
@@ -42,7 +41,6 @@ class LoraStep(WizardStep):
 
     def __init__(self, state: Any) -> None:
         super().__init__(state)
-        self._timer: Timer | None = None
         self._counted: tuple[Any, ...] | None = None
 
     def compose_step(self) -> ComposeResult:
@@ -70,9 +68,7 @@ class LoraStep(WizardStep):
         if path in ("lora.rank", "lora.alpha"):
             self._show_scale()
         if path in _COUNT_INPUTS and self.display:
-            if self._timer is not None:
-                self._timer.stop()
-            self._timer = self.set_timer(_COUNT_DELAY, self._count_now)
+            self.debounce(_COUNT_DELAY, self._count_now)
 
     def _show_scale(self) -> None:
         lora = self.state.cfg.lora

@@ -10,7 +10,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
-from textual.timer import Timer
 from textual.widgets import Button, Label, Static
 
 from loratui.tui.wizard.base import WizardStep, unlisted
@@ -43,7 +42,6 @@ class ModelStep(WizardStep):
 
     def __init__(self, state: Any) -> None:
         super().__init__(state)
-        self._timer: Timer | None = None
         self._probed_key: tuple[Any, ...] | None = None
         self.probing = False
 
@@ -73,9 +71,7 @@ class ModelStep(WizardStep):
 
     def config_changed(self, path: str) -> None:
         if path in _PROBE_INPUTS:
-            if self._timer is not None:
-                self._timer.stop()
-            self._timer = self.set_timer(_PROBE_DELAY, self._probe_now)
+            self.debounce(_PROBE_DELAY, self._probe_now)
         elif path in ("model.family", "model.prediction_type"):
             self._show()
 

@@ -10,6 +10,7 @@ import bisect
 import math
 from typing import ClassVar
 
+from rich.style import StyleType
 from rich.text import Text
 from textual.app import RenderResult
 from textual.widget import Widget
@@ -55,65 +56,64 @@ class LossPlot(Widget):
         self.refresh()
 
     def render(self) -> RenderResult:
-        width, height = self.size.width, self.size.height
-        axis_style = self.get_component_rich_style("loss-plot--axis")
-        line_style = self.get_component_rich_style("loss-plot--line")
-        steps, values = self._finite_points()
-        if not steps:
-            return Text("smoothed loss appears after the first step", style=axis_style, justify="center")
-        low, high = min(values), max(values)
-        if high - low < 1e-12:
-            low, high = low - 0.5 * abs(low or 1) * 0.01, high + 0.5 * abs(high or 1) * 0.01
-        pad = (high - low) * 0.05
-        low, high = low - pad, high + pad
-        labels = [_label(high), _label((high + low) / 2), _label(low)]
-        gutter = max(len(s) for s in labels) + 1
-        plot_w, plot_h = width - gutter - 1, height - 1
-        if plot_w < 4 or plot_h < 1:
-            return Text(f"smoothed {values[-1]:.4g}", style=line_style)
-        grid = self._dots(steps, values, plot_w, plot_h, low, high)
-        label_rows = {0: labels[0], plot_h // 2: labels[1], plot_h - 1: labels[2]}
-        text = Text(no_wrap=True, overflow="crop")
-        for row in range(plot_h):
-            text.append(label_rows.get(row, "").rjust(gutter - 1) + " ", axis_style)
-            text.append("┤" if row in label_rows else "│", axis_style)
-            text.append("".join(chr(_BRAILLE_BASE + bits) for bits in grid[row]), line_style)
-            text.append("\n")
-        first, last = steps[0], self._x_end(steps)
-        right = f"step {last}"
-        left = str(first)
-        inner = max(plot_w - len(left) - len(right), 1)
-        text.append(" " * gutter + "└" + left + "─" * inner + right, axis_style)
-        return text
+        return plot_text(self.history, self.total_steps, self.size.width, self.size.height,
+                         line_style=self.get_component_rich_style("loss-plot--line"),
+                         axis_style=self.get_component_rich_style("loss-plot--axis"))
 
-    def _finite_points(self) -> tuple[list[int], list[float]]:
-        pairs = [(s, v) for s, v in zip(self.history.steps, self.history.ema) if math.isfinite(v)]
-        return [p[0] for p in pairs], [p[1] for p in pairs]
 
-    def _x_end(self, steps: list[int]) -> int:
-        # Spanning the whole run (not just the steps done) shows how far along it is.
-        return max(steps[-1], self.total_steps or 0)
+def plot_text(history: LossHistory, total_steps: int | None, width: int, height: int, *,
+              line_style: StyleType = "", axis_style: StyleType = "") -> Text:
+    """The plot as text: y labels and axis on the left, braille curve, step axis below."""
+    pairs = [(s, v) for s, v in zip(history.steps, history.ema) if math.isfinite(v)]
+    steps, values = [p[0] for p in pairs], [p[1] for p in pairs]
+    if not steps:
+        return Text("smoothed loss appears after the first step", style=axis_style, justify="center")
+    low, high = min(values), max(values)
+    if high - low < 1e-12:
+        low, high = low - 0.5 * abs(low or 1) * 0.01, high + 0.5 * abs(high or 1) * 0.01
+    pad = (high - low) * 0.05
+    low, high = low - pad, high + pad
+    labels = [_label(high), _label((high + low) / 2), _label(low)]
+    gutter = max(len(s) for s in labels) + 1
+    plot_w, plot_h = width - gutter - 1, height - 1
+    if plot_w < 4 or plot_h < 1:
+        return Text(f"smoothed {values[-1]:.4g}", style=line_style)
+    # Spanning the whole run (not just the steps done) shows how far along it is.
+    x_end = max(steps[-1], total_steps or 0)
+    grid = _dots(steps, values, x_end, plot_w, plot_h, low, high)
+    label_rows = {0: labels[0], plot_h // 2: labels[1], plot_h - 1: labels[2]}
+    text = Text(no_wrap=True, overflow="crop")
+    for row in range(plot_h):
+        text.append(label_rows.get(row, "").rjust(gutter - 1) + " ", axis_style)
+        text.append("┤" if row in label_rows else "│", axis_style)
+        text.append("".join(chr(_BRAILLE_BASE + bits) for bits in grid[row]), line_style)
+        text.append("\n")
+    left, right = str(steps[0]), f"step {x_end}"
+    inner = max(plot_w - len(left) - len(right), 1)
+    text.append(" " * gutter + "└" + left + "─" * inner + right, axis_style)
+    return text
 
-    def _dots(self, steps: list[int], values: list[float], plot_w: int, plot_h: int,
-              low: float, high: float) -> list[list[int]]:
-        cols, rows = plot_w * 2, plot_h * 4
-        grid = [[0] * plot_w for _ in range(plot_h)]
-        x0, x1 = steps[0], self._x_end(steps)
-        span = max(x1 - x0, 1)
-        previous: int | None = None
-        for px in range(cols):
-            at = x0 + span * px / max(cols - 1, 1)
-            if at > steps[-1] + 1e-9:
-                break
-            value = _interpolate(steps, values, at)
-            py = round((high - value) / (high - low) * (rows - 1))
-            py = min(max(py, 0), rows - 1)
-            # Joining to the previous column keeps steep drops a line instead of scattered dots.
-            lo, hi = (py, py) if previous is None else (min(py, previous), max(py, previous))
-            for y in range(lo, hi + 1):
-                grid[y // 4][px // 2] |= _DOT_BITS[y % 4][px % 2]
-            previous = py
-        return grid
+
+def _dots(steps: list[int], values: list[float], x_end: int, plot_w: int, plot_h: int,
+          low: float, high: float) -> list[list[int]]:
+    cols, rows = plot_w * 2, plot_h * 4
+    grid = [[0] * plot_w for _ in range(plot_h)]
+    x0 = steps[0]
+    span = max(x_end - x0, 1)
+    previous: int | None = None
+    for px in range(cols):
+        at = x0 + span * px / max(cols - 1, 1)
+        if at > steps[-1] + 1e-9:
+            break
+        value = _interpolate(steps, values, at)
+        py = round((high - value) / (high - low) * (rows - 1))
+        py = min(max(py, 0), rows - 1)
+        # Joining to the previous column keeps steep drops a line instead of scattered dots.
+        lo, hi = (py, py) if previous is None else (min(py, previous), max(py, previous))
+        for y in range(lo, hi + 1):
+            grid[y // 4][px // 2] |= _DOT_BITS[y % 4][px % 2]
+        previous = py
+    return grid
 
 
 def _interpolate(steps: list[int], values: list[float], at: float) -> float:

@@ -1,8 +1,9 @@
 """The project wizard: six steps from a folder of images to a started run.
 
-Every value that passes its checks is written to ``loratui.toml`` at once, so
-quitting at any point loses nothing and ``loratui open`` carries on from the
-file. Start is refused, with the list of reasons, while anything is invalid.
+Every value that passes its checks is written to ``loratui.toml`` as soon as
+typing pauses (and at once on leaving a step or quitting), so quitting at any
+point loses nothing and ``loratui open`` carries on from the file. Start is
+refused, with the list of reasons, while anything is invalid.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ class WizardScreen(Screen[Path | None]):
             self.step = number
 
     async def watch_step(self, old: int, new: int) -> None:
-        self.steps[old - 1].left()
+        if self.steps[old - 1].built:
+            self.steps[old - 1].left()
         self.save_now()
         await self._show_step(new)
 
@@ -231,8 +233,9 @@ class WizardScreen(Screen[Path | None]):
     def refresh_step_bar(self) -> None:
         parts: list[Content] = []
         for number, step in enumerate(self.steps, start=1):
-            label = f" {number} {step.title}{' !' if step.problems() else ''} "
-            style = "reverse bold" if number == self.step else ("$text-error" if step.problems() else "")
+            invalid = bool(step.problems())
+            label = f" {number} {step.title}{' !' if invalid else ''} "
+            style = "reverse bold" if number == self.step else ("$text-error" if invalid else "")
             parts.append(Content.styled(label, f"{style} @click=screen.goto({number})".strip()))
         bar = Content(" ").join(parts)
         # An unchanged bar need not cost a layout pass per keystroke. (Content's == only
@@ -250,7 +253,8 @@ class WizardScreen(Screen[Path | None]):
                         timeout=8)
             return
         for step in self.steps:
-            step.left()
+            if step.built:
+                step.left()
         self.save_now()
         self.app.post_message(self.Start(self.project_dir))
         self.dismiss(self.project_dir)

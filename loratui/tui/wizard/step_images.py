@@ -130,10 +130,7 @@ class ImagesStep(WizardStep):
     def _folder_validity(self, event: ConfigField.ErrorChanged) -> None:
         if event.field.error:
             # The listing below belongs to the last good folder; showing it now would mislead.
-            self.query_one("#scan-table", DataTable).clear()
-            for part in ("#scan-histogram", "#scan-notices", "#scan-detail"):
-                self.query_one(part, Static).update("")
-            self.query_one("#scan-summary", Static).update("Choose a folder that exists to see its images.")
+            self._clear("Choose a folder that exists to see its images.")
         elif self.state.report is not None and self.state.report_key == self.state.scan_key():
             self._show(self.state.report)  # back to the folder already scanned
         else:
@@ -165,11 +162,14 @@ class ImagesStep(WizardStep):
             self._show(self.state.report)
 
     def _await_enter(self) -> None:
+        self._clear(f"Press Enter to scan {self.state.cfg.data.images} "
+                    "(it is also scanned when you leave this step).")
+
+    def _clear(self, summary: str) -> None:
         self.query_one("#scan-table", DataTable).clear()
         for part in ("#scan-histogram", "#scan-notices", "#scan-detail"):
             self.query_one(part, Static).update("")
-        self.query_one("#scan-summary", Static).update(
-            f"Press Enter to scan {self.state.cfg.data.images} (it is also scanned when you leave this step).")
+        self.query_one("#scan-summary", Static).update(summary)
 
     @on(Input.Submitted, "#data-images Input")
     def _folder_submitted(self) -> None:

@@ -62,8 +62,10 @@ can resume it later from the checkpoint.
 
 The plot shows the smoothed (EMA) loss over the whole run; the sparkline the raw
 loss of the last steps. Diffusion loss is noisy: judge the trend and the samples.
+
 On a small terminal the panes stack: scroll with the arrow keys or Page Up/Down.
-Ctrl+P opens the command palette (change the theme there; the choice is remembered).
+
+Ctrl+P opens the command palette: change the theme there (the choice is remembered).
 """
 
     # Short descriptions: all of them fit an 80-column footer; the tooltips say more.

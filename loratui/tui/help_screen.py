@@ -20,11 +20,13 @@ class HelpRow:
 
 
 def help_rows(screen: Screen) -> list[HelpRow]:
-    """One row per action bound on the screen (and the app), keys for one action together."""
+    """One row per action the footer shows (the screen's and the app's), keys for one action together.
+
+    Hidden bindings (scrolling, focus movement) are left out: they are the terminal's usual keys."""
     grouped: dict[tuple[int, str], tuple[list[str], str, bool]] = {}
     for active in screen.active_bindings.values():
         binding = active.binding
-        if not binding.description or binding.action in ("help", "app.help"):
+        if not binding.show or not binding.description or binding.action in ("help", "app.help"):
             continue
         group = grouped.setdefault((id(active.node), binding.action), ([], binding.description, active.enabled))
         key = screen.app.get_key_display(binding)
@@ -51,19 +53,26 @@ class HelpScreen(ModalScreen[None]):
         for row in self.rows:
             table.add_row(row.keys, row.description if row.enabled else f"{row.description} (not now)")
         table.add_row("F1, ?", "this help")
+        table.add_row("^p", "command palette: change the theme (remembered), quit, …")
         with Vertical(classes="dialog -wide"):
             yield Label(f"Help — {self.title_text}", classes="dialog--title", markup=False)
             with VerticalScroll(classes="dialog--scroll"):
+                yield Static(table, id="help-keys", classes="dialog--body")
                 if self.intro:
-                    yield Static(self.intro, classes="dialog--body")
-                yield Static(table, id="help-keys")
+                    yield Static(self.intro, classes="dialog--body", markup=False)
             yield Label("Esc, F1 or ? closes this help.", classes="dialog--hint")
 
     def action_close(self) -> None:
         self.dismiss(None)
 
 
+def _paragraphs(text: str) -> str:
+    """Rewrap a docstring-style text: lines join, blank lines separate paragraphs."""
+    blocks = [" ".join(line.strip() for line in block.splitlines()) for block in text.strip().split("\n\n")]
+    return "\n\n".join(b for b in blocks if b)
+
+
 def help_for(screen: Screen) -> HelpScreen:
-    intro = getattr(screen, "HELP", None) or ""
+    intro = _paragraphs(getattr(screen, "HELP", None) or "")
     title = getattr(screen, "TITLE", None) or screen.__class__.__name__
     return HelpScreen(str(title), intro.strip(), help_rows(screen))

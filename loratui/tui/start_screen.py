@@ -78,6 +78,7 @@ suggested completion and Tab moves to the folder tree.
         yield Footer()
 
     def on_mount(self) -> None:
+        self.title, self.sub_title = "loratui", "start"
         self.query_one("#status", StatusBar).text = f"Settings and recent projects: {self._settings_hint()}"
         self.set_recent(self.recent)
 

@@ -79,7 +79,8 @@ class LoratuiApp(App[None]):
     def __init__(self, project_dir: Path | None = None, *, mode: Mode = "start", engine: Engine | None = None,
                  theme: str | None = None, clock: Callable[[], float] = time.time,
                  warmup: Callable[[], str] | None = default_warmup, settings_path: Path | None = None,
-                 wizard: Callable[[Path], Screen[Any]] | None = None) -> None:
+                 wizard: Callable[[Path], Screen[Any]] | None = None, autostart: bool = False,
+                 resume: bool = False, max_steps: int | None = None, overrides: Sequence[str] = ()) -> None:
         super().__init__()
         self.project_dir = Path(project_dir).expanduser().resolve() if project_dir else None
         self.mode: Mode = mode if project_dir else "start"
@@ -90,6 +91,8 @@ class LoratuiApp(App[None]):
         self.settings: Settings = load_settings(settings_path)
         self.requested_theme = theme
         self.wizard_factory = wizard
+        # `loratui train DIR`: open the dashboard and start at once, with these engine options.
+        self.autostart, self.resume, self.max_steps, self.overrides = autostart, resume, max_steps, tuple(overrides)
         self._themes_ready = False
 
     # Start-up ---------------------------------------------------------------------------
@@ -102,7 +105,7 @@ class LoratuiApp(App[None]):
         if self.mode == "new" and self.project_dir is not None:
             self.new_project(self.project_dir)
         elif self.mode == "open" and self.project_dir is not None:
-            self.open_project(self.project_dir)
+            self.open_project(self.project_dir, start=self.autostart, resume=self.resume)
         if self.warmup is not None:
             self.backend_status = "loading torch…"
             self._warm_up()
@@ -179,7 +182,7 @@ class LoratuiApp(App[None]):
         self._save_settings()
         self._refresh_recent()
 
-    def open_project(self, project_dir: Path, *, start: bool = False) -> None:
+    def open_project(self, project_dir: Path, *, start: bool = False, resume: bool = False) -> None:
         if not (project_dir / CONFIG_NAME).is_file():
             self.push_screen(ErrorModal(
                 "Not a loratui project",
@@ -187,7 +190,8 @@ class LoratuiApp(App[None]):
                 f"or run `loratui new {project_dir}`."))
             return
         self._remember_project(project_dir)
-        self.push_screen(DashboardScreen(project_dir, self.engine, clock=self.clock, start=start))
+        self.push_screen(DashboardScreen(project_dir, self.engine, clock=self.clock, start=start, resume=resume,
+                                         max_steps=self.max_steps, overrides=self.overrides))
 
     def new_project(self, project_dir: Path) -> None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -92,7 +92,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
             self.event = event
 
     def __init__(self, project_dir: Path, engine: Engine, *, clock: Callable[[], float] = time.time,
-                 start: bool = False, ask_resume: bool = True) -> None:
+                 start: bool = False, resume: bool = False, ask_resume: bool = True,
+                 max_steps: int | None = None, overrides: Sequence[str] = ()) -> None:
         super().__init__()
         self.project_dir = Path(project_dir)
         self.paths = ProjectPaths(self.project_dir)
@@ -102,6 +103,10 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self.commands = CommandChannel()
         self.runs: ProjectRuns | None = None
         self._start_on_mount = start
+        self._resume_on_start = resume
+        self.max_steps = max_steps
+        self.overrides = tuple(overrides)
+        self._aborting = False
         self._ask_resume = ask_resume
         self._last_draw = 0.0
         self._draw_pending = False
@@ -143,7 +148,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self._load_project()
         self.set_interval(1.0, self._tick)
         if self._start_on_mount:
-            self.start_training(resume=False)
+            self.start_training(resume=self._resume_on_start)
         elif self.runs is not None and self.runs.resumable and self._ask_resume:
             self.call_after_refresh(self._offer_resume)
 
@@ -175,7 +180,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         if self.state.running:
             return
         self.commands = CommandChannel()  # never let a command meant for the last run reach this one
-        self._failure_shown = False
+        self._failure_shown = self._aborting = False
         self.state.finished = self.state.failed = None
         self.state.phase = "starting"
         self._set_status("Starting: loading models…")
@@ -208,7 +213,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
 
         threading.Thread(target=abort_when_cancelled, name="loratui-abort-on-exit", daemon=True).start()
         try:
-            self.engine(self.project_dir, emit=emit, commands=commands, resume=resume)
+            self.engine(self.project_dir, emit=emit, commands=commands, resume=resume,
+                        overrides=self.overrides, max_steps=self.max_steps)
         finally:
             done.set()
 
@@ -225,7 +231,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
             self.query_one("#events", RichLog).write(line)
             if self._log_screen is not None:
                 self._log_screen.add_status(line)
-        if isinstance(event, Failed):
+        if isinstance(event, Failed) and not self._aborting:
             self._show_failure(event.message, event.log_path)
         self._sync_phase()
         self._draw()
@@ -234,7 +240,11 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
     def _worker_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "training" or not event.worker.is_finished:
             return
-        if event.state == WorkerState.ERROR:
+        if self._aborting:
+            # We asked for it: the engine reports an abort as a failure, the user needs no modal.
+            self.state.phase = "idle"
+            self._set_status(f"Stopped at step {self.state.step} without saving.")
+        elif event.state == WorkerState.ERROR:
             error = event.worker.error
             if self.state.failed is None:
                 self.state.apply(Failed(message=f"{type(error).__name__}: {error}",
@@ -394,7 +404,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
                 if self.state.phase != "stopping":
                     self._stop()
             elif choice == "abort":
-                self._quit_when_done = True
+                self._quit_when_done = self._aborting = True
                 self._send(Command.ABORT)
                 self._set_status("Quitting without saving after the step in progress…")
 

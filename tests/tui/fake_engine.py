@@ -159,9 +159,11 @@ class FakeEngine:
         if command is Command.STOP:
             self._checkpoint(self._step, "stop")
             self._finish(stopped_early=True)
-        else:
-            self._send(Status(text="aborted without saving", level="warning", time=self._t(self._step)))
-        return True
+            return True
+        # As the real engine does: an abort surfaces as a failure named "aborted".
+        self._send(Failed(message="aborted", log_path=str(self._root / "logs" / "train.log"), step=self._step,
+                          time=self._t(self._step)))
+        raise FakeEngineError("aborted")
 
     def _do_step(self, step: int) -> None:
         event = StepDone(step=step, total_steps=self._total, epoch=(step - 1) // 10 + 1, loss=fake_loss(step),

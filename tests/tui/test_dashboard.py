@@ -213,6 +213,33 @@ async def test_quit_while_training_stops_properly(make_app):
         assert screen.state.finished is not None and screen.state.finished.stopped_early
 
 
+async def test_quit_without_saving_aborts_quietly(make_app):
+    engine = FakeEngine(40, hold_at=7)
+    app = make_app(engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await start_and_hold(pilot, engine)
+        await pilot.press("q")
+        await pilot.press("a")
+        await wait_until(pilot, lambda: app._exit)
+        assert engine.received == [Command.ABORT]
+        assert not any(isinstance(s, ErrorModal) for s in app.screen_stack)
+        assert screen.state.finished is None
+
+
+async def test_train_command_starts_at_once_with_its_options(project):
+    from loratui.tui.app import LoratuiApp
+
+    engine = FakeEngine(40)
+    app = LoratuiApp(project, mode="open", engine=engine, warmup=None, autostart=True, max_steps=7,
+                     overrides=["train.learning_rate=0.001"])
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.state.phase == "finished")
+        assert engine.calls == [{"project_dir": project.resolve(), "resume": False, "max_steps": 7,
+                                 "overrides": ("train.learning_rate=0.001",)}]
+        assert screen.state.step == 7
+
+
 async def test_every_step_reaches_the_history_even_when_drawing_is_throttled(make_app):
     engine = FakeEngine(400)
     app = make_app(engine)

@@ -76,6 +76,9 @@ class RunState:
         self.phase = "training"
         self.finished = self.failed = None
         self._times.clear()
+        if event.start_step == 0:
+            # A fresh run: what is on disk from an earlier run is not this run's (the engine archives it).
+            self.checkpoints, self.samples = [], []
         # Steps logged after the checkpoint we resume from are trained again; drop them now
         # so the plot never shows two values for one step.
         self.history.truncate_after(event.start_step)

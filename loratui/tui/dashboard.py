@@ -24,7 +24,7 @@ from textual.widgets import Footer, Header, ProgressBar, RichLog, Sparkline
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from loratui.commands import Command, CommandChannel
-from loratui.events import Event, Failed, Finished, StepDone
+from loratui.events import Event, Failed, Finished, Status, StepDone
 from loratui.project import ProjectPaths
 from loratui.tui.modals import (
     ErrorModal,
@@ -36,7 +36,6 @@ from loratui.tui.modals import (
 )
 from loratui.tui.widgets.checkpoint_list import CheckpointList
 from loratui.tui.widgets.finished_panel import FinishedPanel
-from loratui.tui.widgets.loss_history import history_from_rows
 from loratui.tui.widgets.loss_plot import LossPlot
 from loratui.tui.widgets.project_runs import ProjectRuns, read_project_runs
 from loratui.tui.widgets.run_state import RunState, display_path
@@ -155,10 +154,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
     def _load_project(self) -> None:
         runs = self.runs = read_project_runs(self.project_dir)
         self.title = f"loratui · {runs.name}"
-        self.state.history = history_from_rows(runs.rows)
-        if runs.rows:
-            self.state.last = runs.rows[-1]
-            self.state.total_steps = runs.total_steps
+        self.state.load_rows(runs.rows)
         self.state.checkpoints = list(runs.checkpoints)
         self.state.samples = list(runs.samples)
         if runs.finished and runs.lora_file is not None:
@@ -170,8 +166,11 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
             newest = runs.newest_checkpoint
             self._set_status(f"Stopped at step {runs.last_step}; press t to resume from the checkpoint at "
                              f"step {newest.step if newest else '?'}.")
+        elif runs.finished:
+            self._set_status("The last run finished. Press t to train again, e to change the setup.")
         elif not runs.rows:
             self._set_status("Ready. Press t to train, e to change the setup.")
+        self._sync_phase()
         self._draw()
 
     # Training ---------------------------------------------------------------------------
@@ -225,7 +224,9 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         if isinstance(event, StepDone):
             self._schedule_draw()
             return
-        if self.state.log:
+        if isinstance(event, Status) and event.progress is not None and event.progress < 1:
+            self._set_status(f"{event.text} ({event.progress:.0%})")
+        elif self.state.log:
             line = self.state.log[-1]
             self._set_status(line)
             self.query_one("#events", RichLog).write(line)

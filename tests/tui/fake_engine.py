@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from loratui.commands import Command, CommandChannel
+from loratui.config import ConfigError, load_config
 from loratui.events import (
     CheckpointSaved,
     Event,
@@ -30,6 +31,7 @@ from loratui.events import (
     Status,
     StepDone,
 )
+from loratui.project import ProjectPaths
 
 EPOCH = 1_700_000_000.0
 """Fixed start time of every fake run (2023-11-14 22:13:20 UTC)."""
@@ -195,12 +197,18 @@ class FakeEngine:
         self._send(CheckpointSaved(step=step, path=str(folder), reason=reason, time=self._t(step)))
 
     def _finish(self, *, stopped_early: bool) -> None:
-        out = self._root / "output"
-        out.mkdir(parents=True, exist_ok=True)
-        lora = out / f"{self.lora_name}.safetensors"
+        lora = self._lora_path()
+        lora.parent.mkdir(parents=True, exist_ok=True)
         lora.write_bytes(b"fake")
         self._send(Finished(step=self._step, lora_path=str(lora), stopped_early=stopped_early,
                             time=self._t(self._step)))
+
+    def _lora_path(self) -> Path:
+        """Where the real engine writes it: output/<output name>.safetensors."""
+        try:
+            return ProjectPaths(self._root).lora_file(load_config(self._root))
+        except ConfigError:
+            return self._root / "output" / f"{self.lora_name}.safetensors"
 
     def _latest_checkpoint(self) -> tuple[int, str | None]:
         folders = sorted((self._root / "checkpoints").glob("step-*"))

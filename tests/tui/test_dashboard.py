@@ -118,7 +118,7 @@ async def test_stop_asks_first_then_saves_and_explains_the_result(make_app, proj
         assert engine.received == [Command.STOP]
         assert [c.reason for c in screen.state.checkpoints] == ["stop"]
         finished = text_of(screen.query_one("#finished"))
-        lora = project / "output" / "fake_lora.safetensors"
+        lora = project / "output" / "demo_lora.safetensors"
         assert "Stopped at step 8/40" in finished
         assert f'pipe.load_lora_weights("{lora}")' in finished
         assert badge(screen).endswith("FINISHED")
@@ -134,7 +134,7 @@ async def test_finished_run_says_where_the_lora_is_and_how_to_use_it(make_app, p
         await settle(pilot, screen)
         finished = text_of(screen.query_one("#finished"))
         assert "Finished at step 12" in finished
-        assert str(project / "output" / "fake_lora.safetensors") in finished
+        assert str(project / "output" / "demo_lora.safetensors") in finished
         assert "ComfyUI/models/loras" in finished and "models/Lora" in finished
         assert {"train", "edit"} <= footer_actions(screen)
         assert not {"pause", "sample", "stop"} & footer_actions(screen)
@@ -301,3 +301,18 @@ async def test_resume_offer_can_be_declined_and_start_over_chosen(make_app, proj
         assert engine.calls[0]["resume"] is False
         assert dashboard.state.history.steps == [1, 2, 3]
         engine.release()
+
+
+async def test_reopening_a_finished_project_shows_the_result_without_offering_resume(make_app, project):
+    from loratui.commands import CommandChannel
+
+    FakeEngine(12, sample_every=6)(project, emit=lambda event: None, commands=CommandChannel())
+    app = make_app(FakeEngine(12))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.2)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)  # no resume question on top
+        assert badge(screen).endswith("FINISHED")
+        assert str(project / "output" / "demo_lora.safetensors") in text_of(screen.query_one("#finished"))
+        assert screen.state.history.steps == list(range(1, 13))
+        assert [c.sample.step for c in screen.query(SampleCard)] == [12]

@@ -74,6 +74,17 @@ def test_run_state_speed_eta_and_phases():
     assert format_duration(3725) == "1h 02m" and format_duration(65) == "1m 05s" and format_duration(None) == "–"
 
 
+def test_progress_ticks_stay_out_of_the_log():
+    from loratui.events import Status
+
+    state = RunState()
+    for i in range(16):
+        state.apply(Status(text=f"encoding images {i}/16", progress=i / 16))
+    state.apply(Status(text="latents: 16 encoded", progress=1.0))
+    assert list(state.log) == ["latents: 16 encoded"]
+    assert state.status.text == "latents: 16 encoded"
+
+
 def test_started_from_a_checkpoint_drops_the_steps_after_it():
     state = RunState()
     for n in range(1, 31):
@@ -132,7 +143,16 @@ def test_project_runs_tell_finished_from_stopped(tmp_path):
     lora.write_bytes(b"x")
     runs = read_project_runs(root)
     assert runs.finished and not runs.resumable
-    os.utime(lora, (time.time() - 120, time.time() - 120))  # a checkpoint newer than the LoRA: stopped later
+    # The engine may save the final checkpoint just after the LoRA: still finished.
+    os.utime(lora, (time.time() - 120, time.time() - 120))
+    assert read_project_runs(root).finished and not read_project_runs(root).resumable
+    # A later checkpoint before the last step (a second run stopped part way): resumable.
+    (root / "checkpoints" / "step-000040").rename(root / "checkpoints" / "step-000030")
+    with (root / "logs" / "metrics.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(step(1, total=60).to_dict()) + "\n")
+    assert read_project_runs(root).resumable
+    lora.unlink()  # killed before the LoRA was written
+    (root / "logs" / "metrics.jsonl").unlink()
     assert read_project_runs(root).resumable
 
 
@@ -148,9 +168,12 @@ def test_checkpoints_and_samples_are_found_on_disk(tmp_path):
     (folder / "00.json").write_text(json.dumps({"prompt": "sks dog", "seed": 7}), encoding="utf-8")
     Image.new("RGB", (8, 8)).save(folder / "01.png")
     (folder / "01.txt").write_text("sks cat\n", encoding="utf-8")
+    Image.new("RGB", (8, 8)).save(folder / "02-seed9.png")  # the engine's own layout
+    (folder / "02-seed9.txt").write_text("prompt: sks bird, blue\nnegative: \nseed: 9\nsteps: 8\n", encoding="utf-8")
     runs = read_project_runs(root)
     assert [c.step for c in runs.checkpoints] == [100, 200]
-    assert [(s.step, s.prompt, s.seed) for s in runs.samples] == [(200, "sks dog", 7), (200, "sks cat", 1)]
+    assert [(s.step, s.prompt, s.seed) for s in runs.samples] == [
+        (200, "sks dog", 7), (200, "sks cat", 1), (200, "sks bird, blue", 9)]
 
 
 def test_checkpoint_list_shows_newest_first(tmp_path):

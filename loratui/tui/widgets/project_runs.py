@@ -58,12 +58,21 @@ class ProjectRuns:
 
     @property
     def resumable(self) -> bool:
-        """Stopped before its end with a checkpoint to continue from."""
-        return self.newest_checkpoint is not None and (self.ended_early or not self.lora_is_current)
+        """Stopped before its end (or before writing its LoRA) with a checkpoint to continue from.
+
+        The engine may write the final checkpoint after the LoRA, so a LoRA older than a
+        checkpoint only means "stopped" when that checkpoint is not the last step."""
+        newest = self.newest_checkpoint
+        if newest is None:
+            return False
+        if self.lora_file is None or self.ended_early:
+            return True
+        total = self.total_steps
+        return not self.lora_is_current and (total is None or newest.step < total)
 
     @property
     def finished(self) -> bool:
-        return self.lora_is_current and not self.ended_early
+        return self.lora_file is not None and not self.resumable
 
 
 def read_project_runs(root: Path) -> ProjectRuns:
@@ -126,7 +135,20 @@ def _sample_meta(image: Path) -> tuple[str, int | None]:
     text = image.with_suffix(".txt")
     if text.is_file():
         try:
-            return text.read_text(encoding="utf-8").strip(), None
+            return _parse_sample_txt(text.read_text(encoding="utf-8"))
         except OSError:
             pass
     return "", None
+
+
+def _parse_sample_txt(text: str) -> tuple[str, int | None]:
+    """Either ``key: value`` lines (prompt, seed, …) as the engine writes them, or just the prompt."""
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("prompt", "negative", "seed", "steps", "guidance", "size", "lora scale"):
+            fields[key.strip()] = value.strip()
+    if "prompt" not in fields:
+        return text.strip(), None
+    seed = fields.get("seed", "")
+    return fields["prompt"], int(seed) if seed.isdigit() else None

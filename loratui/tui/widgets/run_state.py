@@ -70,6 +70,21 @@ class RunState:
         if handler is not None:
             handler(event)
 
+    def load_rows(self, rows: list[StepDone]) -> None:
+        """A past run's steps (from metrics.jsonl): history, last numbers and recent speed."""
+        from loratui.tui.widgets.loss_history import history_from_rows
+
+        self.history = history_from_rows(rows)
+        self._times.clear()
+        for row in rows[-SPEED_WINDOW:]:
+            self._on_step_times(row)
+        if rows:
+            self.last, self.total_steps = rows[-1], rows[-1].total_steps
+
+    def _on_step_times(self, event: StepDone) -> None:
+        self._times.append((event.step_time_s, event.data_time_s, event.compute_time_s,
+                            event.optimizer_time_s, event.samples_per_s))
+
     def _on_started(self, event: Started) -> None:
         self.started = event
         self.total_steps = event.total_steps
@@ -90,8 +105,7 @@ class RunState:
         self.last = event
         self.total_steps = event.total_steps
         self.history.add(event.step, event.loss)
-        self._times.append((event.step_time_s, event.data_time_s, event.compute_time_s,
-                            event.optimizer_time_s, event.samples_per_s))
+        self._on_step_times(event)
         if self.phase == "starting":
             self.phase = "training"
 
@@ -114,6 +128,8 @@ class RunState:
 
     def _on_status(self, event: Status) -> None:
         self.status = event
+        if event.progress is not None and event.progress < 1:
+            return  # "encoding 3/16"-style ticks belong on the status line, not in the log
         self._log(f"{event.level}: {event.text}" if event.level != "info" else event.text)
 
     def _on_finished(self, event: Finished) -> None:

@@ -18,6 +18,7 @@ from loratui.tui.app import LoratuiApp
 from loratui.tui.dashboard import DashboardScreen
 from loratui.tui.modals import ChoiceModal, ErrorModal, FolderPrompt
 from loratui.tui.start_screen import StartScreen
+from loratui.tui.widgets.image_view import ImageView
 
 from .conftest import BACKEND, FIXED_NOW, settle, text_of, wait_until
 from .fake_engine import FakeEngine
@@ -209,6 +210,7 @@ async def test_no_color_still_draws_the_dashboard(make_app, monkeypatch):
         await settle(pilot, app.screen)
         svg = app.export_screenshot()
         assert "10&#160;/&#160;20" in svg
+        assert "images need colour" in text_of(app.screen.query_one(ImageView))  # not a grey smear
         engine.release()
 
 

@@ -95,6 +95,8 @@ class ImageView(Widget):
         width, height = self.size.width, self.size.height
         if width < 2 or height < 1:
             return Text("")
+        if self.app.no_color:
+            return Text(f"{self.path.name}: images need colour (NO_COLOR is set)", style=message_style)
         try:
             mtime = self.path.stat().st_mtime_ns
             rows = _pixel_rows(str(self.path), mtime, width, height * 2)

@@ -78,6 +78,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         Binding("l", "log", "Log", tooltip="The training log and the run's events"),
         Binding("e", "edit", "Setup", tooltip="Change images, captions, model and training settings"),
         Binding("q", "quit", "Quit", tooltip="Quit (asks to stop properly while training)"),
+        Binding("left_square_bracket", "browse_samples(-1)", "Older samples", show=False),
+        Binding("right_square_bracket", "browse_samples(1)", "Newer samples", show=False),
     ]
 
     phase: reactive[str] = reactive("idle")
@@ -141,7 +143,6 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self.query_one("#run-pane").border_title = "Run"
         self.query_one("#checkpoint-pane").border_title = "Checkpoints"
         self.query_one("#loss-pane").border_title = "Loss · raw (last steps) and smoothed (whole run)"
-        self.query_one("#sample-pane").border_title = "Samples"
         self.query_one("#events-pane").border_title = "Events"
         self.query_one("#dash-body").focus()  # arrow keys scroll the stacked panes on small terminals
         self._load_project()
@@ -288,7 +289,9 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self.query_one("#spark", Sparkline).data = s.history.recent(SPARK_POINTS)
         self.query_one("#plot", LossPlot).update_history(s.history, s.total_steps)
         self.query_one("#checkpoints", CheckpointList).update_checkpoints(s.checkpoints)
-        self.query_one("#samples", SampleGallery).show(s.latest_samples())
+        gallery = self.query_one("#samples", SampleGallery)
+        gallery.update_samples(s.samples)
+        self.query_one("#sample-pane").border_title = gallery.caption()
         self._draw_finished()
 
     def _draw_finished(self) -> None:
@@ -378,6 +381,11 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
 
         self.app.push_screen(resume_dialog(runs.last_step, runs.total_steps, newest.step,
                                            display_path(newest.path, self.project_dir)), answered)
+
+    def action_browse_samples(self, delta: int) -> None:
+        gallery = self.query_one("#samples", SampleGallery)
+        gallery.browse(delta)
+        self.query_one("#sample-pane").border_title = gallery.caption()
 
     def action_log(self) -> None:
         def closed(_: None) -> None:

@@ -20,13 +20,16 @@ class HelpRow:
 
 
 def help_rows(screen: Screen) -> list[HelpRow]:
-    """One row per action the footer shows (the screen's and the app's), keys for one action together.
+    """One row per action of the screen and the app, keys for one action together.
 
-    Hidden bindings (scrolling, focus movement) are left out: they are the terminal's usual keys."""
+    A focused widget's hidden bindings (scrolling, focus movement) are left out: they are the
+    usual keys of any terminal program; the screen's own hidden ones are its extra keys."""
     grouped: dict[tuple[int, str], tuple[list[str], str, bool]] = {}
     for active in screen.active_bindings.values():
         binding = active.binding
-        if not binding.show or not binding.description or binding.action in ("help", "app.help"):
+        if not binding.description or binding.action in ("help", "app.help"):
+            continue
+        if not binding.show and active.node is not screen:
             continue
         group = grouped.setdefault((id(active.node), binding.action), ([], binding.description, active.enabled))
         key = screen.app.get_key_display(binding)

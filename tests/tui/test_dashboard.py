@@ -316,3 +316,29 @@ async def test_reopening_a_finished_project_shows_the_result_without_offering_re
         assert str(project / "output" / "demo_lora.safetensors") in text_of(screen.query_one("#finished"))
         assert screen.state.history.steps == list(range(1, 13))
         assert [c.sample.step for c in screen.query(SampleCard)] == [12]
+
+
+async def test_brackets_step_through_earlier_samples(make_app):
+    engine = FakeEngine(40, hold_at=15, sample_every=5)
+    app = make_app(engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await start_and_hold(pilot, engine)
+        pane = screen.query_one("#sample-pane")
+
+        def shown() -> list[int]:
+            return [card.sample.step for card in screen.query(SampleCard)]
+
+        assert shown() == [15] and pane.border_title == "Samples · step 15 · [ older"
+        await pilot.press("left_square_bracket")
+        await pilot.pause()
+        assert shown() == [10] and "(2 of 3)" in pane.border_title
+        await pilot.press("left_square_bracket", "left_square_bracket")  # stops at the oldest
+        await pilot.pause()
+        assert shown() == [5]
+        await pilot.press("right_square_bracket", "right_square_bracket")
+        await pilot.pause()
+        assert shown() == [15]
+        await pilot.press("f1")
+        described = {row.description: row.keys for row in app.screen.rows}
+        assert described["Older samples"] == "[" and described["Newer samples"] == "]"
+        engine.release()

@@ -89,7 +89,7 @@ def read_project_runs(root: Path) -> ProjectRuns:
         runs.lora_file = found[-1] if found else None
     runs.rows = read_metrics(paths.metrics)
     runs.checkpoints = _checkpoints(paths.checkpoints)
-    runs.samples = _newest_samples(paths.samples)
+    runs.samples = _samples(paths.samples)
     return runs
 
 
@@ -109,16 +109,14 @@ def _checkpoints(folder: Path) -> list[CheckpointSaved]:
             for step, path in _step_dirs(folder)]
 
 
-def _newest_samples(folder: Path) -> list[SampleReady]:
-    dirs = _step_dirs(folder)
-    if not dirs:
-        return []
-    step, path = dirs[-1]
+def _samples(folder: Path) -> list[SampleReady]:
+    """Every sample on disk, oldest step first (images are only read when shown)."""
     samples = []
-    for i, image in enumerate(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)):
-        prompt, seed = _sample_meta(image)
-        samples.append(SampleReady(step=step, path=str(image), prompt=prompt,
-                                   seed=seed if seed is not None else i, time=image.stat().st_mtime))
+    for step, path in _step_dirs(folder):
+        for i, image in enumerate(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)):
+            prompt, seed = _sample_meta(image)
+            samples.append(SampleReady(step=step, path=str(image), prompt=prompt,
+                                       seed=seed if seed is not None else i, time=image.stat().st_mtime))
     return samples
 
 

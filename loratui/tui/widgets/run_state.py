@@ -169,13 +169,6 @@ class RunState:
             return None
         return max(self.total_steps - self.step, 0) * times[0]
 
-    def latest_samples(self) -> list[SampleReady]:
-        """Every sample of the newest step that has any, in the order they arrived."""
-        if not self.samples:
-            return []
-        newest = max(s.step for s in self.samples)
-        return [s for s in self.samples if s.step == newest]
-
 
 def format_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):

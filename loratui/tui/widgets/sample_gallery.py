@@ -48,7 +48,7 @@ class SampleCard(Vertical):
 
 
 class SampleGallery(Vertical):
-    """Shows the samples of the newest step that produced any."""
+    """The samples of one step: the newest, unless the user stepped back to an older one."""
 
     DEFAULT_CSS = """
     SampleGallery {
@@ -68,6 +68,12 @@ class SampleGallery(Vertical):
     samples: reactive[tuple[SampleReady, ...]] = reactive((), recompose=True)
     """The samples on show (all from one step)."""
 
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self._all: list[SampleReady] = []
+        self._pinned: int | None = None
+        """The step chosen with [ and ]; None follows the newest."""
+
     def compose(self) -> ComposeResult:
         if not self.samples:
             yield Label("No samples yet — press s to make one now.", classes="sample-gallery--empty")
@@ -76,7 +82,43 @@ class SampleGallery(Vertical):
             for sample in self.samples[:MAX_SHOWN]:
                 yield SampleCard(sample)
 
-    def show(self, samples: list[SampleReady]) -> None:
-        new = tuple(samples[-MAX_SHOWN:])
+    @property
+    def steps(self) -> list[int]:
+        return sorted({s.step for s in self._all})
+
+    @property
+    def shown_step(self) -> int | None:
+        steps = self.steps
+        if not steps:
+            return None
+        return self._pinned if self._pinned in steps else steps[-1]
+
+    def update_samples(self, samples: list[SampleReady]) -> None:
+        """Every sample of the run so far; the gallery picks the step to show."""
+        if len(samples) != len(self._all) or samples[-1:] != self._all[-1:]:
+            self._all = list(samples)
+            self._show_step()
+
+    def browse(self, delta: int) -> None:
+        """Step to an older (-1) or newer (+1) set of samples."""
+        steps, current = self.steps, self.shown_step
+        if current is None:
+            return
+        index = min(max(steps.index(current) + delta, 0), len(steps) - 1)
+        self._pinned = None if index == len(steps) - 1 else steps[index]
+        self._show_step()
+
+    def caption(self) -> str:
+        steps, current = self.steps, self.shown_step
+        if current is None:
+            return "Samples"
+        where = steps.index(current) + 1
+        if where == len(steps):
+            return f"Samples · step {current}" + (" · [ older" if len(steps) > 1 else "")
+        return f"Samples · step {current} ({where} of {len(steps)}) · [ older · ] newer"
+
+    def _show_step(self) -> None:
+        step = self.shown_step
+        new = tuple(s for s in self._all if s.step == step)[-MAX_SHOWN:]
         if new != self.samples:
             self.samples = new

@@ -161,16 +161,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         if runs.finished and runs.lora_file is not None:
             self.state.apply(Finished(step=runs.last_step, lora_path=str(runs.lora_file),
                                       time=runs.lora_file.stat().st_mtime))
-        if runs.config_problem:
-            self._set_status(runs.config_problem.splitlines()[0])
-        elif runs.resumable:
-            newest = runs.newest_checkpoint
-            self._set_status(f"Stopped at step {runs.last_step}; press t to resume from the checkpoint at "
-                             f"step {newest.step if newest else '?'}.")
-        elif runs.finished:
-            self._set_status("The last run finished. Press t to train again, e to change the setup.")
-        elif not runs.rows:
-            self._set_status("Ready. Press t to train, e to change the setup.")
+        self._set_status(runs.summary())
         self._sync_phase()
         self._draw()
 

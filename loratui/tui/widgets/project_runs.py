@@ -74,6 +74,17 @@ class ProjectRuns:
     def finished(self) -> bool:
         return self.lora_file is not None and not self.resumable
 
+    def summary(self) -> str:
+        """One sentence for the status line: what state the project is in and what to press."""
+        if self.config_problem:
+            return self.config_problem.splitlines()[0]
+        newest = self.newest_checkpoint
+        if self.resumable and newest is not None:
+            return f"Stopped at step {self.last_step}; press t to resume from the checkpoint at step {newest.step}."
+        if self.finished:
+            return "The last run finished. Press t to train again, e to change the setup."
+        return "Ready. Press t to train, e to change the setup."
+
 
 def read_project_runs(root: Path) -> ProjectRuns:
     paths = ProjectPaths(root)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import fields
+import sys
 from pathlib import Path
 
 from textual.theme import Theme
@@ -29,7 +30,12 @@ class ThemeError(ValueError):
 
 
 def bundled_theme_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "themes"
+    # A source checkout (or editable install) reads the repository's themes/ folder; an installed
+    # wheel carries the same files to <prefix>/share/loratui/themes.
+    checkout = Path(__file__).resolve().parents[2] / "themes"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "loratui" / "themes"
 
 
 def theme_dirs() -> list[Path]:

@@ -53,18 +53,6 @@ def build_engine(project: Path, overrides: list[str]) -> tuple[Any, dict[str, fl
     return trainer, setup, metrics
 
 
-def use_fused_adamw(trainer: Any) -> None:
-    """What session._make_optimizer would build with ``fused=True`` on the CPU too: same groups, fresh state."""
-    import torch
-
-    s = trainer.session
-    inner = getattr(s.optimizer, "optimizer", s.optimizer)
-    groups = [{"params": g["params"], "lr": g.get("initial_lr", g["lr"])} for g in inner.param_groups]
-    s.optimizer = s.accelerator.prepare(
-        torch.optim.AdamW(groups, weight_decay=trainer.cfg.train.weight_decay, fused=True))
-    s.make_lr_scheduler(trainer.total_steps)
-
-
 def engine_step(trainer: Any) -> None:
     # The body of Trainer.train's loop; saving and sampling are off in this benchmark's config.
     if trainer._handle_commands():
@@ -286,8 +274,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadier on a shared machine)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="change the sample project's config, e.g. train.batch_size=4")
-    ap.add_argument("--engine-optimizer", choices=("as-built", "fused"), default="as-built",
-                    help="fused: swap in fused AdamW after setup, to measure a proposed session.py change")
     args = ap.parse_args(argv)
 
     threads = set_threads(args.threads)
@@ -296,8 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     overrides = ["save.every_n_steps=0", "sample.every_n_steps=0", *args.overrides]
     print(f"project: copy of sample_project with {overrides}", file=sys.stderr)
     trainer, setup, metrics = build_engine(project, overrides)
-    if args.engine_optimizer == "fused":
-        use_fused_adamw(trainer)
     cfg = trainer.cfg
     dataset = trainer.session.dataset
     t0 = time.perf_counter()
@@ -312,11 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     batch = cfg.train.batch_size * cfg.train.grad_accum
 
     print(f"\n## bench_engine — {machine_line(threads)}\n")
-    inner = getattr(trainer.session.optimizer, "optimizer", trainer.session.optimizer)
     print(f"{cfg.model.base}, {len(dataset.items)} images, resolution {cfg.data.resolution}, "
           f"batch {cfg.train.batch_size} × accumulation {cfg.train.grad_accum}, LoRA {cfg.lora.preset} "
-          f"rank {cfg.lora.rank}; engine optimizer: {type(inner).__name__} fused={inner.defaults.get('fused')} "
-          f"({args.engine_optimizer}); {args.rounds} turns × {args.steps} steps per case; medians, "
+          f"rank {cfg.lora.rank}; {args.rounds} turns × {args.steps} steps per case; medians, "
           f"IQR in brackets\n")
     rows = []
     for c in cases:

@@ -79,7 +79,8 @@ def test_wizard_to_finished_lora_in_a_real_terminal(sample_project: Path, tmp_pa
         tmux.wait_for(lambda s: "1 Images" in s and "usable" in s, 60, "the wizard's image scan")
         for _ in range(5):
             tmux.keys("C-n")
-        tmux.wait_for(lambda s: "Start" in s and "optimizer steps" in s, 30, "the review step")
+        # Start is refused until the model check has finished; wait for the review to say so.
+        tmux.wait_for(lambda s: "Ready." in s and "optimizer steps" in s, 120, "the review step to be ready")
         tmux.keys("C-n")  # Start
         first = tmux.wait_for(lambda s: (_step(s) or 0) >= 2 and "Loss" in s, 180, "the step counter")
         loss = re.search(r"Loss\s+([0-9.]+)", first)

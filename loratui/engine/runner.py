@@ -50,19 +50,28 @@ def truncate_metrics(path: Path, after_step: int) -> None:
     path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
 
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``…: two runs started in the same second must not collide."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
 def archive_previous_run(paths: ProjectPaths) -> str | None:
     """A fresh start keeps the last run's checkpoints and metrics under a dated name; nothing is deleted."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     moved = None
     if paths.checkpoints.is_dir() and any(p.name.startswith("step-") for p in paths.checkpoints.iterdir()):
-        dest = paths.checkpoints / f"previous-{stamp}"
+        dest = _unused(paths.checkpoints / f"previous-{stamp}")
         dest.mkdir()
         for child in paths.checkpoints.iterdir():
             if child.name.startswith("step-"):
                 shutil.move(str(child), dest / child.name)
         moved = str(dest)
     if paths.metrics.exists() and paths.metrics.stat().st_size:
-        os.replace(paths.metrics, paths.logs / f"metrics-{stamp}.jsonl")
+        os.replace(paths.metrics, _unused(paths.logs / f"metrics-{stamp}.jsonl"))
     return moved
 
 

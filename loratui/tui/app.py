@@ -108,6 +108,10 @@ class LoratuiApp(App[None]):
             self.open_project(self.project_dir, start=self.autostart, resume=self.resume)
         if self.warmup is not None:
             self.backend_status = "loading torch…"
+
+    def on_ready(self) -> None:
+        # After the first frame: importing torch competes for the GIL and would delay drawing it.
+        if self.warmup is not None:
             self._warm_up()
 
     def _install_themes(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -44,7 +45,9 @@ from loratui.tui.widgets.stats_panel import StatsPanel
 from loratui.tui.widgets.status_bar import StatusBar
 
 Engine = Callable[..., None]
-DRAW_INTERVAL_S = 0.1
+DRAW_INTERVAL_S = 0.5
+# Step events wait in a queue and the screen collects them this often (see _run_engine).
+STEP_BATCH_S = 0.5
 """At most ten repaints a second from step events; other events repaint at once."""
 SPARK_POINTS = 200
 
@@ -85,12 +88,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
     phase: reactive[str] = reactive("idle")
     """Mirror of the run's phase, so bindings and the status badge follow it."""
 
-    class EngineEvent(Message):
-        """One engine event, carried from the worker thread to the screen."""
-
-        def __init__(self, event: Event) -> None:
-            super().__init__()
-            self.event = event
+    class EventsWaiting(Message):
+        """The engine queued an event other than a step; the screen should look now."""
 
     def __init__(self, project_dir: Path, engine: Engine, *, clock: Callable[[], float] = time.time,
                  start: bool = False, resume: bool = False, ask_resume: bool = True,
@@ -111,6 +110,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self._ask_resume = ask_resume
         self._last_draw = 0.0
         self._draw_pending = False
+        self._events: deque[Event] = deque()  # appended by the engine thread, drained by this screen
         self._failure_shown = False
         self._quit_when_done = False
         self._log_screen: LogScreen | None = None
@@ -147,6 +147,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self.query_one("#dash-body").focus()  # arrow keys scroll the stacked panes on small terminals
         self._load_project()
         self.set_interval(1.0, self._tick)
+        self.set_interval(STEP_BATCH_S, self._drain)
         if self._start_on_mount:
             self.start_training(resume=self._resume_on_start)
         elif self.runs is not None and self.runs.resumable and self._ask_resume:
@@ -191,8 +192,15 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         worker = get_current_worker()
         done = threading.Event()
 
+        events = self._events
+
         def emit(event: Event) -> None:
-            post(self.EngineEvent(event))
+            # One queue keeps the engine's order. Steps wait for the next poll; anything else wakes
+            # the screen at once. A message per step would cost the UI thread GIL time that the
+            # training thread then waits for.
+            events.append(event)
+            if not isinstance(event, StepDone):
+                post(self.EventsWaiting())
 
         def abort_when_cancelled() -> None:
             # Textual cancels workers when the app closes, but cannot stop a thread: a paused or
@@ -209,13 +217,23 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         finally:
             done.set()
 
-    @on(EngineEvent)
-    def _engine_event(self, message: EngineEvent) -> None:
-        event = message.event
-        self.state.apply(event)
-        if isinstance(event, StepDone):
+    @on(EventsWaiting)
+    def _drain(self) -> None:
+        """Apply every queued engine event, in order."""
+        events = self._events
+        stepped = False
+        while events:
+            event = events.popleft()
+            if isinstance(event, StepDone):
+                self.state.apply(event)
+                stepped = True
+            else:
+                self._engine_event(event)
+        if stepped:
             self._schedule_draw()
-            return
+
+    def _engine_event(self, event: Event) -> None:
+        self.state.apply(event)
         if isinstance(event, Status) and event.progress is not None and event.progress < 1:
             self._set_status(f"{event.text} ({event.progress:.0%})")
         elif self.state.log:
@@ -233,6 +251,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
     def _worker_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "training" or not event.worker.is_finished:
             return
+        self._drain()  # the run's last events first
         if self._aborting:
             # We asked for it: the engine reports an abort as a failure, the user needs no modal.
             self.state.phase = "idle"

@@ -39,14 +39,14 @@ def scan(images_dir: Path, cfg: ProjectConfig, progress: Progress | None = None)
 
 def probe(spec: str, config_source: str | None, allow_pickle: bool) -> Any:
     """ModelInfo for ``spec``; raises ``ModelLoadError`` (or ValueError) with the loader's message."""
-    from loratui.models.loader import probe_model
+    from loratui.models.probe import probe_model
 
     return probe_model(spec, config_source=config_source, allow_pickle=allow_pickle)
 
 
 def model_error_types() -> tuple[type[BaseException], ...]:
     """The exceptions whose message is meant for the user, not a bug's traceback."""
-    from loratui.models.loader import ModelLoadError
+    from loratui.models.probe import ModelLoadError
 
     return (ModelLoadError, ValueError, OSError)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,9 +44,7 @@ from loratui.tui.widgets.stats_panel import StatsPanel
 from loratui.tui.widgets.status_bar import StatusBar
 
 Engine = Callable[..., None]
-DRAW_INTERVAL_S = 0.5
-# Step events wait in a queue and the screen collects them this often (see _run_engine).
-STEP_BATCH_S = 0.5
+DRAW_INTERVAL_S = 0.5  # each repaint costs the training thread GIL time
 """At most ten repaints a second from step events; other events repaint at once."""
 SPARK_POINTS = 200
 
@@ -88,8 +85,12 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
     phase: reactive[str] = reactive("idle")
     """Mirror of the run's phase, so bindings and the status badge follow it."""
 
-    class EventsWaiting(Message):
-        """The engine queued an event other than a step; the screen should look now."""
+    class EngineEvent(Message):
+        """One engine event, carried from the worker thread to the screen."""
+
+        def __init__(self, event: Event) -> None:
+            super().__init__()
+            self.event = event
 
     def __init__(self, project_dir: Path, engine: Engine, *, clock: Callable[[], float] = time.time,
                  start: bool = False, resume: bool = False, ask_resume: bool = True,
@@ -110,7 +111,6 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self._ask_resume = ask_resume
         self._last_draw = 0.0
         self._draw_pending = False
-        self._events: deque[Event] = deque()  # appended by the engine thread, drained by this screen
         self._failure_shown = False
         self._quit_when_done = False
         self._log_screen: LogScreen | None = None
@@ -147,7 +147,6 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self.query_one("#dash-body").focus()  # arrow keys scroll the stacked panes on small terminals
         self._load_project()
         self.set_interval(1.0, self._tick)
-        self.set_interval(STEP_BATCH_S, self._drain)
         if self._start_on_mount:
             self.start_training(resume=self._resume_on_start)
         elif self.runs is not None and self.runs.resumable and self._ask_resume:
@@ -192,15 +191,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         worker = get_current_worker()
         done = threading.Event()
 
-        events = self._events
-
         def emit(event: Event) -> None:
-            # One queue keeps the engine's order. Steps wait for the next poll; anything else wakes
-            # the screen at once. A message per step would cost the UI thread GIL time that the
-            # training thread then waits for.
-            events.append(event)
-            if not isinstance(event, StepDone):
-                post(self.EventsWaiting())
+            post(self.EngineEvent(event))
 
         def abort_when_cancelled() -> None:
             # Textual cancels workers when the app closes, but cannot stop a thread: a paused or
@@ -217,23 +209,13 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         finally:
             done.set()
 
-    @on(EventsWaiting)
-    def _drain(self) -> None:
-        """Apply every queued engine event, in order."""
-        events = self._events
-        stepped = False
-        while events:
-            event = events.popleft()
-            if isinstance(event, StepDone):
-                self.state.apply(event)
-                stepped = True
-            else:
-                self._engine_event(event)
-        if stepped:
-            self._schedule_draw()
-
-    def _engine_event(self, event: Event) -> None:
+    @on(EngineEvent)
+    def _engine_event(self, message: EngineEvent) -> None:
+        event = message.event
         self.state.apply(event)
+        if isinstance(event, StepDone):
+            self._schedule_draw()
+            return
         if isinstance(event, Status) and event.progress is not None and event.progress < 1:
             self._set_status(f"{event.text} ({event.progress:.0%})")
         elif self.state.log:
@@ -245,13 +227,12 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         if isinstance(event, Failed) and not self._aborting:
             self._show_failure(event.message, event.log_path)
         self._sync_phase()
-        self._draw()
+        self._draw(layout=True)
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "training" or not event.worker.is_finished:
             return
-        self._drain()  # the run's last events first
         if self._aborting:
             # We asked for it: the engine reports an abort as a failure, the user needs no modal.
             self.state.phase = "idle"
@@ -290,12 +271,14 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
             self._draw_pending = True
             self.set_timer(wait, self._draw)
 
-    def _draw(self) -> None:
+    def _draw(self, layout: bool = False) -> None:
         self._draw_pending = False
         self._last_draw = time.monotonic()
         s = self.state
         self.query_one("#progress", ProgressBar).update(total=s.total_steps, progress=s.step)
-        self.query_one("#stats", StatsPanel).refresh(layout=True)
+        # Only events other than steps can change the panel's height (a new row); a whole-screen
+        # layout on every step's repaint would cost the training thread GIL time.
+        self.query_one("#stats", StatsPanel).refresh(layout=layout)
         self.query_one("#spark", Sparkline).data = s.history.recent(SPARK_POINTS)
         self.query_one("#plot", LossPlot).update_history(s.history, s.total_steps)
         self.query_one("#checkpoints", CheckpointList).update_checkpoints(s.checkpoints)

@@ -127,3 +127,14 @@ def test_config_defaults_validate() -> None:
     assert config_from_dict({}) == ProjectConfig()
     with pytest.raises(ConfigError, match="multiple of 8"):
         config_from_dict({"data": {"resolution": 100, "bucket_step": 10}})
+
+
+def test_an_output_folder_that_cannot_be_written_is_explained(tmp_path: Path, capsys) -> None:
+    project = tmp_path / "p"
+    create_project(project)
+    from PIL import Image
+
+    Image.new("RGB", (128, 128)).save(project / "images" / "a.png")
+    (project / "output").write_text("a file where the output folder should be")
+    err = _train_error(project, capsys)
+    assert str(project / "output") in err and "cannot write" in err

@@ -7,7 +7,6 @@ disk never leaves half a file behind.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import tomlkit
 
 from loratui.tomlfile import atomic_write_text
+from loratui.userdirs import user_dir
 
 SETTINGS_NAME = "settings.toml"
 RECENT_LIMIT = 10
@@ -22,12 +22,7 @@ RECENT_LIMIT = 10
 
 def config_dir() -> Path:
     """Where loratui keeps its own files (settings, user themes)."""
-    explicit = os.environ.get("LORATUI_CONFIG_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CONFIG_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
-    return base / "loratui"
+    return user_dir("LORATUI_CONFIG_DIR", "XDG_CONFIG_HOME", ".config")
 
 
 def settings_path() -> Path:

@@ -15,6 +15,7 @@ from loratui.config import apply_override, load_config, save_config
 from loratui.engine.runner import run_training
 from loratui.events import Finished
 from loratui.project import ProjectPaths
+from tests.unet_probe import unet_probe_output
 
 torch.set_num_threads(1)
 
@@ -58,16 +59,9 @@ def _encoders(pipe) -> dict:
 def _outputs(pipe) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 256, (1, 77), generator=g)
-    cfg = pipe.unet.config
-    extra = {}
-    if cfg.addition_embed_type == "text_time":
-        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, generator=g),
-                                      "time_ids": torch.tensor([[128.0, 128.0, 0.0, 0.0, 128.0, 128.0]])}
     with torch.no_grad():
         out = {name: te(ids)[0] for name, te in _encoders(pipe).items()}
-        out["unet"] = pipe.unet(torch.randn(1, 4, 16, 16, generator=g), 500,
-                                torch.randn(1, 77, cfg.cross_attention_dim, generator=g), **extra).sample
+    out["unet"] = unet_probe_output(pipe.unet, g)
     return out
 
 

@@ -22,6 +22,7 @@ from loratui.models.single_file import (
     vae_to_original,
 )
 from loratui.project import ProjectPaths
+from tests.unet_probe import unet_probe_output
 
 torch.set_num_threads(1)
 
@@ -48,16 +49,7 @@ def _load_folder(name: str, folder: Path | None = None):
 
 
 def _unet_output(pipe) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    cfg = pipe.unet.config
-    extra = {}
-    if cfg.addition_embed_type == "text_time":
-        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, generator=g),
-                                      "time_ids": torch.tensor([[128.0, 128.0, 0.0, 0.0, 128.0, 128.0]])}
-    with torch.no_grad():
-        return pipe.unet(torch.randn(1, 4, 16, 16, generator=g), 500,
-                         torch.randn(1, 77, cfg.cross_attention_dim, generator=g), **extra).sample
+    return unet_probe_output(pipe.unet, torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

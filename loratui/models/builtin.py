@@ -79,12 +79,9 @@ def quiet_progress() -> Iterator[None]:
 
 def cache_root() -> Path:
     """Where loratui keeps rebuildable data: $LORATUI_CACHE_DIR, else XDG."""
-    explicit = os.environ.get("LORATUI_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "loratui"
+    from loratui.userdirs import user_dir
+
+    return user_dir("LORATUI_CACHE_DIR", "XDG_CACHE_HOME", ".cache")
 
 
 def builtin_dir(name: str) -> Path:

@@ -27,31 +27,24 @@ class RunEstimate:
         return None if self.seconds_per_step is None else self.seconds_per_step * self.total_steps
 
 
-def _model_folder(spec: str) -> Path | None:
-    if spec.startswith("builtin:"):
-        from loratui.models.builtin import ensure_builtin
-
-        return ensure_builtin(spec.split(":", 1)[1])
-    path = Path(spec).expanduser()
-    return path if (path / "model_index.json").is_file() else None
-
-
 def count_trainable_params(project_dir: Path, cfg: ProjectConfig) -> int:
     """LoRA parameters for this config, counted on an empty (meta-device) model: no weights are loaded."""
     import torch
     from diffusers import UNet2DConditionModel
 
+    from loratui.engine.session import base_model_folder
     from loratui.lora.inject import inject_lora
-    from loratui.models.loader import probe_model
-
+    from loratui.models.probe import probe_model
     from loratui.project import ProjectPaths
 
-    spec = ProjectPaths(Path(project_dir)).model_spec(cfg)
-    folder = _model_folder(spec)
+    paths = ProjectPaths(Path(project_dir))
+    spec = paths.model_spec(cfg)
+    folder = base_model_folder(paths, cfg)
     if folder is None:
         raise ValueError(f"{cfg.model.base}: the count needs a local diffusers folder; it is shown once training "
                          "has loaded the model")
-    family = probe_model(spec).family if cfg.model.family == "auto" else cfg.model.family
+    family = (probe_model(spec, config_source=paths.config_source(cfg)).family if cfg.model.family == "auto"
+              else cfg.model.family)
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
         total = inject_lora(unet, component="unet", family=family, preset=cfg.lora.preset, rank=cfg.lora.rank,

@@ -91,7 +91,8 @@ def training_metadata(cfg: ProjectConfig, *, family: str, prediction_type: str, 
     return meta
 
 
-def export_lora(session: TrainingSession, cfg: ProjectConfig, path: Path, *, steps: int, fmt: str = "kohya") -> Path:
+def export_lora(session: TrainingSession, cfg: ProjectConfig, path: Path, *, steps: int, epoch: int,
+                fmt: str = "kohya") -> Path:
     from loratui.data.captions import tag_frequency
     from loratui.lora.fileformat import save_diffusers, save_kohya
 
@@ -99,7 +100,7 @@ def export_lora(session: TrainingSession, cfg: ProjectConfig, path: Path, *, ste
     tags = {folder: tag_frequency(caps) for folder, caps in ds.captions_by_folder().items()}
     meta = training_metadata(
         cfg, family=session.model.family, prediction_type=session.model.prediction_type, steps=steps,
-        epoch=(steps * cfg.train.grad_accum) // max(1, ds.plan.batches_per_epoch),
+        epoch=epoch,
         num_images=ds.plan.images_per_epoch, tag_frequency=tags)
     path.parent.mkdir(parents=True, exist_ok=True)
     save = save_diffusers if fmt == "diffusers" else save_kohya

@@ -76,22 +76,6 @@ def _read_lora(source: Path, is_checkpoint: bool, family: str, layers_per_block:
     return lora
 
 
-def _base_folder(project: Path, cfg: Any) -> Path | None:
-    """The diffusers folder the base model came from, when there is one on disk."""
-    from loratui.models import builtin
-    from loratui.models.probe import resolve_spec
-
-    kind, where = resolve_spec(ProjectPaths(project).input_path(cfg.model.base))
-    if kind == "builtin":
-        return builtin.ensure_builtin(str(where))
-    if kind == "folder":
-        return Path(where)
-    config = Path(ProjectPaths(project).input_path(cfg.model.config_source)).expanduser()
-    if kind == "single_file" and cfg.model.config_source and config.is_dir():
-        return config
-    return None
-
-
 def _finish_folder(folder: Path, base: Path | None) -> None:
     """Tokenizers copied as the base model ships them; permissions any user of the machine can read.
 
@@ -148,7 +132,7 @@ def export_merged(project_dir: str | os.PathLike[str], *, scale: float = 1.0,
     """
     from loratui.engine.quiet import quiet_libraries
     from loratui.models.builtin import quiet_progress
-    from loratui.engine.session import load_project_model
+    from loratui.engine.session import base_model_folder, load_project_model
     from loratui.models.single_file import checkpoint_metadata, save_single_file
 
     quiet_libraries()
@@ -172,7 +156,7 @@ def export_merged(project_dir: str | os.PathLike[str], *, scale: float = 1.0,
     try:
         with quiet_progress():
             pipe.save_pretrained(str(tmp), safe_serialization=True)
-        _finish_folder(tmp, _base_folder(project, cfg))
+        _finish_folder(tmp, base_model_folder(ProjectPaths(project), cfg))
         _replace_dir(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -156,6 +157,22 @@ def load_project_model(paths: ProjectPaths, cfg: ProjectConfig, *, dtype: torch.
         dtype=dtype, device=device)
 
 
+def base_model_folder(paths: ProjectPaths, cfg: ProjectConfig) -> Path | None:
+    """The diffusers folder the base model's configs come from, when there is one on disk."""
+    from loratui.models import builtin
+    from loratui.models.probe import resolve_spec
+
+    kind, where = resolve_spec(paths.model_spec(cfg))
+    if kind == "builtin":
+        return builtin.ensure_builtin(str(where))
+    if kind == "folder":
+        return Path(where)
+    config = paths.config_source(cfg)
+    if kind == "single_file" and config and Path(config).expanduser().is_dir():
+        return Path(config).expanduser()
+    return None
+
+
 def _weight_dtype(precision: str, device: torch.device) -> torch.dtype:
     # Half-precision base weights only where they are fast; the CPU runs fp32.
     if device.type == "cpu":
@@ -173,7 +190,7 @@ def _make_accelerator(cfg: ProjectConfig) -> Any:
     return Accelerator(mixed_precision=precision)
 
 
-def _make_optimizer(cfg: ProjectConfig, groups: list[dict[str, Any]], device: torch.device) -> torch.optim.Optimizer:
+def _make_optimizer(cfg: ProjectConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     t = cfg.train
     if t.optimizer == "adamw8bit":
         try:
@@ -244,7 +261,7 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
         unet.to(memory_format=torch.channels_last)
     for te in model.text_encoders:
         te.to(device)
-    optimizer = _make_optimizer(cfg, groups, device)
+    optimizer = _make_optimizer(cfg, groups)
     model.unet, optimizer = acc.prepare(unet, optimizer)
     if trained_tes and acc.num_processes > 1:
         # Text-encoder LoRA gradients must be averaged across GPUs too, so those encoders get DDP as well.

@@ -163,6 +163,11 @@ class Trainer:
             return None
 
     @property
+    def epoch(self) -> int:
+        """Passes over the data so far, from the data position (right across resumes and GPUs)."""
+        return self.micro_batch // max(1, self._session().dataset.plan.batches_per_epoch)
+
+    @property
     def steps_per_epoch(self) -> int:
         s = self._session()
         per_step = self.cfg.train.grad_accum * s.accelerator.num_processes
@@ -242,7 +247,7 @@ class Trainer:
         t_end = time.perf_counter()
         self.step += 1
         record = _StepRecord(
-            step=self.step, epoch=self.micro_batch // max(1, s.dataset.plan.batches_per_epoch), loss_sum=loss_sum,
+            step=self.step, epoch=self.epoch, loss_sum=loss_sum,
             found_inf=found_inf, lr=s.current_lr(), step_time=t_end - t_start, data_time=data_time,
             compute_time=compute_time, optimizer_time=t_end - t_opt,
             images=cfg.batch_size * cfg.grad_accum * acc.num_processes)
@@ -291,7 +296,7 @@ class Trainer:
             return None
         state = ckpt.TrainState(
             step=self.step, micro_batch=self.micro_batch,
-            epoch=self.micro_batch // max(1, s.dataset.plan.batches_per_epoch), skipped_steps=self.skipped_steps,
+            epoch=self.epoch, skipped_steps=self.skipped_steps,
             loratui_version=loratui.__version__, config_digest=config_digest(self.cfg, s.dataset.fingerprint()),
             saved_at=time.time())
         try:
@@ -365,7 +370,7 @@ class Trainer:
         s = self._session()
         path = self.paths.lora_file(self.cfg)
         if s.accelerator.is_main_process:
-            export_lora(s, self.cfg, path, steps=self.step, fmt=self.cfg.save.format)
+            export_lora(s, self.cfg, path, steps=self.step, epoch=self.epoch, fmt=self.cfg.save.format)
             self._status(f"saved {path}")
         return path
 

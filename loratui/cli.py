@@ -109,27 +109,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
 
 
+# Exceptions that carry a message for the user, by the module that defines them. An exception can
+# only have been raised if its module is loaded, so only loaded modules are looked at (no imports).
+_USER_ERRORS = {
+    "loratui.config": ("ConfigError",),
+    "loratui.project": ("ProjectLocked",),
+    "loratui.models.probe": ("ModelLoadError",),
+    "loratui.engine.trainer": ("ResumeRefused", "NonFiniteLoss", "OutOfMemory", "CheckpointWriteError"),
+    "loratui.engine.session": ("DatasetEmpty",),
+    "loratui.lora.fileformat": ("LoRAFileError",),
+}
+
+
 def _user_error(exc: BaseException) -> str | None:
-    from loratui.config import ConfigError
-    from loratui.project import ProjectLocked
-
-    user_types: tuple[type, ...] = (ConfigError, ProjectLocked, FileNotFoundError)
-    if "loratui.models.loader" in sys.modules:
-        from loratui.models.loader import ModelLoadError
-
-        user_types += (ModelLoadError,)
-    if "loratui.engine.trainer" in sys.modules:
-        from loratui.engine.trainer import CheckpointWriteError, NonFiniteLoss, OutOfMemory, ResumeRefused
-
-        user_types += (ResumeRefused, NonFiniteLoss, OutOfMemory, CheckpointWriteError)
-    if "loratui.engine.session" in sys.modules:
-        from loratui.engine.session import DatasetEmpty
-
-        user_types += (DatasetEmpty,)
-    if "loratui.lora.fileformat" in sys.modules:
-        from loratui.lora import fileformat
-
-        user_types += tuple(getattr(fileformat, n) for n in ("LoRAFileError",) if hasattr(fileformat, n))
+    user_types: tuple[type, ...] = (FileNotFoundError,)
+    for module_name, names in _USER_ERRORS.items():
+        module = sys.modules.get(module_name)
+        if module is not None:
+            user_types += tuple(getattr(module, n) for n in names)
     return str(exc) if isinstance(exc, user_types) else None
 
 

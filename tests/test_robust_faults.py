@@ -17,7 +17,7 @@ from loratui.commands import CommandChannel
 from loratui.config import apply_override, load_config, save_config
 from loratui.engine.checkpoint import latest_checkpoint, load_checkpoint
 from loratui.engine.runner import run_training
-from loratui.engine.trainer import MAX_BAD_STEPS, CheckpointWriteError, NonFiniteLoss, OutOfMemory
+from loratui.engine.trainer import MAX_BAD_STEPS, CheckpointWriteError, NonFiniteLoss
 from loratui.events import Event, Failed, Finished, Status, StepDone
 from loratui.project import ProjectPaths
 

@@ -4,21 +4,19 @@ Both arms run ``run_training`` on the same project (latent and text caches
 warm, checkpoints and samples off) for the same number of steps:
 
   headless   the engine in this process's main thread, events to a recorder only
+             (what ``loratui train --headless`` does)
   dashboard  ``LoratuiApp`` (mode "open") under ``App.run_test`` (Textual's headless
-             driver: every frame is composed, nothing reaches a terminal); the
-             engine runs in the dashboard's thread worker and every StepDone is
-             posted to the screen, which applies it and repaints (at most ten
-             times a second, by the dashboard's design)
+             driver: every frame is composed, nothing reaches a terminal) with the
+             real engine: a child process whose events the dashboard's thread
+             worker reads from a pipe and posts to the screen, which applies every
+             one and repaints at most every DRAW_INTERVAL_S
+  thread     the same dashboard with the engine in its thread worker, in this
+             process: how it was built before, kept to show what the child saves
 
 Throughput is taken from the engine's own StepDone timestamps: steps per
 second between the first counted step and the last, times the batch. Arms
-alternate (H D P H D P ...) so drift lands on all. Target: dashboard /
+alternate (H D T H D T ...) so drift lands on all. Target: dashboard /
 headless ≥ 0.97.
-
-The third arm (P) simulates three proposed dashboard.py changes: repaint at
-most every 0.5 s (its DRAW_INTERVAL_S), refresh the stats panel without a
-whole-screen re-layout, and hand StepDone events to the UI in bursts (every
-event, in order, but at most one wake-up of the UI per 0.5 s).
 
 Run: ``/work/venv/bin/python benchmarks/bench_dashboard.py``.
 """
@@ -27,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import inspect
+import os
 import shutil
 import statistics
 import sys
@@ -36,23 +34,20 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from common import load_average, machine_line, quiet, scratch_project, set_threads, table, verdict
 
 TARGET = 0.97
-PROPOSED_INTERVAL = 0.5  # seconds between repaints in the proposed dashboard change
 SKIPPED = 3  # first steps left out: allocator and cache warm-up
 
 
 class Recorder:
     """Keeps the engine's StepDone events and says when the run is over."""
 
-    def __init__(self, steps: int, burst_s: float = 0.0) -> None:
+    def __init__(self, steps: int, child: bool = False) -> None:
         self.steps = steps
-        # > 0: hand StepDone events on in bursts at most this often (the proposed delivery: one UI
-        # wake-up per burst, and still every event, in order).
-        self.burst_s = burst_s
+        self.child = child  # run the engine in a child process, as the dashboard does
         self.done_times: list[float] = []
         self.batch = 0
         self.finished = threading.Event()
@@ -65,11 +60,9 @@ class Recorder:
     def engine(self, project_dir: Path, *, emit: Any, commands: Any, resume: bool = False,
                overrides: Sequence[str] = (), max_steps: int | None = None) -> None:
         """Has the signature of loratui.tui.app.default_engine; runs a fixed-length run."""
+        from loratui.engine.child import run_in_child
         from loratui.engine.runner import run_training
         from loratui.events import Event, StepDone
-
-        held: list[Event] = []
-        last_burst = [time.monotonic()]
 
         def tap(event: Event) -> None:
             if isinstance(event, StepDone):
@@ -79,20 +72,12 @@ class Recorder:
                     self.on_counted()
                 if len(self.done_times) == self.steps and self.on_last is not None:
                     self.on_last()
-                if self.burst_s > 0:
-                    held.append(event)
-                    if time.monotonic() - last_burst[0] < self.burst_s:
-                        return
-                    event = held.pop()
-            for early in held:
-                emit(early)
-            held.clear()
-            last_burst[0] = time.monotonic()
             emit(event)
 
+        run = run_in_child if self.child else run_training
         try:
-            run_training(project_dir, emit=tap, commands=commands, resume=False, max_steps=self.steps,
-                         overrides=["save.every_n_steps=0", "sample.every_n_steps=0", *overrides])
+            run(project_dir, emit=tap, commands=commands, resume=False, max_steps=self.steps,
+                overrides=["save.every_n_steps=0", "sample.every_n_steps=0", *overrides])
         except BaseException as exc:  # noqa: BLE001 - reported by the benchmark, then raised there
             self.error = exc
             raise
@@ -114,25 +99,6 @@ def clean_outputs(project: Path) -> None:
         shutil.rmtree(project / name, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def proposed_dashboard(dashboard: Any) -> Iterator[None]:
-    """The proposed dashboard.py changes, put in place for one run: repaint at most every
-    PROPOSED_INTERVAL seconds, and refresh the stats panel without re-laying out the screen."""
-    from loratui.tui.widgets.stats_panel import StatsPanel
-
-    saved_interval, saved_refresh = dashboard.DRAW_INTERVAL_S, StatsPanel.refresh
-
-    def refresh_in_place(self: Any, *regions: Any, layout: bool = False, **kwargs: Any) -> Any:
-        return saved_refresh(self, *regions, **kwargs)
-
-    dashboard.DRAW_INTERVAL_S = PROPOSED_INTERVAL  # read by the dashboard at every step
-    StatsPanel.refresh = refresh_in_place
-    try:
-        yield
-    finally:
-        dashboard.DRAW_INTERVAL_S, StatsPanel.refresh = saved_interval, saved_refresh
-
-
 def run_headless(project: Path, steps: int) -> float:
     from loratui.commands import CommandChannel
 
@@ -141,12 +107,11 @@ def run_headless(project: Path, steps: int) -> float:
     return rec.samples_per_s()
 
 
-def run_dashboard(project: Path, steps: int, settings: Path, *, proposed: bool = False) -> tuple[float, float]:
+def run_dashboard(project: Path, steps: int, settings: Path, *, child: bool = True) -> tuple[float, float]:
     """samples/s, and the share of the run's wall time the UI thread spent on the CPU."""
-    from loratui.tui import dashboard
     from loratui.tui.app import LoratuiApp
 
-    rec = Recorder(steps, burst_s=PROPOSED_INTERVAL if proposed else 0.0)
+    rec = Recorder(steps, child=child)
     params = inspect.signature(LoratuiApp.__init__).parameters
     kwargs: dict[str, Any] = {"engine": rec.engine, "settings_path": settings}
     autostart = "autostart" in params
@@ -173,8 +138,7 @@ def run_dashboard(project: Path, steps: int, settings: Path, *, proposed: bool =
             await finished.wait()
             await pilot.pause(0.2)  # let the last events land before the app closes
 
-    with proposed_dashboard(dashboard) if proposed else contextlib.nullcontext():
-        asyncio.run(drive())
+    asyncio.run(drive())
     if rec.error is not None:
         raise RuntimeError(f"the dashboard's run failed: {rec.error!r}") from rec.error
     return rec.samples_per_s(), (ui["cpu_end"] - ui["cpu_start"]) / (ui["wall_end"] - ui["wall_start"])
@@ -187,19 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     args = ap.parse_args(argv)
     threads = set_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the child process's torch threads
     quiet()
     project = scratch_project()
     settings = Path(tempfile.mkdtemp(prefix="loratui-bench-settings-")) / "settings.toml"
     run_headless(project, SKIPPED + 2)  # fills the caches; not counted
     from loratui.tui import dashboard
 
-    slow = PROPOSED_INTERVAL
     arms = {
         "headless": lambda: (run_headless(project, args.steps), None),
-        f"dashboard (repaint every ≥ {dashboard.DRAW_INTERVAL_S:g} s, as built)":
+        f"dashboard, engine in a child process (as built; repaint every ≥ {dashboard.DRAW_INTERVAL_S:g} s)":
             lambda: run_dashboard(project, args.steps, settings),
-        f"dashboard, proposed: repaint every ≥ {slow:g} s, steps in bursts, no re-layout":
-            lambda: run_dashboard(project, args.steps, settings, proposed=True),
+        "dashboard, engine in the UI's process (thread worker, as before)":
+            lambda: run_dashboard(project, args.steps, settings, child=False),
     }
     results: dict[str, list[float]] = {name: [] for name in arms}
     ui_share: dict[str, list[float]] = {name: [] for name in arms}

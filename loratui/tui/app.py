@@ -2,7 +2,7 @@
 
 Nothing here imports torch: the first screen draws at once while a thread
 worker imports torch and diffusers in the background, so they are warm when
-training starts.
+the wizard measures a step. Training itself runs in a child process.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ Engine = Callable[..., None]
 
 def default_engine(project_dir: Path, *, emit: Callable[[Event], None], commands: CommandChannel,
                    resume: bool = False, overrides: Sequence[str] = (), max_steps: int | None = None) -> None:
-    """The real engine, imported only inside the training worker (torch is heavy)."""
-    from loratui.engine.runner import run_training
+    """The real engine, in a child process (see ``loratui.engine.child`` for why)."""
+    from loratui.engine.child import run_in_child
 
-    run_training(project_dir, emit=emit, commands=commands, resume=resume, overrides=overrides,
+    run_in_child(project_dir, emit=emit, commands=commands, resume=resume, overrides=overrides,
                  max_steps=max_steps)
 
 

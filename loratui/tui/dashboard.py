@@ -1,6 +1,7 @@
 """The live training dashboard: loss, numbers, samples, checkpoints and the run's controls.
 
-The engine runs in a thread worker whose only contact with the screen is
+A thread worker runs the engine (the real one trains in a child process and
+the worker relays its events); its only contact with the screen is
 ``post_message``. Every event is applied to a :class:`RunState` (nothing is
 dropped: the loss history keeps every step); drawing is throttled, because a
 fast GPU can finish more steps per second than a terminal should repaint.
@@ -44,8 +45,8 @@ from loratui.tui.widgets.stats_panel import StatsPanel
 from loratui.tui.widgets.status_bar import StatusBar
 
 Engine = Callable[..., None]
-DRAW_INTERVAL_S = 0.5  # each repaint costs the training thread GIL time
-"""At most ten repaints a second from step events; other events repaint at once."""
+DRAW_INTERVAL_S = 0.5
+"""At most two repaints a second from step events; other events repaint at once."""
 SPARK_POINTS = 200
 
 

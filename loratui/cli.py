@@ -144,8 +144,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run_tui(args: argparse.Namespace) -> int:
+    from loratui.tui import graphics
     from loratui.tui.app import LoratuiApp
 
+    # Asked before the app exists: the terminal can only answer while nothing else reads
+    # stdin, and Textual takes NO_COLOR out of the environment.
+    graphics.detect()
     cmd = args.command
     if cmd is None:
         app = LoratuiApp(None, mode="start", theme=args.theme)

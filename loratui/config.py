@@ -93,6 +93,9 @@ class TrainConfig:
     precision: str = _f("no", "mixed precision on GPU: bf16 (Ampere+), fp16 (older cards), no (fp32)",
                         choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = _f(False, "recompute activations in backward: much less memory, ~1.7x slower")
+    gradient_checkpointing_every: int = _f(
+        1, "1 recomputes every block (least memory); 2 every other: about half the saving for half the time",
+        min=1, max=64)
     seed: int = _f(42, "same seed and config give the same run", min=0, max=2**32 - 1)
     min_snr_gamma: float = _f(0.0, "min-SNR loss weighting (5 is typical); 0 turns it off", min=0.0, max=100.0)
     noise_offset: float = _f(0.0, "adds low-frequency noise so the model learns very dark/bright images; ~0.05",

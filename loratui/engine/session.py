@@ -17,6 +17,7 @@ import torch
 from loratui.config import ProjectConfig
 from loratui.data.scan import ScanReport, scan_images
 from loratui.engine.dataset import Batch, PreparedDataset, prepare_dataset
+from loratui.engine.grad_checkpoint import enable_unet_checkpointing
 from loratui.engine.latent_cache import CachedText, LatentCache, TextCache
 from loratui.engine.step import Conditioning
 from loratui.lora.inject import inject_lora
@@ -254,7 +255,7 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
     networks, groups, trained_tes = _inject(cfg, model, paths)
     unet = model.unet
     if cfg.train.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+        enable_unet_checkpointing(unet, cfg.train.gradient_checkpointing_every)
         for te in trained_tes:
             te.gradient_checkpointing_enable()
     if device.type == "cuda" and cfg.train.channels_last:

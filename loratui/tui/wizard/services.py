@@ -101,8 +101,9 @@ def rough_estimate(cfg: ProjectConfig, total_steps: int, family: str | None = No
         weights *= 2.0
         activations *= 2.0
     if cfg.train.gradient_checkpointing:
-        seconds *= 1.7
-        activations /= 4.0
+        share = 1.0 / cfg.train.gradient_checkpointing_every  # of the blocks recomputed
+        seconds *= 1.0 + 0.7 * share
+        activations *= 1.0 - 0.75 * share
     memory = weights + activations * scale * cfg.train.batch_size
     return Estimate(total_steps, seconds, memory, False,
                     f"rough arithmetic for a full-size {family} model on a GPU doing ~{_ASSUMED_TFLOPS:.0f} TFLOP/s; "

@@ -23,7 +23,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Length", ("train.max_steps", "train.epochs")),
     ("Learning rate", ("train.learning_rate", "train.text_encoder_lr", "train.lr_scheduler",
                        "train.warmup_steps", "train.optimizer")),
-    ("Speed and memory", ("train.precision", "train.gradient_checkpointing", "train.seed")),
+    ("Speed and memory", ("train.precision", "train.gradient_checkpointing", "train.gradient_checkpointing_every",
+                          "train.seed")),
     ("Checkpoints", ("save.every_n_steps", "save.keep")),
     ("Samples", ("sample.every_n_steps",)),
 )
@@ -36,6 +37,7 @@ LABELS = {
     "train.max_steps": "max steps", "train.epochs": "epochs", "train.learning_rate": "learning rate",
     "train.text_encoder_lr": "text encoder lr", "train.lr_scheduler": "scheduler",
     "train.warmup_steps": "warmup steps", "train.gradient_checkpointing": "grad checkpointing",
+    "train.gradient_checkpointing_every": "… every Nth block",
     "save.every_n_steps": "checkpoint every", "save.keep": "checkpoints kept",
     "sample.every_n_steps": "sample every",
 }

@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="time a few steps of this project on this machine and project the run")
     s.add_argument("dir", type=Path)
     s.add_argument("--steps", type=int, default=5)
+    s.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return p
 
 

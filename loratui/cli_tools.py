@@ -148,5 +148,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from loratui.engine.estimate import estimate_run, render_estimate
 
     est = estimate_run(Path(args.dir), load_config(args.dir), measure=True, steps=args.steps)
-    console.print(render_estimate(est))
+    if args.json:
+        import dataclasses
+        import json
+
+        print(json.dumps(dataclasses.asdict(est)))
+    else:
+        console.print(render_estimate(est))
     return 0

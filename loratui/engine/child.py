@@ -63,13 +63,9 @@ def run_in_child(project_dir: Path, *, emit: Callable[[Event], None], commands: 
         argv += ["--set", item]
     read_fd, write_fd = os.pipe()
     argv += ["--events-fd", str(write_fd)]
-    env = dict(os.environ)
-    # The child must import this very loratui, also from a source tree that is not installed.
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(paths.logs / OUTPUT_NAME, "ab") as output:
         try:
-            child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=output, stderr=output, env=env,
+            child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=output, stderr=output, env=child_env(),
                                      pass_fds=(write_fd,), start_new_session=True)
         finally:
             os.close(write_fd)
@@ -107,6 +103,14 @@ def run_in_child(project_dir: Path, *, emit: Callable[[Event], None], commands: 
         message = _describe_exit(code, paths)
         emit(Failed(message=message, log_path=str(paths.logs / OUTPUT_NAME)))
         raise TrainingProcessFailed(message)
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment, with this very loratui importable (also from an uninstalled tree)."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
 
 
 def _forward_commands(commands: CommandChannel, pipe: IO[bytes] | None, stop: threading.Event) -> None:

@@ -8,6 +8,7 @@ results instant and fixed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -62,13 +63,27 @@ def count_params(project_dir: Path, cfg: ProjectConfig) -> int | None:
 
 def estimate(project_dir: Path, cfg: ProjectConfig, total_steps: int, family: str | None, *,
              measure: bool) -> Estimate:
-    """A rough estimate at once; a measured one (a few real steps, which loads the model) on request."""
+    """A rough estimate at once; a measured one (a few real steps, which loads the model) on request.
+
+    The measurement runs ``loratui bench`` in a child process on the saved config: the model and,
+    on a GPU, the CUDA context and cached memory then leave with it instead of staying in the TUI
+    beside the training process; and a crash while measuring cannot take the TUI down.
+    """
     if not measure:
         return rough_estimate(cfg, total_steps, family)
-    from loratui.engine.estimate import estimate_run
+    import subprocess
+    import sys
 
-    run = estimate_run(project_dir, cfg, measure=True)
-    return Estimate(run.total_steps, run.seconds_per_step, run.peak_memory_mb, run.measured, run.note)
+    from loratui.engine.child import child_env
+
+    argv = [sys.executable, "-m", "loratui", "bench", str(project_dir), "--json", "--steps", "4"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=child_env(), start_new_session=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise RuntimeError(lines[-1].removeprefix("loratui: ") if lines else f"exit code {done.returncode}")
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    return Estimate(run["total_steps"], run["seconds_per_step"], run["peak_memory_mb"], run["measured"],
+                    run["note"])
 
 
 # Training cost of one image per step, from the design notes: SD1.5 ≈ 1.7 TFLOP

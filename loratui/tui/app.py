@@ -2,7 +2,8 @@
 
 Nothing here imports torch: the first screen draws at once while a thread
 worker imports torch and diffusers in the background, so they are warm when
-the wizard measures a step. Training itself runs in a child process.
+the wizard counts a LoRA's parameters, and names the device in the status bar.
+Training and the wizard's measured step run in child processes.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def default_engine(project_dir: Path, *, emit: Callable[[Event], None], commands
 
 
 def default_warmup() -> str:
-    """Import the heavy libraries now so the first training step does not wait for them."""
+    """Import the heavy libraries now, so the wizard's parameter count does not wait for them."""
     import torch
     import diffusers  # noqa: F401 - imported for its side effect of being cached
 

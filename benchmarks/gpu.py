@@ -112,6 +112,7 @@ class Bench:
         self.budget_s = budget_s
         self.steps = steps
         self.backend = backend
+        self.compile_mode = "default"
         self.t_start = time.perf_counter()
         # The smoke run checks the path, not the numbers: bf16 is emulated slowly on most CPUs.
         self.dtype = torch.float32 if smoke else torch.bfloat16
@@ -240,7 +241,8 @@ class Bench:
         unet = model.unet
         if compiled:
             torch._dynamo.reset()  # a new batch or checkpointing setting compiles afresh, timed below
-            unet = torch.compile(model.unet, backend=self.backend, dynamic=False)
+            mode = None if self.backend != "inductor" else self.compile_mode
+            unet = torch.compile(model.unet, backend=self.backend, dynamic=False, mode=mode)
         resident = 0
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -318,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per case (default 10; smoke 2)")
     ap.add_argument("--models", default=None, help="comma-separated subset, e.g. SD1.5")
     ap.add_argument("--no-compile", action="store_true", help="eager cases only")
+    ap.add_argument("--compile-mode", default="default",
+                    help="torch.compile mode of the compiled cases (reduce-overhead: CUDA graphs), as train.compile_mode")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here, after every case")
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak for MFU")
     args = ap.parse_args(argv)
@@ -343,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)  # tiny tensors: more threads only add contention on a shared machine
     bench = Bench(device, smoke, args.budget_s or (90.0 if smoke else 450.0), args.steps or (2 if smoke else 10),
                   backend="eager" if smoke else "inductor")
+    bench.compile_mode = args.compile_mode
     name = "CPU (smoke)" if smoke else torch.cuda.get_device_name(device)
     peak = args.peak_tflops or (None if smoke else peak_tflops(name))
 

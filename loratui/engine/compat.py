@@ -21,7 +21,8 @@ BREAKING = (
 LENGTH_DEPENDENT = ("linear", "cosine", "cosine_with_restarts", "polynomial")
 HARMLESS = (
     "train.max_steps", "train.epochs", "train.precision", "train.gradient_checkpointing",
-    "train.gradient_checkpointing_every", "train.compile", "train.channels_last", "train.max_grad_norm",
+    "train.gradient_checkpointing_every", "train.compile", "train.compile_mode",
+    "train.channels_last", "train.max_grad_norm",
     "save.every_n_steps", "save.keep", "save.output_name", "save.precision", "save.format",
     "sample.every_n_steps", "sample.steps", "sample.guidance", "sample.width", "sample.height", "sample.prompts",
 )

@@ -272,7 +272,7 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
         model.text_encoders = [swap.get(id(te), te) for te in model.text_encoders]
         trained_tes = wrapped
     if cfg.train.compile and device.type == "cuda":
-        model.unet = torch.compile(model.unet)
+        model.unet = torch.compile(model.unet, mode=cfg.train.compile_mode)
     text_cache = None if cfg.lora.train_text_encoder else TextCache(paths.cache, model.fingerprint, cfg.model.clip_skip)
     return TrainingSession(cfg=cfg, accelerator=acc, model=model, networks=networks, dataset=dataset, scan=scan,
                            weight_dtype=weight_dtype, text_cache=text_cache, optimizer=optimizer,

@@ -6,10 +6,6 @@ Each measurement is a fresh process, as a user gets it:
   start screen   ``loratui`` with no arguments, run headless until Textual's
                  ``Ready`` event (DOM mounted, first frame drawn) (target < 1 s)
   wizard         ``loratui new DIR``, the same until the wizard is the screen on top
-  … (proposed)   the same with the app's background torch import begun at Ready
-                 instead of at mount (a one-line app.py change), and for the wizard
-                 also its model probe taken from the torch-free ``models.probe``
-                 (a one-line wizard/services.py change); both simulated here
   python -c pass the interpreter alone, for scale
 
 The clock starts in this process just before the child is spawned and stops at
@@ -36,29 +32,10 @@ HELP_TARGET = 0.3
 FRAME_TARGET = 1.0
 
 
-def _torch_free_wizard() -> object:
-    """The wizard with its model probe read from ``loratui.models.probe`` (no torch) instead of
-    ``loratui.models.loader`` (imports torch): the proposed services.py change, simulated."""
-    from loratui.tui.wizard.screen import WizardScreen
-    from loratui.tui.wizard.services import Services
-
-    def probe(spec: str, config_source: str | None, allow_pickle: bool) -> object:
-        from loratui.models.probe import probe_model
-
-        return probe_model(spec, config_source=config_source, allow_pickle=allow_pickle)
-
-    def model_errors() -> tuple[type[BaseException], ...]:
-        from loratui.models.probe import ModelLoadError
-
-        return (ModelLoadError, ValueError)
-
-    return lambda project: WizardScreen(project, services=Services(probe=probe, model_errors=model_errors))
-
-
-def _child(mode: str, workdir: str, warm_at_ready: bool, torch_free_probe: bool) -> None:
+def _child(mode: str, workdir: str) -> None:
     """Run in the spawned process: build the app the way ``loratui`` does and report the first frame."""
     import loratui.cli  # noqa: F401 - its import cost is part of what a user waits for
-    from loratui.tui.app import LoratuiApp, default_warmup
+    from loratui.tui.app import LoratuiApp
 
     wanted = "WizardScreen" if mode == "new" else None
 
@@ -75,16 +52,10 @@ def _child(mode: str, workdir: str, warm_at_ready: bool, torch_free_probe: bool)
 
         def _report(self) -> None:
             print(f"FRAME {time.time():.6f} {type(self.screen).__name__} torch={'torch' in sys.modules}", flush=True)
-            if warm_at_ready:  # the proposed app.py change: torch's import begins once the frame is up
-                self.warmup = default_warmup
-                self._warm_up()
             os._exit(0)  # leave at once: the background torch import must not hold the process open
 
     project = Path(workdir) / "new_project"
-    kwargs: dict[str, object] = {"warmup": None} if warm_at_ready else {}
-    if torch_free_probe:
-        kwargs["wizard"] = _torch_free_wizard()
-    app = FirstFrame(project if mode == "new" else None, mode="new" if mode == "new" else "start", **kwargs)
+    app = FirstFrame(project if mode == "new" else None, mode="new" if mode == "new" else "start")
     app.run(headless=True, size=(120, 40))
 
 
@@ -123,11 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--importtime", action="store_true", help="also list the slowest imports behind --help")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
-    ap.add_argument("--warm-at-ready", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--torch-free-probe", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        _child(args.child, args.workdir, args.warm_at_ready, args.torch_free_probe)
+        _child(args.child, args.workdir)
         return 0
 
     from common import load_average, machine_line, table, verdict
@@ -140,18 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         "loratui --help": lambda i: _spawn([script, "--help"], env, frame=False)[0],
         "first frame: start screen": lambda i: _frame("start", i),
         "first frame: wizard (loratui new)": lambda i: _frame("new", i),
-        "first frame: start screen, warm-up at Ready (proposed)": lambda i: _frame("start", i, True),
-        "first frame: wizard, warm-up at Ready + torch-free probe (proposed)":
-            lambda i: _frame("new", i, True, True),
     }
     screens: dict[str, str] = {}
 
-    def _frame(mode: str, i: int, warm_at_ready: bool = False, torch_free_probe: bool = False) -> float:
+    def _frame(mode: str, i: int) -> float:
         work = Path(tempfile.mkdtemp(dir=tmp))
-        flag = ["--warm-at-ready"] * warm_at_ready + ["--torch-free-probe"] * torch_free_probe
-        elapsed, screen = _spawn([sys.executable, __file__, "--child", mode, "--workdir", str(work), *flag], env,
+        elapsed, screen = _spawn([sys.executable, __file__, "--child", mode, "--workdir", str(work)], env,
                                  frame=True)
-        screens[f"{mode}{' (proposed)' if warm_at_ready else ''}"] = screen
+        screens[mode] = screen
         return elapsed
 
     for name, fn in cases.items():  # one untimed turn: the first start pays for cold disk caches
@@ -166,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.rounds} fresh processes per row, in turns; median [min–max], seconds\n")
     targets = {"loratui --help": HELP_TARGET, "first frame: start screen": FRAME_TARGET,
                "first frame: wizard (loratui new)": FRAME_TARGET}
-    targets.update({k: FRAME_TARGET for k in times if "proposed" in k})
     rows = []
     for name, ts in times.items():
         med = statistics.median(ts)

@@ -100,7 +100,7 @@ def run_in_child(project_dir: Path, *, emit: Callable[[Event], None], commands: 
     if failed is not None:
         raise TrainingProcessFailed(failed.message)
     if code != 0:
-        message = _describe_exit(code, paths)
+        message = _describe_exit(code)
         emit(Failed(message=message, log_path=str(paths.logs / OUTPUT_NAME)))
         raise TrainingProcessFailed(message)
 
@@ -125,17 +125,15 @@ def _forward_commands(commands: CommandChannel, pipe: IO[bytes] | None, stop: th
             return  # the child is gone; its events pipe tells the rest
 
 
-def _describe_exit(code: int, paths: ProjectPaths) -> str:
+def _describe_exit(code: int) -> str:
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
         why = " (the system's out-of-memory killer sends this)" if -code == signal.SIGKILL else ""
-        return (f"the training process was killed by {name}{why}. The newest checkpoint is kept; "
-                f"press t to resume. Its output is in {paths.logs / OUTPUT_NAME}.")
-    return (f"the training process ended with exit code {code} before finishing. "
-            f"Its output is in {paths.logs / OUTPUT_NAME}.")
+        return f"the training process was killed by {name}{why}. The newest checkpoint is kept; press t to resume."
+    return f"the training process ended with exit code {code} before finishing."
 
 
 # The child's side -------------------------------------------------------------------------

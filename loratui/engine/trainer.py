@@ -109,7 +109,9 @@ class Trainer:
         self.emit(Started(
             total_steps=self.total_steps, start_step=self.step, steps_per_epoch=self.steps_per_epoch,
             num_images=len(s.dataset.items), device=str(s.accelerator.device), family=s.model.family,
-            precision=self.cfg.train.precision, trainable_params=s.trainable_params,
+            # "no" mixed precision means the UNet trains in fp32; say so where people read it.
+            precision="fp32" if self.cfg.train.precision == "no" else self.cfg.train.precision,
+            trainable_params=s.trainable_params,
             resumed_from=str(self.resumed_from) if self.resumed_from else None))
         stopped_early = False
         while self.step < self.total_steps:

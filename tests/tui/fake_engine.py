@@ -93,7 +93,7 @@ class FakeEngine:
             (self._root / "logs" / "metrics.jsonl").unlink(missing_ok=True)
         self._send(Status(text="loading the fake model", time=self._t(start)))
         self._send(Started(total_steps=self._total, start_step=start, steps_per_epoch=10, num_images=10,
-                           device="cpu", family="sd1", precision="no", trainable_params=797_184,
+                           device="cpu", family="sd1", precision="fp32", trainable_params=797_184,
                            resumed_from=resumed_from, time=self._t(start)))
         for step in range(start + 1, self._total + 1):
             if self._serve(commands.drain(), commands):

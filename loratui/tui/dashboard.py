@@ -276,7 +276,9 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self._draw_pending = False
         self._last_draw = time.monotonic()
         s = self.state
-        self.query_one("#progress", ProgressBar).update(total=s.total_steps, progress=s.step)
+        # An unknown total animates the bar: right while the engine loads, misleading while idle.
+        total = s.total_steps if s.total_steps or s.phase == "starting" else 1
+        self.query_one("#progress", ProgressBar).update(total=total, progress=s.step if s.total_steps else 0)
         # Only events other than steps can change the panel's height (a new row); a whole-screen
         # layout on every step's repaint would cost the training thread GIL time.
         self.query_one("#stats", StatsPanel).refresh(layout=layout)

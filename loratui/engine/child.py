@@ -63,12 +63,15 @@ def run_in_child(project_dir: Path, *, emit: Callable[[Event], None], commands: 
         argv += ["--set", item]
     read_fd, write_fd = os.pipe()
     argv += ["--events-fd", str(write_fd)]
-    with open(paths.logs / OUTPUT_NAME, "ab") as output:
-        try:
+    try:
+        with open(paths.logs / OUTPUT_NAME, "ab") as output:
             child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=output, stderr=output, env=child_env(),
                                      pass_fds=(write_fd,), start_new_session=True)
-        finally:
-            os.close(write_fd)
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)  # the child has its copy; ours would keep the pipe open after it exits
     if on_spawn is not None:
         on_spawn(child)
     stop_forwarding = threading.Event()

@@ -19,7 +19,7 @@ from loratui.data.scan import ScanReport, scan_images
 from loratui.engine.dataset import Batch, PreparedDataset, prepare_dataset
 from loratui.engine.grad_checkpoint import enable_unet_checkpointing
 from loratui.engine.latent_cache import CachedText, LatentCache, TextCache
-from loratui.engine.step import Conditioning
+from loratui.engine.step import Conditioning, to_device
 from loratui.lora.inject import inject_lora
 from loratui.lora.layer import LoRANetwork
 from loratui.models.loader import LoadedModel, load_model
@@ -85,14 +85,14 @@ class TrainingSession:
             hidden, pooled = emb.hidden.to(device), emb.pooled
         else:
             cached = self.text_cache.get_many(batch.captions, self._encode_for_cache)
-            hidden = torch.stack([c.hidden for c in cached]).to(device, non_blocking=True)
+            hidden = to_device(torch.stack([c.hidden for c in cached]), device)
             pooled = torch.stack([c.pooled for c in cached]) if cached[0].pooled is not None else None
         time_ids = None
         if self.model.family == "sdxl":
-            time_ids = torch.stack([
+            time_ids = to_device(torch.stack([
                 sdxl_add_time_ids(o, c, t) for o, c, t in zip(batch.original_sizes, batch.crops, batch.target_sizes)
-            ]).to(device)
-            pooled = pooled.to(device)
+            ]), device)
+            pooled = to_device(pooled, device)
         return Conditioning(hidden.to(self.weight_dtype), pooled, time_ids)
 
     def _encode_for_cache(self, captions: list[str]) -> list[CachedText]:

@@ -26,7 +26,7 @@ from loratui.engine.batches import total_optimizer_steps
 from loratui.engine.compat import config_digest, describe_differences
 from loratui.engine.memory import memory_snapshot
 from loratui.engine.session import TrainingSession, build_session
-from loratui.engine.step import diffusion_loss, step_generator
+from loratui.engine.step import diffusion_loss, step_generator, to_device
 from loratui.events import CheckpointSaved, EventSink, Finished, Paused, Resumed, SampleReady, Started, \
     Status, StepDone
 from loratui.project import ProjectPaths
@@ -226,7 +226,7 @@ class Trainer:
                 entries, micro_batch=index, seed=cfg.seed, trigger_word=self.cfg.data.trigger_word,
                 shuffle_tags=self.cfg.data.shuffle_tags, keep_tokens=self.cfg.data.keep_tokens,
                 caption_dropout=self.cfg.data.caption_dropout, generator=gen)
-            latents = batch.latents.to(acc.device, non_blocking=True)
+            latents = to_device(batch.latents, acc.device)
             t1 = time.perf_counter()
             with acc.autocast():
                 cond = s.conditioning(batch)

@@ -157,6 +157,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         runs = self.runs = read_project_runs(self.project_dir)
         self.title = f"loratui · {runs.name}"
         self.state.load_rows(runs.rows)
+        if self.state.total_steps is None:
+            self.state.total_steps = runs.planned_steps  # "Step 0 / 200" before the first run, not "0 / ?"
         self.state.checkpoints = list(runs.checkpoints)
         self.state.samples = list(runs.samples)
         if runs.finished and runs.lora_file is not None:

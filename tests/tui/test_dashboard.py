@@ -52,6 +52,16 @@ async def test_step_counter_progress_and_loss(make_app):
         await wait_until(pilot, lambda: screen.state.phase == "finished")
 
 
+async def test_a_new_project_shows_its_planned_steps_and_a_still_bar(make_app, project):
+    app = make_app(FakeEngine(40, hold_at=20))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        await settle(pilot, screen)
+        assert "0 / 1000" in text_of(screen.query_one(StatsPanel))  # a new project's max_steps
+        bar = screen.query_one("#progress")
+        assert bar.total == 1000 and bar.percentage == 0
+
+
 async def test_pause_and_resume_are_sent_and_shown(make_app):
     engine = FakeEngine(40, hold_at=10)
     app = make_app(engine)

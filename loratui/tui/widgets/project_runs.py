@@ -30,6 +30,8 @@ class ProjectRuns:
     samples: list[SampleReady] = field(default_factory=list)
     lora_file: Path | None = None
     config_problem: str | None = None
+    planned_steps: int | None = None
+    """What the config asks for, when it does not depend on the image count (epochs = 0)."""
 
     @property
     def last_step(self) -> int:
@@ -92,6 +94,7 @@ def read_project_runs(root: Path) -> ProjectRuns:
     try:
         cfg = load_config(root)
         runs.name = cfg.name
+        runs.planned_steps = cfg.train.max_steps if cfg.train.epochs == 0 else None
         lora = paths.lora_file(cfg)
         runs.lora_file = lora if lora.is_file() else None
     except ConfigError as exc:

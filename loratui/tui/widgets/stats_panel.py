@@ -64,8 +64,8 @@ class StatsPanel(Widget):
         times = s.mean_times()
         if times:
             step_t, data_t, compute_t, opt_t = times
-            table.add_row("Per step", f"{step_t:.3g}s: data {data_t:.2g} · fwd+bwd {compute_t:.2g} · "
-                                      f"optim {opt_t:.2g}")
+            table.add_row("Per step", f"{_time(step_t)}: data {_time(data_t)} · fwd+bwd {_time(compute_t)} · "
+                                      f"optim {_time(opt_t)}")
         else:
             table.add_row("Per step", "–")
         table.add_row("ETA", f"{format_duration(s.eta_s())}  (elapsed {format_duration(self._elapsed())})")
@@ -88,3 +88,10 @@ class StatsPanel(Widget):
         end = self.state.finished or self.state.failed
         now = end.time if end is not None else self.clock()
         return max(now - start.time, 0.0)
+
+
+def _time(seconds: float) -> str:
+    """A step's part in the unit that keeps it short: 0.36 ms, 104 ms, 1.2 s."""
+    if seconds >= 1:
+        return f"{seconds:.2g} s"
+    return f"{seconds * 1000:.0f} ms" if seconds >= 0.1 else f"{seconds * 1000:.2g} ms"

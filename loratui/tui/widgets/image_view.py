@@ -52,26 +52,20 @@ class HalfBlockImage:
 @lru_cache(maxsize=32)
 def _pixel_rows(path: str, mtime_ns: int, max_w: int, max_h: int) -> tuple[tuple[tuple[int, int, int], ...], ...]:
     """Pixels of the image fitted (aspect kept) into max_w × max_h, height rounded to even."""
-    from PIL import Image, ImageOps  # imported here: only needed once a sample exists
+    from PIL import Image  # imported here: only needed once a picture is shown
 
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode != "RGB":
-            background = Image.new("RGB", img.size, (255, 255, 255))
-            rgba = img.convert("RGBA")
-            background.paste(rgba, mask=rgba.getchannel("A"))
-            img = background
-        scale = min(max_w / img.width, max_h / img.height)
-        w = max(1, int(img.width * scale))
-        h = max(2, int(img.height * scale) // 2 * 2)
-        raw = img.resize((w, h), Image.Resampling.LANCZOS).tobytes()
+    img = _picture(path, mtime_ns)
+    scale = min(max_w / img.width, max_h / img.height)
+    w = max(1, int(img.width * scale))
+    h = max(2, int(img.height * scale) // 2 * 2)
+    raw = img.resize((w, h), Image.Resampling.LANCZOS).tobytes()
     data = list(zip(raw[0::3], raw[1::3], raw[2::3]))
     return tuple(tuple(data[y * w:(y + 1) * w]) for y in range(h))
 
 
 GRAPHIC_MAX_SIDE = 1024
-"""Pixels kept of a picture for kitty or sixel: more than a terminal pane shows, and a
-camera photo scaled once here is not scaled again on every repaint."""
+"""Pixels kept of a picture: more than a terminal pane shows, and a camera photo
+scaled once here is not scaled again on every repaint."""
 
 
 @lru_cache(maxsize=8)

@@ -80,6 +80,8 @@ class CheckpointSaved(Event):
     path: str
     reason: str = "interval"  # interval | request | stop | final
     time: float = field(default_factory=_now)
+    removed: tuple[str, ...] = ()
+    """Older checkpoints deleted right after this one, to keep save.keep of them."""
 
 
 @dataclass(frozen=True)

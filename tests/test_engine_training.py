@@ -176,9 +176,12 @@ def test_second_run_reuses_the_latent_cache(sample_project: Path) -> None:
 
 def test_checkpoints_are_pruned_and_resume_refuses_a_changed_rank(sample_project: Path, capsys) -> None:
     _set(sample_project, "save.every_n_steps=1", "save.keep=2", "sample.every_n_steps=0")
-    _events(sample_project, max_steps=4)
+    seen = _events(sample_project, max_steps=4)
     names = sorted(p.name for p in ProjectPaths(sample_project).checkpoints.iterdir())
     assert names == ["step-000003", "step-000004"]
+    # Each save says what it pruned, so a front end never lists a checkpoint that is gone.
+    removed = [Path(p).name for e in seen if isinstance(e, CheckpointSaved) for p in e.removed]
+    assert removed == ["step-000001", "step-000002"]
     _set(sample_project, "lora.rank=4", "sample.steps=3")
     code = main(["train", str(sample_project), "--headless", "--resume", "--max-steps", "6"])
     err = capsys.readouterr().err

@@ -316,9 +316,10 @@ class Trainer:
                              "error")
                 return None
             raise CheckpointWriteError(message + ", then resume with --resume.") from None
-        ckpt.prune_checkpoints(self.paths.checkpoints, self.cfg.save.keep)
+        removed = ckpt.prune_checkpoints(self.paths.checkpoints, self.cfg.save.keep)
         self._last_checkpoint_step = self.step
-        self.emit(CheckpointSaved(step=self.step, path=str(path), reason=reason))
+        self.emit(CheckpointSaved(step=self.step, path=str(path), reason=reason,
+                                  removed=tuple(str(p) for p in removed)))
         return path
 
     def load_checkpoint(self, path: Path) -> None:

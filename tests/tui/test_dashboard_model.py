@@ -10,7 +10,7 @@ import time
 from PIL import Image
 from rich.console import Console
 
-from loratui.events import CheckpointSaved, Finished, Paused, Started, StepDone
+from loratui.events import CheckpointSaved, Finished, Paused, Started, StepDone, event_from_dict
 from loratui.project import create_project
 from loratui.tui.widgets.image_view import HalfBlockImage, _pixel_rows
 from loratui.tui.widgets.loss_history import EMA_BETA, LossHistory, read_metrics
@@ -83,6 +83,17 @@ def test_progress_ticks_stay_out_of_the_log():
     state.apply(Status(text="latents: 16 encoded", progress=1.0))
     assert list(state.log) == ["latents: 16 encoded"]
     assert state.status.text == "latents: 16 encoded"
+
+
+def test_pruned_checkpoints_leave_the_list():
+    state = RunState()
+    for n in (10, 20):
+        state.apply(CheckpointSaved(step=n, path=f"/p/checkpoints/step-{n:06d}"))
+    state.apply(CheckpointSaved(step=30, path="/p/checkpoints/step-000030", removed=("/p/checkpoints/step-000010",)))
+    assert [c.step for c in state.checkpoints] == [20, 30]
+    event = CheckpointSaved(step=40, path="/p/checkpoints/step-000040", removed=("/p/checkpoints/step-000020",))
+    state.apply(event_from_dict(json.loads(event.to_json())))  # as it arrives from the training process
+    assert [c.step for c in state.checkpoints] == [30, 40]
 
 
 def test_started_from_a_checkpoint_drops_the_steps_after_it():

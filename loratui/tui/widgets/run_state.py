@@ -110,7 +110,10 @@ class RunState:
             self.phase = "training"
 
     def _on_checkpoint(self, event: CheckpointSaved) -> None:
-        self.checkpoints = [c for c in self.checkpoints if c.step != event.step] + [event]
+        # The list shows what can be resumed from: checkpoints pruned by save.keep leave it.
+        gone = {Path(p).name for p in event.removed}
+        self.checkpoints = [c for c in self.checkpoints
+                            if c.step != event.step and Path(c.path).name not in gone] + [event]
         self._log(f"checkpoint saved at step {event.step} ({event.reason}): "
                   f"{display_path(event.path, self.root)}")
 

@@ -21,7 +21,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Header, ProgressBar, RichLog, Sparkline
+from textual.widgets import Footer, Header, ProgressBar, Sparkline
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from loratui.commands import Command, CommandChannel
@@ -37,6 +37,7 @@ from loratui.tui.modals import (
 )
 from loratui.tui.widgets.checkpoint_list import CheckpointList
 from loratui.tui.widgets.finished_panel import FinishedPanel
+from loratui.tui.widgets.log_view import FollowingLog
 from loratui.tui.widgets.loss_plot import LossPlot
 from loratui.tui.widgets.project_runs import ProjectRuns, read_project_runs
 from loratui.tui.widgets.run_state import RunState, display_path
@@ -128,7 +129,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
                 with Vertical(id="checkpoint-pane", classes="pane"):
                     yield CheckpointList(id="checkpoints")
                 with Vertical(id="events-pane", classes="pane"):
-                    yield RichLog(id="events", markup=False, highlight=False, wrap=True, max_lines=500, min_width=20)
+                    yield FollowingLog(id="events", markup=False, highlight=False, wrap=True, max_lines=500, min_width=20)
             with Vertical(id="dash-right"):
                 yield FinishedPanel(id="finished")
                 with Vertical(id="loss-pane", classes="pane"):
@@ -224,7 +225,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         elif self.state.log:
             line = self.state.log[-1]
             self._set_status(line)
-            self.query_one("#events", RichLog).write(line)
+            self.query_one("#events", FollowingLog).write(line)
             if self._log_screen is not None:
                 self._log_screen.add_status(line)
         if isinstance(event, Failed) and not self._aborting:

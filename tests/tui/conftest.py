@@ -86,6 +86,10 @@ async def settle(pilot, screen) -> None:
     # Layout may settle a frame later (a scrollbar appearing changes widths): draw once more.
     screen._draw()
     await pilot.pause()
+    # The events log scrolls to its newest line after a refresh; under load that can lag a frame.
+    log = screen.query("#events")
+    if log and log.first().size.height:
+        await wait_until(pilot, lambda: log.first().scroll_y >= log.first().max_scroll_y)
 
 
 def text_of(widget) -> str:

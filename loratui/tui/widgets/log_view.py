@@ -4,13 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from textual.events import Resize
 from textual.widgets import RichLog
 
 TAIL_BYTES = 64 * 1024
 """How much of an existing log to show on open: the recent past, not a long run's megabytes."""
 
 
-class LogView(RichLog):
+class FollowingLog(RichLog):
+    """A RichLog that stays on its newest line when its size changes.
+
+    RichLog scrolls to the end when a line is written, against the size it has
+    then. Lines written before the first layout, or a pane that grows or
+    shrinks later (panes stacking, the finished panel appearing), left the
+    newest lines below the fold.
+    """
+
+    def on_resize(self, event: Resize) -> None:
+        # Textual runs RichLog's own on_resize as well (it writes the lines held back until now).
+        if self.auto_scroll:
+            self.call_after_refresh(self.scroll_end, animate=False)
+
+
+class LogView(FollowingLog):
     """A RichLog that follows a growing file by polling its size (works on every filesystem)."""
 
     DEFAULT_CSS = """

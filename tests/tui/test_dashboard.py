@@ -339,15 +339,14 @@ async def test_brackets_step_through_earlier_samples(make_app):
             return [card.sample.step for card in screen.query(SampleCard)]
 
         assert shown() == [15] and pane.border_title == "Samples · step 15 · [ older"
+        # The gallery swaps its cards by removing and mounting widgets, which can take a few frames.
         await pilot.press("left_square_bracket")
-        await pilot.pause()
-        assert shown() == [10] and "(2 of 3)" in pane.border_title
+        await wait_until(pilot, lambda: shown() == [10])
+        assert "(2 of 3)" in pane.border_title
         await pilot.press("left_square_bracket", "left_square_bracket")  # stops at the oldest
-        await pilot.pause()
-        assert shown() == [5]
+        await wait_until(pilot, lambda: shown() == [5])
         await pilot.press("right_square_bracket", "right_square_bracket")
-        await pilot.pause()
-        assert shown() == [15]
+        await wait_until(pilot, lambda: shown() == [15])
         await pilot.press("f1")
         described = {row.description: row.keys for row in app.screen.rows}
         assert described["Older samples"] == "[" and described["Newer samples"] == "]"

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from loratui.errors import UserError
+
 EXIT_USER_ERROR = 2
 
 COMMANDS = ("new", "open", "train", "sample", "export", "check", "inspect", "convert", "bench")
@@ -110,25 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
 
 
-# Exceptions that carry a message for the user, by the module that defines them. An exception can
-# only have been raised if its module is loaded, so only loaded modules are looked at (no imports).
-_USER_ERRORS = {
-    "loratui.config": ("ConfigError",),
-    "loratui.project": ("ProjectLocked",),
-    "loratui.models.probe": ("ModelLoadError",),
-    "loratui.engine.trainer": ("ResumeRefused", "NonFiniteLoss", "OutOfMemory", "CheckpointWriteError"),
-    "loratui.engine.session": ("DatasetEmpty",),
-    "loratui.lora.fileformat": ("LoRAFileError",),
-}
-
-
 def _user_error(exc: BaseException) -> str | None:
-    user_types: tuple[type, ...] = (FileNotFoundError,)
-    for module_name, names in _USER_ERRORS.items():
-        module = sys.modules.get(module_name)
-        if module is not None:
-            user_types += tuple(getattr(module, n) for n in names)
-    return str(exc) if isinstance(exc, user_types) else None
+    """The message of a mistake the user can fix; None for a bug, which keeps its traceback."""
+    return str(exc) if isinstance(exc, (UserError, FileNotFoundError)) else None
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from loratui import CONFIG_VERSION
+from loratui.errors import UserError
 
 CONFIG_NAME = "loratui.toml"
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A config the user must fix; the message names the file, field and what to do."""
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from loratui.commands import Command, CommandChannel
 from loratui.events import CheckpointSaved, Event, Failed, Finished, Paused, Resumed, SampleReady, Started, \
     Status, StepDone
+from loratui.loss_smoothing import LossSmoother
 
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
@@ -34,7 +35,7 @@ class HeadlessConsole:
             TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(bar_width=12), TextColumn("eta"),
             TimeRemainingColumn(compact=True), TextColumn("{task.fields[stats]}"), console=console, transient=False)
         self.task: int | None = None
-        self.smoothed: float | None = None
+        self.smoother = LossSmoother()
         self.finished: Finished | None = None
         # Piped to a file (nohup, CI logs) a live bar prints nothing useful; print a line now and then.
         self.live = console.is_terminal
@@ -50,8 +51,8 @@ class HeadlessConsole:
                 self.task = self.progress.add_task("train", total=event.total_steps, completed=event.start_step,
                                                    stats="")
         elif isinstance(event, StepDone):
-            self.smoothed = event.loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * event.loss
-            stats = (f"loss {event.loss:.4f} avg {self.smoothed:.4f} lr {event.lr:.1e} "
+            smoothed = self.smoother.update(event.loss)
+            stats = (f"loss {event.loss:.4f} smoothed {smoothed:.4f} lr {event.lr:.1e} "
                      f"{1 / event.step_time_s if event.step_time_s else 0:.1f}it/s ep {event.epoch}")
             if event.skipped_steps:
                 stats += f"  skipped {event.skipped_steps}"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loratui.config import CONFIG_NAME, ConfigError, ProjectConfig, load_config, save_config
+from loratui.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def create_project(root: Path, *, name: str | None = None, cfg: ProjectConfig | 
     return cfg
 
 
-class ProjectLocked(Exception):
+class ProjectLocked(UserError):
     pass
 
 

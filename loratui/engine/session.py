@@ -20,6 +20,7 @@ from loratui.engine.dataset import Batch, PreparedDataset, prepare_dataset
 from loratui.engine.grad_checkpoint import enable_unet_checkpointing
 from loratui.engine.latent_cache import CachedText, LatentCache, TextCache
 from loratui.engine.step import Conditioning, to_device
+from loratui.errors import UserError
 from loratui.lora.inject import inject_lora
 from loratui.lora.layer import LoRANetwork
 from loratui.models.loader import LoadedModel, load_model
@@ -31,7 +32,7 @@ log = logging.getLogger("loratui")
 StatusFn = Callable[..., None]
 
 
-class DatasetEmpty(Exception):
+class DatasetEmpty(UserError):
     pass
 
 

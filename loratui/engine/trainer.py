@@ -27,6 +27,7 @@ from loratui.engine.compat import config_digest, describe_differences
 from loratui.engine.memory import memory_snapshot
 from loratui.engine.session import TrainingSession, build_session
 from loratui.engine.step import diffusion_loss, step_generator, to_device
+from loratui.errors import UserError
 from loratui.events import CheckpointSaved, EventSink, Finished, Paused, Resumed, SampleReady, Started, \
     Status, StepDone
 from loratui.project import ProjectPaths
@@ -55,7 +56,7 @@ class StopTraining(Exception):
     """Raised inside the loop when the user aborts without saving."""
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(UserError, RuntimeError):
     pass
 
 
@@ -393,13 +394,13 @@ class Trainer:
         self.emit(Status(text=text, level=level, progress=progress))
 
 
-class ResumeRefused(Exception):
+class ResumeRefused(UserError):
     pass
 
 
-class OutOfMemory(Exception):
+class OutOfMemory(UserError):
     pass
 
 
-class CheckpointWriteError(Exception):
+class CheckpointWriteError(UserError):
     pass

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from loratui.errors import UserError
 from loratui.lora.layer import LoRANetwork
 from loratui.lora.naming import (
     DIFFUSERS_PREFIX,
@@ -266,7 +267,7 @@ _DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 
 
-class LoRAFileError(ValueError):
+class LoRAFileError(UserError, ValueError):
     """A LoRA file that cannot be read; the message names the file and what to do."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loratui.errors import UserError
 from loratui.models import builtin
 from loratui.models.family import (
     FAMILY_NAMES,
@@ -35,7 +36,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(UserError):
     """A base model cannot be used; the message says which and what to do."""
 
 

@@ -13,7 +13,8 @@ from rich.console import Console
 from loratui.events import CheckpointSaved, Finished, Paused, Started, StepDone, event_from_dict
 from loratui.project import create_project
 from loratui.tui.widgets.image_view import HalfBlockImage, _pixel_rows
-from loratui.tui.widgets.loss_history import EMA_BETA, LossHistory, read_metrics
+from loratui.loss_smoothing import EMA_BETA
+from loratui.tui.widgets.loss_history import LossHistory, read_metrics
 from loratui.tui.widgets.loss_plot import plot_text
 from loratui.tui.widgets.project_runs import read_project_runs
 from loratui.tui.widgets.run_state import RunState, format_duration

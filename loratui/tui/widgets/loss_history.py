@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loratui.events import StepDone, event_from_dict
-
-EMA_BETA = 0.98
-"""Weight of the past in the smoothed loss; diffusion loss is noisy, so smooth hard."""
+from loratui.loss_smoothing import LossSmoother
 
 
 @dataclass
@@ -24,9 +22,8 @@ class LossHistory:
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     ema: list[float] = field(default_factory=list)
-    """Bias-corrected EMA after each step; non-finite losses leave it unchanged."""
-    _raw_ema: float = 0.0
-    _finite_count: int = 0
+    """The smoothed loss (loratui.loss_smoothing) after each step."""
+    _smoother: LossSmoother = field(default_factory=LossSmoother)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -37,15 +34,7 @@ class LossHistory:
             self.truncate_after(step - 1)
         self.steps.append(step)
         self.losses.append(loss)
-        if math.isfinite(loss):
-            self._raw_ema = EMA_BETA * self._raw_ema + (1 - EMA_BETA) * loss
-            self._finite_count += 1
-        self.ema.append(self._smoothed())
-
-    def _smoothed(self) -> float:
-        if not self._finite_count:
-            return math.nan
-        return self._raw_ema / (1 - EMA_BETA ** self._finite_count)
+        self.ema.append(self._smoother.update(loss))
 
     def truncate_after(self, step: int) -> None:
         """Forget every point after ``step`` (the EMA is recomputed from what stays)."""
@@ -54,7 +43,7 @@ class LossHistory:
             return
         steps, losses = self.steps[:keep], self.losses[:keep]
         self.steps, self.losses, self.ema = [], [], []
-        self._raw_ema, self._finite_count = 0.0, 0
+        self._smoother = LossSmoother()
         for s, v in zip(steps, losses):
             self.add(s, v)
 

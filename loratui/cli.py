@@ -64,11 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scale", type=float, default=1.0, help="with --merge: LoRA strength merged in (0 = base model)")
     s.add_argument("--lora", type=Path, help="with --merge: merge this LoRA file instead of the newest checkpoint")
 
-    s = sub.add_parser("check", help="scan the project's images and print every problem")
+    s = sub.add_parser("check", help="scan the project's images and print every problem "
+                                     "(one line per problem when piped)")
     s.add_argument("dir", type=Path)
+    s.add_argument("--json", action="store_true", help="print the summary and one object per file as JSON")
 
     s = sub.add_parser("inspect", help="describe a LoRA file: family, rank, alpha, modules, metadata")
     s.add_argument("file", type=Path)
+    s.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
     s = sub.add_parser("convert", help="convert a LoRA file between kohya and diffusers formats")
     s.add_argument("src", type=Path)

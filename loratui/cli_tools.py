@@ -13,18 +13,40 @@ from loratui.project import ProjectPaths
 console = Console()
 
 
+def print_lines(lines: list[str]) -> None:
+    """Plain lines for a pipe, a file or a CI log: no markup, no wrapping, no cut names."""
+    for line in lines:
+        print(line)
+
+
+def print_json(data: object) -> None:
+    """One JSON document on one line, so both ``json.load`` and line-based tools read it."""
+    import json
+
+    print(json.dumps(data, ensure_ascii=True, default=str))
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    from loratui.data.report import render_report
+    from loratui.data.report import problem_lines, render_report, report_json
     from loratui.data.scan import scan_images
 
-    cfg = load_config(args.dir)
-    images = ProjectPaths(Path(args.dir)).images(cfg)
+    project = Path(args.dir)
+    cfg = load_config(project)
+    images = ProjectPaths(project).images(cfg)
     report = scan_images(images, resolution=cfg.data.resolution, caption_extension=cfg.data.caption_extension,
                          bucket_step=cfg.data.bucket_step, trigger_word=cfg.data.trigger_word)
-    console.print(render_report(report))
-    if report.usable:
-        console.print(f"steps per epoch at batch size {cfg.train.batch_size}: "
-                      f"{report.steps_per_epoch(cfg.train.batch_size)}")
+    batch = cfg.train.batch_size
+    if args.json:
+        print_json(report_json(report, project, batch_size=batch))
+    elif not console.is_terminal:
+        lines = problem_lines(report, project)
+        if report.usable:
+            lines.insert(-1, f"steps per epoch at batch size {batch}: {report.steps_per_epoch(batch)}")
+        print_lines(lines)
+    else:
+        console.print(render_report(report))
+        if report.usable:
+            console.print(f"steps per epoch at batch size {batch}: {report.steps_per_epoch(batch)}")
     return report.exit_code
 
 
@@ -130,9 +152,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from loratui.lora.inspect import inspect_lora_file, render_inspection
+    from loratui.lora.inspect import inspect_lora_file, inspection_lines, render_inspection
 
-    console.print(render_inspection(inspect_lora_file(args.file)))
+    summary = inspect_lora_file(args.file)
+    if args.json:
+        print_json(summary)
+    elif not console.is_terminal:
+        print_lines(inspection_lines(summary))
+    else:
+        console.print(render_inspection(summary))
     return 0
 
 
@@ -145,14 +173,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from loratui.engine.estimate import estimate_run, render_estimate
+    from loratui.engine.estimate import estimate_rows, estimate_run, render_estimate
 
-    est = estimate_run(Path(args.dir), load_config(args.dir), measure=True, steps=args.steps)
+    est = estimate_run(Path(args.dir), load_config(args.dir), steps=args.steps)
     if args.json:
         import dataclasses
         import json
 
         print(json.dumps(dataclasses.asdict(est)))
+    elif not console.is_terminal:
+        print_lines([f"{label}: {value}" for label, value in estimate_rows(est)])
     else:
         console.print(render_estimate(est))
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from loratui.data.report import display_name, render_report, report_lines
+from loratui.data.report import display_name, problem_lines, render_report
 from loratui.data.scan import ScanReport, scan_images
 
 _spec = importlib.util.spec_from_file_location(
@@ -85,8 +85,8 @@ def test_every_corpus_file_is_handled_as_expected(corpus) -> None:
     if AS_ROOT:
         print("  note: running as root, so chmod 000 cannot make unreadable.jpg unreadable; "
               "the permission-denied path was not exercised here")
-    print("\nReport as `loratui check` prints it:")
-    print("\n".join(report_lines(report)))
+    print("\nReport as `loratui check` prints it to a pipe:")
+    print("\n".join(problem_lines(report)))
     assert not failures, "\n".join(failures)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from loratui.data.report import report_lines, summary_line
+from loratui.data.report import problem_lines, summary_line
 from loratui.data.scan import repeats_for, scan_images
 
 
@@ -60,7 +60,7 @@ def test_missing_and_empty_folders_are_errors_not_exceptions(tmp_path: Path) -> 
     assert empty.error and "no images found" in empty.error and empty.exit_code == 2
     file_instead = _img(tmp_path / "one.png")
     assert "not a folder" in (scan_images(file_instead, resolution=512).error or "")
-    assert report_lines(missing)[-1].startswith("Error: images folder")
+    assert problem_lines(missing)[-1].startswith("error: images folder")
 
 
 def test_nothing_usable_exits_two_some_skipped_exits_one(tmp_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_nothing_usable_exits_two_some_skipped_exits_one(tmp_path: Path) -> None
     _img(images / "good.png")
     report = scan_images(images, resolution=512)
     assert report.exit_code == 1
-    assert report_lines(report)[-1] == "Trainable: the skipped images are left out."
+    assert problem_lines(report)[-1] == "verdict: Trainable: the skipped images are left out."
 
 
 def test_caption_messages_depend_on_the_trigger_word(tmp_path: Path) -> None:
@@ -141,16 +141,16 @@ def test_progress_and_hashes(tmp_path: Path) -> None:
     assert first.fingerprint.startswith(f"{first.path.stat().st_size}-")
 
 
-def test_report_lines_list_problems_and_histogram(tmp_path: Path) -> None:
+def test_problem_lines_name_each_file_from_the_project(tmp_path: Path) -> None:
     images = tmp_path / "images"
     _img(images / "3_x" / "big.png", (1024, 1024))
     _img(images / "small.png", (40, 40))
-    lines = report_lines(scan_images(images, resolution=512))
-    text = "\n".join(lines)
+    lines = problem_lines(scan_images(images, resolution=512), tmp_path)
+    assert lines[0] == "dataset: images at 512 px"
     assert "2 images, 2 usable, 0 skipped, 4 images/epoch" in lines[1]
-    assert "  small.png [ok] 40×40 → 512×512" in lines
-    assert "too small: 40×40 is far below the 512 px resolution" in text
-    assert any(line.strip().startswith("512×512") and line.rstrip().endswith("█" * 30) for line in lines)
+    small = [line for line in lines if line.startswith("images/small.png: ok: ")]
+    assert any("too small: 40×40 is far below the 512 px resolution" in line for line in small)
+    assert "bucket: 512×512 (1:1) 4 images/epoch" in lines
 
 
 def test_summary_line_method_for_logs(tmp_path: Path) -> None:

@@ -115,8 +115,7 @@ def test_training_lowers_a_fixed_evaluation_loss(sample_project: Path) -> None:
     trainer.setup()
     try:
         before = fixed_eval_loss(trainer.session)
-        for _ in range(60):
-            trainer._optimizer_step()
+        trainer.run_steps(60)
         after = fixed_eval_loss(trainer.session)
     finally:
         trainer.cleanup()

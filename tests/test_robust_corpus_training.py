@@ -43,8 +43,7 @@ def test_training_uses_exactly_what_the_scan_reported_and_never_stops(tmp_path: 
     trainer.setup()
     try:
         trained = sorted(item.rel for item in trainer.session.dataset.items)
-        for _ in range(2):
-            trainer._optimizer_step()
+        trainer.run_steps(2)
     finally:
         trainer.cleanup()
     assert trained == sorted(r.rel for r in report.usable)

@@ -1,9 +1,12 @@
 """The dataset report: what the wizard's Images step shows and what
-``loratui check DIR`` prints, as a rich renderable and as plain lines."""
+``loratui check DIR`` prints: a rich renderable for a terminal, one line per
+problem for pipes and logs, and JSON for scripts."""
 
 from __future__ import annotations
 
 from math import gcd
+from pathlib import Path
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -68,37 +71,6 @@ def _verdict(report: ScanReport) -> str:
     if code == 1:
         return "Trainable: the skipped images are left out."
     return "Nothing here can be trained."
-
-
-def report_lines(report: ScanReport) -> list[str]:
-    """The report as plain text lines, for logs, tests and non-terminal output."""
-    lines = [f"Dataset {report.images_dir} at {report.resolution} px"]
-    if report.error:
-        lines.append(f"Error: {report.error}")
-        return lines
-    lines.append(summary_line(report))
-    problem_records = [r for r in report.records if r.problems or r.info]
-    if problem_records:
-        lines.append("Problems:")
-        for r in problem_records:
-            head = f"  {display_name(r.rel)} [{r.status}] {_size(r)}"
-            if r.bucket:
-                head += f" → {_bucket(r)}"
-            lines.append(head)
-            lines.extend(f"    - {display_name(p)}" for p in r.problems)
-            lines.extend(f"    · {display_name(i)}" for i in r.info)
-    if report.notices:
-        lines.append("Notices:")
-        lines.extend(f"  - {display_name(n)}" for n in report.notices)
-    histogram = report.bucket_histogram
-    if histogram:
-        lines.append("Buckets (images per epoch, repeats included):")
-        peak = max(histogram.values())
-        for bucket, count in histogram.items():
-            bar = "█" * max(1, round(count / peak * _BAR_WIDTH))
-            lines.append(f"  {_bucket_label(bucket):>9} {_aspect(bucket):>5} {count:>5} {bar}")
-    lines.append(_verdict(report))
-    return lines
 
 
 def _bucket_label(bucket: tuple[int, int]) -> str:
@@ -172,3 +144,68 @@ def _histogram_table(report: ScanReport) -> Table | None:
         bar = "█" * max(1, round(count / peak * _BAR_WIDTH))
         table.add_row(_bucket_label(bucket), _aspect(bucket), str(count), Text(bar, style="cyan"))
     return table
+
+
+def _project_path(report: ScanReport, rel: str, project_dir: Path | None) -> str:
+    """A file's path as the user would type it from the project folder (absolute when outside it).
+
+    Only the folders are resolved: a file may be a broken or looping link, reported as such."""
+    folder = report.images_dir
+    if project_dir is not None:
+        try:
+            folder = report.images_dir.resolve().relative_to(project_dir.resolve())
+        except (ValueError, OSError, RuntimeError):
+            pass
+    return (folder / rel).as_posix() if rel else folder.as_posix()
+
+
+def problem_lines(report: ScanReport, project_dir: Path | None = None) -> list[str]:
+    """The report for pipes, files and CI logs: one ``PATH: STATUS: PROBLEM`` line per problem, with
+    the whole path relative to the project, so ``grep NAME`` finds every line about a file."""
+    if report.error:
+        return [f"error: {report.error}"]
+    lines = [f"dataset: {_project_path(report, '', project_dir).rstrip('/.') or '.'} at {report.resolution} px",
+             f"summary: {summary_line(report)}"]
+    for r in report.records:
+        name = display_name(_project_path(report, r.rel, project_dir))
+        lines.extend(f"{name}: {r.status}: {display_name(p)}" for p in r.problems)
+        lines.extend(f"{name}: {r.status}: note: {display_name(i)}" for i in r.info)
+    lines.extend(f"notice: {display_name(n)}" for n in report.notices)
+    for bucket, count in report.bucket_histogram.items():
+        lines.append(f"bucket: {_bucket_label(bucket)} ({_aspect(bucket)}) {count} images/epoch")
+    lines.append(f"verdict: {_verdict(report)}")
+    return lines
+
+
+def report_json(report: ScanReport, project_dir: Path | None = None, *, batch_size: int = 1) -> dict[str, Any]:
+    """The report for scripts: the summary and one object per file."""
+    files = [{
+        "path": _project_path(report, r.rel, project_dir),
+        "status": r.status,
+        "width": r.width,
+        "height": r.height,
+        "mode": r.mode,
+        "bucket": list(r.bucket) if r.bucket else None,
+        "repeats": r.repeats,
+        "caption": r.caption_path is not None,
+        "problems": list(r.problems),
+        "notes": list(r.info),
+    } for r in report.records]
+    summary: dict[str, Any] = {
+        "images_dir": _project_path(report, "", project_dir).rstrip("/.") or ".",
+        "resolution": report.resolution,
+        "error": report.error,
+        "images": len(report.records),
+        "usable": len(report.usable),
+        "converted": sum(1 for r in report.usable if r.status == "converted"),
+        "skipped": len(report.skipped),
+        "missing_captions": len(report.missing_captions),
+        "images_per_epoch": report.images_per_epoch,
+        "batch_size": batch_size,
+        "steps_per_epoch": report.steps_per_epoch(batch_size) if report.usable else 0,
+        "buckets": [{"bucket": list(b), "images": n} for b, n in report.bucket_histogram.items()],
+        "notices": list(report.notices),
+        "exit_code": report.exit_code,
+        "verdict": _verdict(report),
+    }
+    return {"summary": summary, "files": files}

@@ -89,9 +89,18 @@ def _epoch_batches(plan: BatchPlan, epoch: int) -> tuple[tuple[Entry, ...], ...]
     return tuple(batches)
 
 
-def total_optimizer_steps(plan: BatchPlan, *, epochs: int, max_steps: int, grad_accum: int,
-                          num_processes: int = 1) -> int:
+def planned_optimizer_steps(batches_per_epoch: int, *, epochs: int, max_steps: int, grad_accum: int,
+                            num_processes: int = 1) -> int:
+    """Optimizer steps of a whole run: max_steps, or with epochs the micro-batches of every epoch
+    together divided by the micro-batches one optimizer step takes. The wizard and the engine both
+    count with this, so the Review's number is the run's."""
     if epochs > 0:
-        micro = epochs * plan.batches_per_epoch
+        micro = epochs * batches_per_epoch
         return max(1, math.ceil(micro / (grad_accum * num_processes)))
     return max_steps
+
+
+def total_optimizer_steps(plan: BatchPlan, *, epochs: int, max_steps: int, grad_accum: int,
+                          num_processes: int = 1) -> int:
+    return planned_optimizer_steps(plan.batches_per_epoch, epochs=epochs, max_steps=max_steps,
+                                   grad_accum=grad_accum, num_processes=num_processes)

@@ -70,9 +70,9 @@ def _count_text_encoders(folder: Path, family: str, cfg: ProjectConfig) -> int:
     return total
 
 
-def estimate_run(project_dir: Path, cfg: ProjectConfig, *, measure: bool, steps: int = 4) -> RunEstimate:
-    """With ``measure``, time a few real steps of this project on this machine (loads the model and
-    fills the latent cache, which the real run then reuses); otherwise only count steps."""
+def estimate_run(project_dir: Path, cfg: ProjectConfig, *, steps: int = 4) -> RunEstimate:
+    """Time a few real steps of this project on this machine (loads the model and fills the latent
+    cache, which the real run then reuses)."""
     from loratui.engine.trainer import Trainer
     from loratui.events import Event
 
@@ -85,8 +85,6 @@ def estimate_run(project_dir: Path, cfg: ProjectConfig, *, measure: bool, steps:
         s = trainer.session
         assert s is not None
         total = trainer.total_steps
-        if not measure:
-            return RunEstimate(total, None, None, False, "not measured", device=str(s.accelerator.device))
         import torch
 
         device = s.accelerator.device
@@ -95,7 +93,7 @@ def estimate_run(project_dir: Path, cfg: ProjectConfig, *, measure: bool, steps:
         times = []
         for _ in range(max(2, steps)):
             t0 = time.perf_counter()
-            trainer._optimizer_step()
+            trainer.run_steps(1)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)
@@ -119,17 +117,22 @@ def format_duration(seconds: float) -> str:
     return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s"
 
 
+def estimate_rows(est: RunEstimate) -> list[tuple[str, str]]:
+    rows = [("device", est.device), ("total steps", str(est.total_steps))]
+    if est.seconds_per_step is not None:
+        rows.append(("s/step", f"{est.seconds_per_step:.3f}"))
+        rows.append(("samples/s", f"{est.samples_per_s:.2f}"))
+        rows.append(("projected run", format_duration(est.total_seconds or 0)))
+    if est.peak_memory_mb is not None:
+        rows.append(("peak memory", f"{est.peak_memory_mb:,.0f} MiB"))
+    rows.append(("note", est.note))
+    return rows
+
+
 def render_estimate(est: RunEstimate):
     from rich.table import Table
 
     table = Table(title="loratui bench", show_header=False)
-    table.add_row("device", est.device)
-    table.add_row("total steps", str(est.total_steps))
-    if est.seconds_per_step is not None:
-        table.add_row("s/step", f"{est.seconds_per_step:.3f}")
-        table.add_row("samples/s", f"{est.samples_per_s:.2f}")
-        table.add_row("projected run", format_duration(est.total_seconds or 0))
-    if est.peak_memory_mb is not None:
-        table.add_row("peak memory", f"{est.peak_memory_mb:,.0f} MiB")
-    table.add_row("note", est.note)
+    for label, value in estimate_rows(est):
+        table.add_row(label, value)
     return table

@@ -131,6 +131,13 @@ class Trainer:
         self.emit(Finished(step=self.step, lora_path=str(lora_path), stopped_early=stopped_early))
         return lora_path
 
+    def run_steps(self, count: int) -> None:
+        """``count`` optimizer steps outside :meth:`train`, for measurements and tests: no commands,
+        checkpoints or samples, and every step reported before it returns."""
+        for _ in range(count):
+            self._optimizer_step()
+        self._flush()
+
     def _guarded(self, step: Callable[[], None]) -> None:
         """Run a step (or report a deferred one); on a fault the last good state is saved first."""
         s = self._session()

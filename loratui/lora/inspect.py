@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -54,6 +53,42 @@ def _counts(counter: dict[Any, int]) -> str:
     return ", ".join(f"{value:g} ×{n}" for value, n in counter.items())
 
 
+def inspection_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) rows of :func:`inspect_lora_file`'s summary, metadata last."""
+    per = summary["modules_per_component"]
+    rows = [
+        ("format", summary["format"]),
+        ("model family", _FAMILY_LABELS.get(summary["family"], str(summary["family"]))),
+        ("modules", f"{summary['modules']} (" + ", ".join(f"{_COMPONENT_LABELS.get(c, c)} {n}"
+                                                          for c, n in per.items()) + ")"),
+        ("text encoder", "trained" if summary["text_encoder"] else "not trained"),
+        ("rank", _counts(summary["ranks"])),
+        ("alpha", _counts(summary["alphas"])),
+    ]
+    if summary["conv_modules"]:
+        rows.append(("3×3 conv modules", str(summary["conv_modules"])))
+    rows.append(("dtype", ", ".join(summary["dtypes"])))
+    rows.append(("size", f"{summary['size_bytes'] / 1e6:.1f} MB"))
+    match = summary["hash_matches_metadata"]
+    note = "" if match is None else " (matches metadata)" if match else " (differs from the hash in metadata)"
+    rows.append(("sshs_model_hash", summary["sshs_model_hash"] + note))
+    return rows
+
+
+def metadata_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The metadata worth a line of its own, then a count of the rest."""
+    meta = summary["metadata"]
+    rows = []
+    for key in _SHOWN_METADATA:
+        if key in meta:
+            value = meta[key]
+            rows.append((key, value if len(value) <= 200 else value[:200] + "…"))
+    hidden = len([k for k in meta if k not in _SHOWN_METADATA and not k.startswith("sshs_")])
+    if hidden:
+        rows.append(("", f"{hidden} more keys not shown"))
+    return rows
+
+
 def render_inspection(summary: dict[str, Any]) -> Any:
     """A rich renderable for :func:`inspect_lora_file`'s summary."""
     from rich.console import Group
@@ -62,34 +97,22 @@ def render_inspection(summary: dict[str, Any]) -> Any:
     table = Table(title=Path(summary["path"]).name, show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("format", summary["format"])
-    table.add_row("model family", _FAMILY_LABELS.get(summary["family"], str(summary["family"])))
-    per = summary["modules_per_component"]
-    table.add_row("modules", f"{summary['modules']} (" + ", ".join(f"{_COMPONENT_LABELS[c]} {n}" for c, n in per.items()) + ")")
-    table.add_row("text encoder", "trained" if summary["text_encoder"] else "not trained")
-    table.add_row("rank", _counts(summary["ranks"]))
-    table.add_row("alpha", _counts(summary["alphas"]))
-    if summary["conv_modules"]:
-        table.add_row("3×3 conv modules", str(summary["conv_modules"]))
-    table.add_row("dtype", ", ".join(summary["dtypes"]))
-    table.add_row("size", f"{summary['size_bytes'] / 1e6:.1f} MB")
-    match = summary["hash_matches_metadata"]
-    note = "" if match is None else " (matches metadata)" if match else " (differs from the hash in metadata)"
-    table.add_row("sshs_model_hash", summary["sshs_model_hash"] + note)
-
-    meta = summary["metadata"]
+    for label, value in inspection_rows(summary):
+        table.add_row(label, value)
+    if not summary["metadata"]:
+        return table
     shown = Table(title="metadata", show_header=False, box=None, pad_edge=False)
     shown.add_column(style="bold")
     shown.add_column(overflow="fold")
-    for key in _SHOWN_METADATA:
-        if key in meta:
-            value = meta[key]
-            shown.add_row(key, value if len(value) <= 200 else value[:200] + "…")
-    hidden = len([k for k in meta if k not in _SHOWN_METADATA and not k.startswith("sshs_")])
-    if hidden:
-        shown.add_row("", f"{hidden} more keys not shown")
-    return Group(table, shown) if meta else table
+    for label, value in metadata_rows(summary):
+        shown.add_row(label, value)
+    return Group(table, shown)
 
 
-def inspection_json(summary: dict[str, Any]) -> str:
-    return json.dumps(summary, indent=2, sort_keys=True, default=str)
+def inspection_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary as ``label: value`` lines, for pipes and logs: nothing wraps or is cut."""
+    lines = [f"file: {summary['path']}"]
+    lines += [f"{label}: {value}" for label, value in inspection_rows(summary)]
+    lines += [f"metadata {label}: {value}" if label else f"metadata: {value}"
+              for label, value in metadata_rows(summary)]
+    return lines

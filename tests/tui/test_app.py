@@ -266,10 +266,14 @@ def test_a_bad_theme_file_is_named(tmp_path):
     assert any("typo.toml" in p and "primray" in p for p in problems)
 
 
-@pytest.mark.skipif(not os.environ.get("TERM"), reason="only meaningful with a terminal type set")
-def test_term_does_not_matter_for_headless_runs():
-    # tmux sets TERM=screen-256color; the app must not depend on it to start.
-    assert LoratuiApp(warmup=None) is not None
+@pytest.mark.parametrize("term", ["screen-256color", "dumb", ""])
+async def test_the_start_screen_opens_whatever_the_terminal_type(term, monkeypatch):
+    # tmux sets TERM=screen-256color, some SSH clients dumb or nothing; the app must start under each.
+    monkeypatch.setenv("TERM", term)
+    app = start_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, StartScreen)
 
 
 def test_create_project_helper_is_idempotent(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from textual import on
@@ -44,17 +43,14 @@ LABELS = {
 
 
 def planned_steps(cfg: ProjectConfig, report: ScanReport | None) -> int | None:
-    """Optimizer steps of the whole run; None when it depends on a scan not done yet.
+    """Optimizer steps of the whole run; None when it depends on a scan not done yet."""
+    from loratui.engine.batches import planned_optimizer_steps  # pure Python: no torch behind it
 
-    The same rule as the engine's ``total_optimizer_steps``: batches never mix
-    buckets, and accumulation divides the batches of all epochs together.
-    """
     t = cfg.train
-    if t.epochs <= 0:
-        return t.max_steps
-    if report is None or not report.usable:
+    if t.epochs > 0 and (report is None or not report.usable):
         return None
-    return max(1, math.ceil(t.epochs * report.steps_per_epoch(t.batch_size) / t.grad_accum))
+    per_epoch = report.steps_per_epoch(t.batch_size) if report is not None and report.usable else 0
+    return planned_optimizer_steps(per_epoch, epochs=t.epochs, max_steps=t.max_steps, grad_accum=t.grad_accum)
 
 
 def length_text(cfg: ProjectConfig, report: ScanReport | None) -> str:

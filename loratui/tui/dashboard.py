@@ -225,7 +225,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         elif self.state.log:
             line = self.state.log[-1]
             self._set_status(line)
-            self.query_one("#events", FollowingLog).write(line)
+            self.query_one("#events", FollowingLog).write_line(line)
             if self._log_screen is not None:
                 self._log_screen.add_status(line)
         if isinstance(event, Failed) and not self._aborting:

@@ -202,6 +202,51 @@ async def test_model_step_shows_the_family_or_the_loaders_reason(project: Path, 
         assert app.screen.problems() == []
 
 
+async def test_the_resolution_follows_the_model_until_the_user_sets_one(project: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORATUI_CACHE_DIR", str(tmp_path / "cache"))
+    services = fake_services()
+    from loratui.tui.wizard.services import Services
+
+    real = Services()
+    services.probe, services.model_errors = real.probe, real.model_errors
+    assert on_disk(project)["data"]["resolution"] == 512  # the default, not chosen by anyone
+    app = host(project, services=services)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await goto(pilot, 3)
+        await settle(pilot)
+        # The tiny built-in was trained at 128 px: 512 would cost 16x the work for nothing.
+        assert (await saved(pilot, project))["data"]["resolution"] == 128
+        assert "training resolution set to 128 px" in text_of(app.screen, "#model-result")
+
+        await goto(pilot, 5)
+        assert app.screen.query_one("#data-resolution", ConfigField).value == 128
+        await type_into(pilot, "#data-resolution", "256")
+        assert (await saved(pilot, project))["data"]["resolution"] == 256
+        await goto(pilot, 3)
+        await pilot.click("#preset-tiny-sdxl")
+        await pilot.pause(0.5)
+        await settle(pilot)
+        # The user's own choice stands; the step says what the model would like.
+        assert (await saved(pilot, project))["data"]["resolution"] == 256
+        assert "trained at 128 px; training resolution is 256" in text_of(app.screen, "#model-result")
+
+
+async def test_a_batch_larger_than_the_dataset_is_explained(project: Path) -> None:
+    app = host(project)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await goto(pilot, 5)
+        images = len(app.screen.state.report.usable)
+        await type_into(pilot, "#train-batch-size", str(images + 4))
+        await pilot.pause()
+        assert f"batch size {images + 4} is more than the {images} images" in text_of(app.screen,
+                                                                                  "#training-length")
+        await type_into(pilot, "#train-batch-size", "1")
+        await pilot.pause()
+        assert "is more than" not in text_of(app.screen, "#training-length")
+
+
 async def test_lora_rank_is_validated_and_the_scale_follows(project: Path) -> None:
     app = host(project)
     async with app.run_test(size=(100, 30)) as pilot:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from textual.events import Resize
@@ -9,6 +10,50 @@ from textual.widgets import RichLog
 
 TAIL_BYTES = 64 * 1024
 """How much of an existing log to show on open: the recent past, not a long run's megabytes."""
+
+
+_WORDS = re.compile(r"\S+\s*")
+_PATH_PARTS = re.compile(r"[^/]*/|[^/]+")
+
+
+def _pieces(word: str, width: int) -> list[str]:
+    """A word too wide for a row, in pieces that each fit: after its ``/`` where it has them."""
+    pieces: list[str] = []
+    for part in _PATH_PARTS.findall(word):
+        pieces.extend(part[i:i + width] for i in range(0, len(part), width))
+    return pieces
+
+
+def wrap_at_separators(line: str, width: int, indent: str = "  ") -> list[str]:
+    """``line`` cut into rows of at most ``width`` cells, rows after the first indented.
+
+    Rows break at spaces; a word wider than a row (a long path) breaks after a ``/`` so it wraps
+    between folders (``…/output/`` then ``NAME.safetensors``), and only a name wider than a row is cut.
+    """
+    inner = width - len(indent)
+    if inner < 2 or len(line) <= width:
+        return [line]
+    rows: list[str] = []
+    current = ""
+    for word in _WORDS.findall(line):
+        limit = inner if rows else width
+        if len(current) + len(word.rstrip()) <= limit:
+            current += word
+            continue
+        if len(word.rstrip()) <= inner:  # fits on a row of its own
+            if current.strip():
+                rows.append(current.rstrip())
+            current = word
+            continue
+        for piece in _pieces(word.rstrip(), inner):  # wider than any row: fill this row, then go on
+            if len(current) + len(piece) > (inner if rows else width):
+                rows.append(current.rstrip())
+                current = ""
+            current += piece
+        current += " "
+    if current.strip():
+        rows.append(current.rstrip())
+    return [rows[0], *(indent + r for r in rows[1:])]
 
 
 class FollowingLog(RichLog):
@@ -24,6 +69,14 @@ class FollowingLog(RichLog):
         # Textual runs RichLog's own on_resize as well (it writes the lines held back until now).
         if self.auto_scroll:
             self.call_after_refresh(self.scroll_end, animate=False)
+
+    def write_line(self, line: str) -> None:
+        """Write one line, wrapped at spaces and path separators to the pane's width."""
+        width = self.scrollable_content_region.width
+        if width <= 0:  # not laid out yet: RichLog wraps it (at spaces) once it knows its size
+            self.write(line)
+            return
+        self.write("\n".join(wrap_at_separators(line, width)))
 
 
 class LogView(FollowingLog):

@@ -133,7 +133,8 @@ class RunState:
         self.status = event
         if event.progress is not None and event.progress < 1:
             return  # "encoding 3/16"-style ticks belong on the status line, not in the log
-        self._log(f"{event.level}: {event.text}" if event.level != "info" else event.text)
+        text = paths_relative_to(event.text, self.root)
+        self._log(f"{event.level}: {text}" if event.level != "info" else text)
 
     def _on_finished(self, event: Finished) -> None:
         self.finished = event
@@ -145,7 +146,7 @@ class RunState:
     def _on_failed(self, event: Failed) -> None:
         self.failed = event
         self.phase = "failed"
-        self._log(f"error: {event.message}")
+        self._log(f"error: {paths_relative_to(event.message, self.root)}")
 
     def _log(self, line: str) -> None:
         self.log.append(line)
@@ -190,6 +191,15 @@ def format_mb(mb: float | None) -> str:
     if mb is None:
         return "–"
     return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
+
+
+def paths_relative_to(text: str, root: Path | None) -> str:
+    """``text`` with the project folder's own path taken off every path inside it."""
+    if root is None:
+        return text
+    for prefix in {str(root), str(root.resolve())}:
+        text = text.replace(prefix.rstrip("/") + "/", "")
+    return text
 
 
 def display_path(path: str | Path, root: Path | None) -> str:

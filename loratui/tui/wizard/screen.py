@@ -21,7 +21,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Button, ContentSwitcher, Footer, Static
 
-from loratui.config import CONFIG_NAME, ConfigError, ProjectConfig, load_config
+from loratui.config import CONFIG_NAME, ConfigError, DataConfig, ProjectConfig, load_config
 from loratui.project import create_project
 from loratui.tui.wizard.base import ConfigEdited, WizardState, WizardStep
 from loratui.tui.wizard.fields import ConfigField
@@ -77,7 +77,9 @@ class WizardScreen(Screen[Path | None]):
         super().__init__(name=name, id=id, classes=classes)
         project_dir = Path(project_dir).expanduser().absolute()
         cfg, problem = load_or_create(project_dir)
-        self.state = WizardState(project_dir, cfg, services or Services(), load_problem=problem)
+        self.state = WizardState(project_dir, cfg, services or Services(), load_problem=problem,
+                                 # The default value in the file is taken as not chosen yet.
+                                 resolution_untouched=cfg.data.resolution == DataConfig().resolution)
         self.steps = [cls(self.state) for cls in STEPS]
         self._unsaved: set[str] = set()
         self._save_timer: Timer | None = None
@@ -174,6 +176,8 @@ class WizardScreen(Screen[Path | None]):
 
     def on_config_field_changed(self, event: ConfigField.Changed) -> None:
         self.state.set(event.field.path, event.value)
+        if event.field.path == "data.resolution" and event.value != self.state.proposed_resolution:
+            self.state.resolution_untouched = False
         self._changed(event.field.path)
 
     def on_config_field_error_changed(self, event: ConfigField.ErrorChanged) -> None:

@@ -12,7 +12,7 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import Button, Label, Static
 
-from loratui.tui.wizard.base import WizardStep, unlisted
+from loratui.tui.wizard.base import ConfigEdited, WizardStep, unlisted
 from loratui.tui.wizard.dir_picker import PathPicker
 from loratui.tui.wizard.fields import ConfigField
 
@@ -114,6 +114,7 @@ class ModelStep(WizardStep):
         self._probed_key = event.key
         self.state.model_info = event.info
         self.state.model_error = event.error
+        self._propose_resolution(getattr(event.info, "resolution", None))
         self._show()
         self.screen.refresh_step_bar()  # type: ignore[attr-defined]
 
@@ -139,11 +140,30 @@ class ModelStep(WizardStep):
                      (("family", model.family), ("prediction type", model.prediction_type)) if value != "auto"]
         if overrides:
             lines.append("detected values overridden below: " + ", ".join(overrides))
-        side = NATIVE_SIDE.get(info.family)
-        if side and side != self.state.cfg.data.resolution and info.source_kind != "builtin":
-            lines.append(f"{family} was trained at {side} px; training resolution is "
-                         f"{self.state.cfg.data.resolution} (step 5)")
+        side = getattr(info, "resolution", None) or NATIVE_SIDE.get(info.family)
+        chosen = self.state.cfg.data.resolution
+        if side and side == chosen and self.state.proposed_resolution == side:
+            lines.append(f"training resolution set to {side} px, the size this model was trained at "
+                         "(change it in step 5)")
+        elif side and side != chosen:
+            lines.append(f"this model was trained at {side} px; training resolution is {chosen} (step 5)")
         result.update("\n".join(lines))
+
+    def _propose_resolution(self, side: int | None) -> None:
+        """Train at the model's own size, unless the user already chose a resolution.
+
+        The default 512 px is 16x the work of the tiny built-ins' 128 px and too small for SDXL."""
+        state = self.state
+        if not side or not state.resolution_untouched or state.cfg.data.resolution == side:
+            state.proposed_resolution = side if state.resolution_untouched else None
+            return
+        state.proposed_resolution = side
+        fields = self.screen.query("#data-resolution")
+        if fields:
+            fields.first(ConfigField).set_value(side)
+        else:
+            state.set("data.resolution", side)
+            self.post_message(ConfigEdited("data.resolution"))
 
     # -- choosing -------------------------------------------------------------
 

@@ -65,6 +65,19 @@ def length_text(cfg: ProjectConfig, report: ScanReport | None) -> str:
             f"accumulation = {total} optimizer steps (max steps is ignored)")
 
 
+def batch_note(cfg: ProjectConfig, report: ScanReport | None) -> str:
+    """What a batch larger than the dataset means, or nothing."""
+    images = len(report.usable) if report is not None else 0
+    batch = cfg.train.batch_size
+    if not images or batch <= images:
+        return ""
+    steps = report.steps_per_epoch(batch) if report is not None else 0
+    what = ("every step sees every image" if steps == 1
+            else f"every step sees all the images of one bucket ({steps} steps an epoch)")
+    return (f"batch size {batch} is more than the {images} image{'s' if images != 1 else ''}: {what}; "
+            "consider fewer steps")
+
+
 class TrainingStep(WizardStep):
     """The training schedule; rarely changed settings are folded under "More settings"."""
 
@@ -93,7 +106,9 @@ class TrainingStep(WizardStep):
             self._show_length()
 
     def _show_length(self) -> None:
-        self.query_one("#training-length", Static).update(length_text(self.state.cfg, self.state.report))
+        note = batch_note(self.state.cfg, self.state.report)
+        text = length_text(self.state.cfg, self.state.report)
+        self.query_one("#training-length", Static).update(f"{text}\n{note}" if note else text)
 
     @on(Collapsible.Expanded, "#training-more")
     async def _expanded(self, event: Collapsible.Expanded) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -148,7 +149,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         save_file(loaded.lora, str(staged), metadata=meta)
         convert_lora_file(staged, out, fmt, family=family, dtype=SAVE_DTYPES[cfg.save.precision])
     console.print(f"wrote {out} ({fmt}) from {Path(source).name}")
+    if fmt == "diffusers":
+        _warn_diffusers_format(out)
     return 0
+
+
+def _warn_diffusers_format(path: Path) -> None:
+    from safetensors import safe_open
+
+    from loratui.lora.loader_rules import diffusers_format_warning, diffusers_modules_of
+
+    with safe_open(str(path), "pt") as f:
+        warning = diffusers_format_warning(diffusers_modules_of(f.keys()))
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -169,6 +183,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     result = convert_lora_file(args.src, args.dst, args.to, family=args.family)
     console.print(f"wrote {args.dst}: {args.to} format, {len(result.modules)} modules, family {result.family}")
+    if args.to == "diffusers":
+        _warn_diffusers_format(Path(args.dst))
     return 0
 
 

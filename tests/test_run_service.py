@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from loratui.cli import main
 from loratui.commands import Command, CommandChannel
 from loratui.events import CheckpointSaved, Finished, Paused, Started, StepDone
 from loratui.project import create_project
@@ -59,7 +60,7 @@ def test_a_forgotten_pause_saves_a_checkpoint_then_notifies(tmp_path: Path, monk
         svc.close()
 
 
-def test_status_of_a_live_run_has_the_scripted_keys_and_the_cost(tmp_path: Path, monkeypatch) -> None:
+def test_status_of_a_live_run_has_the_scripted_keys_and_the_cost(tmp_path: Path, monkeypatch, capsys) -> None:
     project = tmp_path / "proj"
     create_project(project)
     monkeypatch.setenv(notify.COST_ENV, "3.60")
@@ -80,6 +81,10 @@ def test_status_of_a_live_run_has_the_scripted_keys_and_the_cost(tmp_path: Path,
         assert status["cost_projected"] == pytest.approx(3.60 + 3.60 * 45 / 3600, rel=0.01)
         line = format_line(status)
         assert "training" in line and "step 10/100" in line and "$3.60" in line
+        capsys.readouterr()
+        assert main(["logs", str(project)]) == 0  # the run so far, as lines (steps thinned by the run's clock)
+        lines = capsys.readouterr().out.splitlines()
+        assert "started at step 0/100" in lines[0] and "step 1/100" in lines[1]
         with RunClient.connect(project) as client:
             assert client.request("frobnicate")["reply"] == "error"
             assert client.request("pause") == {"reply": "ok", "command": "pause"}

@@ -229,6 +229,10 @@ def serve_run(project_dir: Path, *, emit: EventSink | None = None, commands: Com
 
     project = Path(project_dir).expanduser().resolve()
     commands = commands or CommandChannel()
+    if _process_rank() != 0:
+        # Several processes are one run: the first owns the socket, the record and the notification.
+        return run_training(project, emit=emit or (lambda event: None), commands=commands, resume=resume,
+                            overrides=overrides, max_steps=max_steps)
     cfg = prepare_config(project, overrides)
     check_writable(ProjectPaths(project))
     service = RunService(project, commands, notify.NotifySettings.from_config(cfg))
@@ -258,6 +262,14 @@ def serve_run(project_dir: Path, *, emit: EventSink | None = None, commands: Com
         if handler is not None:
             logging.getLogger("loratui").removeHandler(handler)
             handler.close()
+
+
+def _process_rank() -> int:
+    """This process's rank when launched by accelerate or torchrun (0 when alone)."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
 
 
 # The process that --detach and the dashboard start -------------------------------------------

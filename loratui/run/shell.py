@@ -110,7 +110,7 @@ class LinePrinter:
         self.out = out
         self.every_s = every_s
         self.smoother = LossSmoother()
-        self._last_step_line = 0.0
+        self._last_step_line = -math.inf
 
     def show(self, obj: dict[str, Any]) -> None:
         try:
@@ -121,10 +121,10 @@ class LinePrinter:
         kind = obj["event"]
         if kind == "step":
             smoothed = self.smoother.update(obj["loss"])
-            now = time.monotonic()
-            if now - self._last_step_line < self.every_s and obj["step"] != obj["total_steps"]:
+            when = float(obj.get("time", 0.0))  # the run's clock: a replayed backlog thins out the same way
+            if when - self._last_step_line < self.every_s and obj["step"] != obj["total_steps"]:
                 return
-            self._last_step_line = now
+            self._last_step_line = when
             speed = 1 / obj["step_time_s"] if obj.get("step_time_s") else 0.0
             eta = (obj["total_steps"] - obj["step"]) / speed if speed else math.nan
             text = (f"step {obj['step']}/{obj['total_steps']}  loss {obj['loss']:.4f} (smoothed {smoothed:.4f})  "

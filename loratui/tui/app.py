@@ -112,6 +112,8 @@ class LoratuiApp(App[None]):
         # `loratui train DIR`: open the dashboard and start at once, with these engine options.
         self.autostart, self.resume, self.max_steps, self.overrides = autostart, resume, max_steps, tuple(overrides)
         self._themes_ready = False
+        self._attached_at_start = False
+        self._last_open_attached = False
 
     # Start-up ---------------------------------------------------------------------------
 
@@ -124,12 +126,15 @@ class LoratuiApp(App[None]):
             self.new_project(self.project_dir)
         elif self.mode == "open" and self.project_dir is not None:
             self.open_project(self.project_dir, start=self.autostart, resume=self.resume)
-        if self.warmup is not None:
+            self._attached_at_start = self._last_open_attached
+        if self.warmup is not None and not self._attached_at_start:
             self.backend_status = "loading torch…"
 
     def on_ready(self) -> None:
         # After the first frame: importing torch competes for the GIL and would delay drawing it.
-        if self.warmup is not None:
+        # A dashboard attached to a run needs no torch (the run has it); importing it there would
+        # only cost the machine CPU and hold up a quick detach by the length of the import.
+        if self.warmup is not None and not self._attached_at_start:
             self._warm_up()
 
     def _install_themes(self) -> None:
@@ -214,6 +219,7 @@ class LoratuiApp(App[None]):
         self._remember_project(project_dir)
         # A run of this project is training (detached, headless, another dashboard): watch that one.
         attach = self.attacher is not None and self.live_run(project_dir)
+        self._last_open_attached = attach
         if attach and start:
             self.notify("This project is already training: attached to that run instead of starting another.",
                         timeout=8)

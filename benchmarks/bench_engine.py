@@ -55,11 +55,8 @@ def build_engine(project: Path, overrides: list[str]) -> tuple[Any, dict[str, fl
 
 def engine_step(trainer: Any) -> None:
     # The body of Trainer.train's loop; saving and sampling are off in this benchmark's config.
-    if trainer._handle_commands():
+    if trainer.train_one_step() is not None:
         raise RuntimeError("unexpected stop command")
-    getattr(trainer, "_guarded_step", trainer._optimizer_step)()
-    if trainer._due(trainer.cfg.save.every_n_steps):
-        trainer.save_checkpoint("interval")
 
 
 def _fresh_model(cfg: Any) -> tuple[Any, Any, list[Any]]:

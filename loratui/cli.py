@@ -13,7 +13,13 @@ from loratui.errors import UserError
 
 EXIT_USER_ERROR = 2
 
-COMMANDS = ("new", "open", "train", "sample", "export", "check", "inspect", "convert", "bench")
+
+class UsageError(UserError):
+    pass
+
+COMMANDS = ("new", "open", "train", "sample", "export", "check", "inspect", "convert", "bench",
+            "attach", "status", "stop", "pause", "resume", "logs")
+RUN_COMMANDS = ("status", "stop", "pause", "resume", "logs")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,10 +40,29 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a project (in the dashboard, or --headless on the console)")
     s.add_argument("dir", type=Path)
     s.add_argument("--headless", action="store_true", help="no TUI: progress on the console")
+    s.add_argument("--detach", action="store_true",
+                   help="train in the background (survives logging out) and return at once; attach later")
     s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     s.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value for this run (repeatable)")
+
+    s = sub.add_parser("attach", help="open the dashboard on a running training of this project")
+    s.add_argument("dir", type=Path)
+    s = sub.add_parser("status", help="one line per run: state, step, loss, speed, ETA, cost")
+    s.add_argument("dirs", type=Path, nargs="*", metavar="DIR",
+                   help="projects (default: every run of this user on this machine)")
+    s.add_argument("--json", action="store_true", help="a JSON list, one object per run")
+    s = sub.add_parser("stop", help="stop a running training properly (checkpoint and LoRA saved)")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--wait", action="store_true", help="return once the run has saved and ended")
+    s = sub.add_parser("pause", help="pause a running training (the model stays loaded)")
+    s.add_argument("dir", type=Path)
+    s = sub.add_parser("resume", help="continue a paused training")
+    s.add_argument("dir", type=Path)
+    s = sub.add_parser("logs", help="the run's progress as lines; -f follows it")
+    s.add_argument("dir", type=Path)
+    s.add_argument("-f", "--follow", action="store_true", help="keep printing until the run ends")
 
     s = sub.add_parser("sample", help="make one image with the base model and optionally a LoRA")
     s.add_argument("dir", type=Path, help="project folder (its base model and resolution are used)")
@@ -122,11 +147,21 @@ def _user_error(exc: BaseException) -> str | None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
+    if cmd == "train" and args.detach:
+        if args.headless:
+            raise UsageError("--detach and --headless do not go together: a detached run is already headless.")
+        from loratui.run.shell import cmd_detach
+
+        return cmd_detach(args)
+    if cmd in RUN_COMMANDS:
+        from loratui.run import shell
+
+        return getattr(shell, f"cmd_{cmd}")(args)
     if cmd == "train" and args.headless:
         from loratui.headless import run_headless
 
         return run_headless(args.dir, resume=args.resume, overrides=args.overrides, max_steps=args.max_steps)
-    if cmd in (None, "new", "open", "train"):
+    if cmd in (None, "new", "open", "train", "attach"):
         return _run_tui(args)
     from loratui import cli_tools
 
@@ -141,7 +176,12 @@ def _run_tui(args: argparse.Namespace) -> int:
     # stdin, and Textual takes NO_COLOR out of the environment.
     graphics.detect()
     cmd = args.command
-    if cmd is None:
+    if cmd == "attach":
+        from loratui.run.client import RunClient
+
+        RunClient.connect(args.dir).close()  # no live run: say so on the shell, not in a screen
+        app = LoratuiApp(args.dir, mode="open", theme=args.theme)
+    elif cmd is None:
         app = LoratuiApp(None, mode="start", theme=args.theme)
     elif cmd == "new":
         app = LoratuiApp(args.dir, mode="new", theme=args.theme)

@@ -18,7 +18,9 @@ class Command(str, Enum):
     SAMPLE_NOW = "sample_now"
     CHECKPOINT_NOW = "checkpoint_now"
     STOP = "stop"  # save a checkpoint and the LoRA, then end the run
-    ABORT = "abort"  # end at once without saving (second Ctrl+C)
+    ABORT = "abort"  # end after the step in progress without saving
+    DETACH = "detach"  # the screen leaves; the run goes on (the engine never sees it)
+    CANCEL_NOTIFY = "cancel_notify"  # the run service's end-of-run countdown, not the engine's
 
 
 class CommandChannel:

@@ -141,6 +141,21 @@ class SampleConfig:
 
 
 @dataclass
+class NotifyConfig:
+    command: str = _f("", "shell command run when the run ends (after the LoRA is on disk), e.g. "
+                          "runpodctl stop pod $RUNPOD_POD_ID; LORATUI_STATUS, _STEP, _LORA, _PROJECT are set")
+    webhook: str = _f("", "http(s) URL that receives the same as a JSON POST")
+    when: str = _f("always", "which endings notify: always, finished (or stopped) only, failed only",
+                   choices=("always", "finished", "failed"))
+    cost_per_hour: float = _f(0.0, "what the machine costs per hour, for the spent/projected cost "
+                                   "(0 reads $LORATUI_COST_PER_HOUR)", min=0.0, max=100_000.0)
+    paused_minutes: float = _f(0.0, "a run paused this long saves a checkpoint and notifies; 0 never",
+                               min=0.0, max=100_000.0)
+    countdown_s: float = _f(30.0, "seconds an attached dashboard has to cancel the command before it runs",
+                            min=0.0, max=3600.0)
+
+
+@dataclass
 class ProjectConfig:
     name: str = "my_lora"
     version: int = CONFIG_VERSION
@@ -150,6 +165,7 @@ class ProjectConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     @property
     def output_name(self) -> str:
@@ -161,7 +177,7 @@ class ProjectConfig:
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "lora": LoraConfig,
-    "train": TrainConfig, "save": SaveConfig, "sample": SampleConfig,
+    "train": TrainConfig, "save": SaveConfig, "sample": SampleConfig, "notify": NotifyConfig,
 }
 TOP_LEVEL = ("name", "version")
 

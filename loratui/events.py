@@ -119,13 +119,21 @@ class Status(Event):
     time: float = field(default_factory=_now)
 
 
+OUTCOMES = ("finished", "stopped", "aborted")
+"""How a run that did not fail ended: all its steps, stopped by the user (saved), aborted (not saved)."""
+
+
 @dataclass(frozen=True)
 class Finished(Event):
     kind: ClassVar[str] = "finished"
     step: int
     lora_path: str | None
-    stopped_early: bool = False
+    outcome: str = "finished"
     time: float = field(default_factory=_now)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.outcome != "finished"
 
 
 @dataclass(frozen=True)
@@ -137,9 +145,34 @@ class Failed(Event):
     time: float = field(default_factory=_now)
 
 
+@dataclass(frozen=True)
+class NotifyPending(Event):
+    """The end-of-run notification runs in ``seconds`` unless a dashboard cancels it."""
+
+    kind: ClassVar[str] = "notify_pending"
+    status: str
+    seconds: float
+    what: str
+    """The command and/or webhook host, as shown to the user."""
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class NotifyDone(Event):
+    """The notification ran (``ok`` says whether everything in it worked), or was cancelled."""
+
+    kind: ClassVar[str] = "notify_done"
+    status: str
+    ok: bool
+    detail: str
+    cancelled: bool = False
+    time: float = field(default_factory=_now)
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (Started, StepDone, CheckpointSaved, SampleReady, Paused, Resumed, Status, Finished, Failed)
+    for cls in (Started, StepDone, CheckpointSaved, SampleReady, Paused, Resumed, Status, Finished, Failed,
+                NotifyPending, NotifyDone)
 }
 
 
@@ -147,6 +180,8 @@ def event_from_dict(data: dict[str, Any]) -> Event:
     """Rebuild an event from its JSON form; unknown fields from newer versions are dropped."""
     data = dict(data)
     cls = EVENT_TYPES[data.pop("event")]
+    if cls is Finished and "outcome" not in data and data.get("stopped_early"):
+        data["outcome"] = "stopped"  # written by an older version
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
 

@@ -18,12 +18,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from loratui.commands import Command, CommandChannel
-from loratui.events import CheckpointSaved, Event, Failed, Finished, Paused, Resumed, SampleReady, Started, \
-    Status, StepDone
+from loratui.events import CheckpointSaved, Event, Failed, Finished, NotifyDone, NotifyPending, Paused, Resumed, \
+    SampleReady, Started, Status, StepDone
 from loratui.loss_smoothing import LossSmoother
 
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+EXIT_ABORTED = 1
 
 
 class HeadlessConsole:
@@ -78,6 +79,11 @@ class HeadlessConsole:
             self.progress.stop()
         elif isinstance(event, Failed):
             self.progress.stop()
+        elif isinstance(event, NotifyPending):
+            self.console.print(f"in {event.seconds:.0f} s: {event.what} (cancel from a dashboard: loratui attach)",
+                               highlight=False)
+        elif isinstance(event, NotifyDone):
+            self.console.print(f"notification: {event.detail}", highlight=False)
 
     def close(self) -> None:
         self.progress.stop()
@@ -114,7 +120,8 @@ class SignalBridge:
 
 def run_headless(project_dir: Path, *, resume: bool = False, overrides: Sequence[str] = (),
                  max_steps: int | None = None, console: Console | None = None) -> int:
-    from loratui.engine.runner import run_training
+    # A headless run is a run service like any other: dashboards can attach to it.
+    from loratui.run.service import serve_run
 
     # soft_wrap: long paths stay on one line, so a resume command can be copied as printed.
     console = console or Console(soft_wrap=True)
@@ -123,8 +130,10 @@ def run_headless(project_dir: Path, *, resume: bool = False, overrides: Sequence
     bridge = SignalBridge(commands, console)
     bridge.install()
     try:
-        lora = run_training(project_dir, emit=view, commands=commands, resume=resume, overrides=overrides,
-                            max_steps=max_steps)
+        lora = serve_run(project_dir, emit=view, commands=commands, resume=resume, overrides=overrides,
+                         max_steps=max_steps, on_ready=lambda record: console.print(
+                             f"[dim]attach a dashboard from any terminal: loratui attach {project_dir}[/]",
+                             highlight=False))
     except KeyboardInterrupt:
         console.print("interrupted before training started; nothing was saved.")
         return EXIT_SIGINT
@@ -135,6 +144,14 @@ def run_headless(project_dir: Path, *, resume: bool = False, overrides: Sequence
         console.print(f"stopped at step {view.finished.step if view.finished else '?'}; checkpoint saved. "
                       f"Resume with: loratui train {project_dir} --headless --resume")
         return EXIT_SIGINT if bridge.stop_signal == signal.SIGINT else EXIT_SIGTERM
+    outcome = view.finished.outcome if view.finished else "finished"
+    if outcome == "aborted":
+        console.print(f"aborted at step {view.finished.step if view.finished else '?'} from a dashboard; nothing "
+                      f"saved after the last checkpoint. Resume with: loratui train {project_dir} --headless --resume")
+        return EXIT_ABORTED
+    if outcome == "stopped":
+        console.print(f"stopped at step {view.finished.step if view.finished else '?'}; checkpoint saved. "
+                      f"Resume with: loratui train {project_dir} --headless --resume")
     console.print(f"[bold green]done[/]: {lora}")
     console.print(f"  diffusers: pipe.load_lora_weights(\"{lora}\")")
     console.print("  ComfyUI: copy it to ComfyUI/models/loras/; A1111/Forge: models/Lora/")

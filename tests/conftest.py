@@ -21,6 +21,7 @@ _RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
 _CACHE = Path(tempfile.gettempdir()) / f"loratui-test-cache-{_RUN_ID}"
 os.environ["LORATUI_CACHE_DIR"] = str(_CACHE)
 os.environ["LORATUI_CONFIG_DIR"] = str(_CACHE / "config")
+os.environ["LORATUI_STATE_DIR"] = str(_CACHE / "state")  # the registry of runs
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_PROJECT = REPO / "sample_project"

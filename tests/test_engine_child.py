@@ -1,4 +1,4 @@
-"""The TUI's engine: training in a child process, steered through pipes."""
+"""The TUI's engine: training in a run process of its own, steered through its socket."""
 
 from __future__ import annotations
 
@@ -62,23 +62,38 @@ def test_a_killed_training_process_is_reported_as_a_failure(sample_project: Path
                                "signal and the output log; the TUI process lives on")
 
 
-def test_the_child_saves_and_stops_when_the_tui_goes_away(sample_project: Path, record_property) -> None:
+def test_the_run_goes_on_when_the_dashboard_detaches_and_another_can_attach(sample_project: Path,
+                                                                          record_property) -> None:
+    from loratui.engine.child import attach_to_run
+    from loratui.run.record import pid_alive
+
     children: list[subprocess.Popen[bytes]] = []
-    seen: list[Event] = []
+    commands = CommandChannel()
+    first: list[Event] = []
 
     def emit(event: Event) -> None:
-        seen.append(event)
+        first.append(event)
         if isinstance(event, StepDone) and event.step == 1:
-            stdin = children[0].stdin
-            assert stdin is not None
-            stdin.close()  # what the kernel does to the pipe when the TUI dies
+            commands.send(Command.DETACH)  # what q → Detach does
 
-    run_in_child(sample_project, emit=emit, commands=CommandChannel(), overrides=NO_SAMPLES,
-                 max_steps=50, on_spawn=children.append)
+    run_in_child(sample_project, emit=emit, commands=commands, overrides=NO_SAMPLES, max_steps=5000,
+                 on_spawn=children.append)
+    assert pid_alive(children[0].pid) and children[0].poll() is None  # still training
 
-    assert children[0].returncode == 0
-    finished = [e for e in seen if isinstance(e, Finished)]
-    assert len(finished) == 1 and finished[0].stopped_early
+    again = CommandChannel()
+    second: list[Event] = []
+
+    def emit_again(event: Event) -> None:
+        second.append(event)
+        late = [e.step for e in second if isinstance(e, StepDone)]
+        if late and late[-1] >= max(e.step for e in first if isinstance(e, StepDone)) + 2:
+            again.send(Command.STOP)
+
+    attach_to_run(sample_project, emit=emit_again, commands=again)
+    assert any(isinstance(e, Started) for e in second)  # the backlog: a late joiner sees the start
+    finished = [e for e in second if isinstance(e, Finished)]
+    assert len(finished) == 1 and finished[0].outcome == "stopped"
+    assert children[0].wait(timeout=60) == 0
     assert latest_checkpoint(ProjectPaths(sample_project).checkpoints) is not None
-    record_property("summary", "TUI gone mid-run (its pipe to the engine closed): the engine saved a "
-                               "checkpoint and the LoRA and exited cleanly")
+    record_property("summary", "dashboard detached at step 1: the run went on; a second dashboard attached, "
+                               f"saw the run from its start and stopped it at step {finished[0].step}")

@@ -99,7 +99,11 @@ def prepare_config(project_dir: Path, overrides: Sequence[str] = ()) -> ProjectC
     return cfg
 
 
-def _file_logging(path: Path) -> logging.Handler:
+def file_logging(path: Path) -> logging.Handler | None:
+    """Log to ``path``; None when a handler already does (a run service logs before and after training)."""
+    logger = logging.getLogger("loratui")
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in logger.handlers):
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -128,7 +132,7 @@ def run_training(project_dir: Path, *, emit: EventSink, commands: CommandChannel
     paths = ProjectPaths(project_dir)
     cfg = prepare_config(project_dir, overrides)
     check_writable(paths)
-    handler = _file_logging(paths.log_file)
+    handler = file_logging(paths.log_file)
     metrics: MetricsWriter | None = None
     trainer: Trainer | None = None
     try:
@@ -155,8 +159,9 @@ def run_training(project_dir: Path, *, emit: EventSink, commands: CommandChannel
             trainer.cleanup()
         if metrics is not None:
             metrics.close()
-        logging.getLogger("loratui").removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            logging.getLogger("loratui").removeHandler(handler)
+            handler.close()
 
 
 def failure_message(exc: BaseException) -> str:

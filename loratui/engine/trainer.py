@@ -52,10 +52,6 @@ class _StepRecord:
     images: int
 
 
-class StopTraining(Exception):
-    """Raised inside the loop when the user aborts without saving."""
-
-
 class NonFiniteLoss(UserError, RuntimeError):
     pass
 
@@ -81,6 +77,7 @@ class Trainer:
         self.resumed_from: Path | None = None
         self._last_checkpoint_step = -1
         self._pending: _StepRecord | None = None
+        self.paused = False
         self.defer_reports = False  # set in setup: on CUDA a step's numbers are read one step later
 
     # ---------------------------------------------------------------- setup
@@ -114,21 +111,17 @@ class Trainer:
             precision="fp32" if self.cfg.train.precision == "no" else self.cfg.train.precision,
             trainable_params=s.trainable_params,
             resumed_from=str(self.resumed_from) if self.resumed_from else None))
-        stopped_early = False
-        while self.step < self.total_steps:
-            if self._handle_commands():
-                stopped_early = True
-                break
-            self._guarded(self._optimizer_step)
-            if self._due(self.cfg.save.every_n_steps) and self.step < self.total_steps:
-                self.save_checkpoint("interval")
-            if self._due(self.cfg.sample.every_n_steps):
-                self.sample()
-        self._guarded(self._flush)
+        outcome = self._serve_commands(self._read_commands())  # a pause or stop sent while loading
+        while outcome is None and self.step < self.total_steps:
+            outcome = self.train_one_step()
+        if outcome == "aborted":
+            self._status(f"aborted at step {self.step}: nothing saved after the last checkpoint", "warning")
+            self.emit(Finished(step=self.step, lora_path=None, outcome="aborted"))
+            return None
         lora_path = self.export()
         if self._last_checkpoint_step != self.step:
-            self.save_checkpoint("stop" if stopped_early else "final")
-        self.emit(Finished(step=self.step, lora_path=str(lora_path), stopped_early=stopped_early))
+            self.save_checkpoint("stop" if outcome == "stopped" else "final")
+        self.emit(Finished(step=self.step, lora_path=str(lora_path), outcome=outcome or "finished"))
         return lora_path
 
     def run_steps(self, count: int) -> None:
@@ -137,6 +130,21 @@ class Trainer:
         for _ in range(count):
             self._optimizer_step()
         self._flush()
+
+    def train_one_step(self) -> str | None:
+        """One optimizer step and what follows it at the step boundary; "stopped"/"aborted" ends the run."""
+        self._guarded(self._optimizer_step)
+        commands = self._read_commands()
+        save_due = self._due(self.cfg.save.every_n_steps) and self.step < self.total_steps
+        sample_due = self._due(self.cfg.sample.every_n_steps)
+        if commands or save_due or sample_due or self.step >= self.total_steps:
+            # The one place a deferred (CUDA) step's numbers are read: before anything shows or saves state.
+            self._guarded(self._flush)
+        if save_due:
+            self.save_checkpoint("interval")
+        if sample_due:
+            self.sample()
+        return self._serve_commands(commands)
 
     def _guarded(self, step: Callable[[], None]) -> None:
         """Run a step (or report a deferred one); on a fault the last good state is saved first."""
@@ -186,37 +194,42 @@ class Trainer:
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
 
-    def _handle_commands(self) -> bool:
-        """Act on queued commands; True means stop the run (after saving)."""
-        pending = self.commands.drain()
-        if pending:
-            self._flush()
-        while pending:
-            cmd = pending.pop(0)
-            if cmd is Command.ABORT:
-                raise StopTraining("aborted")
-            if cmd is Command.STOP:
-                return True
-            if cmd is Command.SAMPLE_NOW:
-                self.sample()
-            elif cmd is Command.CHECKPOINT_NOW:
-                self.save_checkpoint("request")
-            elif cmd is Command.PAUSE:
-                self.emit(Paused(step=self.step))
-                # While paused the model stays where it is; block on the channel, costing no CPU.
-                while True:
-                    nxt = self.commands.wait()
-                    if nxt is Command.RESUME:
-                        self.emit(Resumed(step=self.step))
-                        break
-                    if nxt in (Command.STOP, Command.ABORT):
-                        pending.insert(0, nxt)
-                        break
-                    if nxt is Command.SAMPLE_NOW:
-                        self.sample()
-                    elif nxt is Command.CHECKPOINT_NOW:
-                        self.save_checkpoint("request")
-        return False
+    def _read_commands(self, *, wait: bool = False) -> list[Command]:
+        """The one place commands enter the loop (several processes agree on them here).
+
+        ``wait`` blocks for the next one, costing no CPU: how a paused run waits."""
+        if wait:
+            command = self.commands.wait()
+            return [command] if command is not None else []
+        return self.commands.drain()
+
+    def _serve_commands(self, commands: list[Command]) -> str | None:
+        """Act on commands; while paused keep serving them. Returns "stopped" or "aborted" to end the run."""
+        while True:
+            for command in commands:
+                outcome = self._dispatch(command)
+                if outcome is not None:
+                    return outcome
+            if not self.paused:
+                return None
+            commands = self._read_commands(wait=True)
+
+    def _dispatch(self, command: Command) -> str | None:
+        if command is Command.STOP:
+            return "stopped"
+        if command is Command.ABORT:
+            return "aborted"
+        if command is Command.PAUSE and not self.paused:
+            self.paused = True
+            self.emit(Paused(step=self.step))  # the model stays where it is
+        elif command is Command.RESUME and self.paused:
+            self.paused = False
+            self.emit(Resumed(step=self.step))
+        elif command is Command.SAMPLE_NOW:
+            self.sample()
+        elif command is Command.CHECKPOINT_NOW:
+            self.save_checkpoint("request")
+        return None
 
     def _optimizer_step(self) -> None:
         s = self._session()
@@ -269,7 +282,7 @@ class Trainer:
             self._finish_step(record)
 
     def _flush(self) -> None:
-        """Report a step whose numbers were deferred (CUDA), before anything that shows or saves state."""
+        """Report a step whose numbers were deferred (CUDA); only ``train_one_step`` calls it."""
         if self._pending is not None:
             record, self._pending = self._pending, None
             self._finish_step(record)
@@ -300,7 +313,6 @@ class Trainer:
 
     # ---------------------------------------------------------------- outputs
     def save_checkpoint(self, reason: str) -> Path | None:
-        self._flush()
         s = self._session()
         if not s.accelerator.is_main_process:
             return None
@@ -355,7 +367,6 @@ class Trainer:
         self._status(f"resumed from {path.name} (step {self.step})")
 
     def sample(self) -> None:
-        self._flush()
         s = self._session()
         if not s.accelerator.is_main_process or not self.cfg.sample.prompts:
             return
@@ -377,7 +388,6 @@ class Trainer:
     def export(self) -> Path:
         from loratui.engine.export import export_lora
 
-        self._flush()
         s = self._session()
         path = self.paths.lora_file(self.cfg)
         if s.accelerator.is_main_process:

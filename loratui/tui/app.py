@@ -43,6 +43,19 @@ def default_engine(project_dir: Path, *, emit: Callable[[Event], None], commands
                  max_steps=max_steps)
 
 
+def default_attach(project_dir: Path, *, emit: Callable[[Event], None], commands: CommandChannel) -> None:
+    """Relay a run that is already training (started by --detach, --headless or another dashboard)."""
+    from loratui.engine.child import attach_to_run
+
+    attach_to_run(project_dir, emit=emit, commands=commands)
+
+
+def live_run_exists(project_dir: Path) -> bool:
+    from loratui.run.client import live_record
+
+    return live_record(project_dir) is not None
+
+
 def default_warmup() -> str:
     """Import the heavy libraries now, so the wizard's parameter count does not wait for them."""
     import torch
@@ -81,11 +94,15 @@ class LoratuiApp(App[None]):
                  theme: str | None = None, clock: Callable[[], float] = time.time,
                  warmup: Callable[[], str] | None = default_warmup, settings_path: Path | None = None,
                  wizard: Callable[[Path], Screen[Any]] | None = None, autostart: bool = False,
-                 resume: bool = False, max_steps: int | None = None, overrides: Sequence[str] = ()) -> None:
+                 resume: bool = False, max_steps: int | None = None, overrides: Sequence[str] = (),
+                 attacher: Engine | None = None, live_run: Callable[[Path], bool] | None = None) -> None:
         super().__init__()
         self.project_dir = Path(project_dir).expanduser().resolve() if project_dir else None
         self.mode: Mode = mode if project_dir else "start"
         self.engine: Engine = engine or default_engine
+        # With a stand-in engine (tests) nothing runs elsewhere unless a stand-in attacher says so.
+        self.attacher: Engine | None = attacher or (default_attach if engine is None else None)
+        self.live_run: Callable[[Path], bool] = live_run or (live_run_exists if engine is None else (lambda p: False))
         self.clock = clock
         self.warmup = warmup
         self.settings_path = settings_path
@@ -95,6 +112,8 @@ class LoratuiApp(App[None]):
         # `loratui train DIR`: open the dashboard and start at once, with these engine options.
         self.autostart, self.resume, self.max_steps, self.overrides = autostart, resume, max_steps, tuple(overrides)
         self._themes_ready = False
+        self._attached_at_start = False
+        self._last_open_attached = False
 
     # Start-up ---------------------------------------------------------------------------
 
@@ -107,12 +126,15 @@ class LoratuiApp(App[None]):
             self.new_project(self.project_dir)
         elif self.mode == "open" and self.project_dir is not None:
             self.open_project(self.project_dir, start=self.autostart, resume=self.resume)
-        if self.warmup is not None:
+            self._attached_at_start = self._last_open_attached
+        if self.warmup is not None and not self._attached_at_start:
             self.backend_status = "loading torch…"
 
     def on_ready(self) -> None:
         # After the first frame: importing torch competes for the GIL and would delay drawing it.
-        if self.warmup is not None:
+        # A dashboard attached to a run needs no torch (the run has it); importing it there would
+        # only cost the machine CPU and hold up a quick detach by the length of the import.
+        if self.warmup is not None and not self._attached_at_start:
             self._warm_up()
 
     def _install_themes(self) -> None:
@@ -195,8 +217,15 @@ class LoratuiApp(App[None]):
                 f"or run `loratui new {project_dir}`."))
             return
         self._remember_project(project_dir)
-        self.push_screen(DashboardScreen(project_dir, self.engine, clock=self.clock, start=start, resume=resume,
-                                         max_steps=self.max_steps, overrides=self.overrides))
+        # A run of this project is training (detached, headless, another dashboard): watch that one.
+        attach = self.attacher is not None and self.live_run(project_dir)
+        self._last_open_attached = attach
+        if attach and start:
+            self.notify("This project is already training: attached to that run instead of starting another.",
+                        timeout=8)
+        self.push_screen(DashboardScreen(project_dir, self.engine, clock=self.clock, start=start and not attach,
+                                         resume=resume, max_steps=self.max_steps, overrides=self.overrides,
+                                         attach=attach, attacher=self.attacher))
 
     def new_project(self, project_dir: Path) -> None:
         try:

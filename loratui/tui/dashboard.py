@@ -1,8 +1,9 @@
 """The live training dashboard: loss, numbers, samples, checkpoints and the run's controls.
 
-A thread worker runs the engine (the real one trains in a child process and
-the worker relays its events); its only contact with the screen is
-``post_message``. Every event is applied to a :class:`RunState` (nothing is
+A thread worker relays the run: the real one trains in a process of its own
+(a run service, see ``loratui.run``) that this screen starts or attaches to,
+and detaching leaves it training; the worker's only contact with the screen
+is ``post_message``. Every event is applied to a :class:`RunState` (nothing is
 dropped: the loss history keeps every step); drawing is throttled, because a
 fast GPU can finish more steps per second than a terminal should repaint.
 """
@@ -25,7 +26,7 @@ from textual.widgets import Footer, Header, ProgressBar, Sparkline
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from loratui.commands import Command, CommandChannel
-from loratui.events import Event, Failed, Finished, Status, StepDone
+from loratui.events import Event, Failed, Finished, NotifyDone, NotifyPending, Status, StepDone
 from loratui.project import ProjectPaths
 from loratui.tui.modals import (
     ErrorModal,
@@ -79,7 +80,10 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         Binding("x", "stop", "Stop", tooltip="Stop and save a checkpoint and the LoRA (asks first)"),
         Binding("l", "log", "Log", tooltip="The training log and the run's events"),
         Binding("e", "edit", "Setup", tooltip="Change images, captions, model and training settings"),
-        Binding("q", "quit", "Quit", tooltip="Quit (asks to stop properly while training)"),
+        Binding("q", "quit", "Quit", tooltip="Quit (while training: detach, or stop properly)"),
+        Binding("d", "detach", "Detach", show=False, tooltip="Leave the run training in the background"),
+        Binding("n", "cancel_notify", "Cancel notify", show=False,
+                tooltip="Cancel the end-of-run command before its countdown runs out"),
         Binding("left_square_bracket", "browse_samples(-1)", "Older samples", show=False),
         Binding("right_square_bracket", "browse_samples(1)", "Newer samples", show=False),
     ]
@@ -96,7 +100,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
 
     def __init__(self, project_dir: Path, engine: Engine, *, clock: Callable[[], float] = time.time,
                  start: bool = False, resume: bool = False, ask_resume: bool = True,
-                 max_steps: int | None = None, overrides: Sequence[str] = ()) -> None:
+                 max_steps: int | None = None, overrides: Sequence[str] = (), attach: bool = False,
+                 attacher: Engine | None = None) -> None:
         super().__init__()
         self.project_dir = Path(project_dir)
         self.paths = ProjectPaths(self.project_dir)
@@ -116,6 +121,11 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self._failure_shown = False
         self._quit_when_done = False
         self._log_screen: LogScreen | None = None
+        self._attach_on_mount = attach
+        self.attacher = attacher
+        self._detached = False
+        self._notify_deadline: float | None = None
+        self._notify_what = ""
 
     # Layout -----------------------------------------------------------------------------
 
@@ -149,13 +159,16 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self.query_one("#dash-body").focus()  # arrow keys scroll the stacked panes on small terminals
         self._load_project()
         self.set_interval(1.0, self._tick)
-        if self._start_on_mount:
+        if self._attach_on_mount and self.attacher is not None:
+            self.attach_to_run()
+        elif self._start_on_mount:
             self.start_training(resume=self._resume_on_start)
         elif self.runs is not None and self.runs.resumable and self._ask_resume:
             self.call_after_refresh(self._offer_resume)
 
     def _load_project(self) -> None:
         runs = self.runs = read_project_runs(self.project_dir)
+        self.state.cost_per_hour = _cost_per_hour(self.project_dir)
         self.title = f"loratui · {runs.name}"
         self.state.load_rows(runs.rows)
         if self.state.total_steps is None:
@@ -183,13 +196,25 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self._draw()
         self._run_engine(resume)
 
+    def attach_to_run(self) -> None:
+        """Watch and steer a run that is already going (started elsewhere, or by an earlier dashboard)."""
+        if self.state.running or self.attacher is None:
+            return
+        self.commands = CommandChannel()
+        self._failure_shown = self._aborting = False
+        self.state.phase = "starting"
+        self._set_status("Attached to the running training; catching up…")
+        self._sync_phase()
+        self._draw()
+        self._run_engine(False, attach=True)
+
     def reload_and_start(self) -> None:
         """Start a fresh run after the setup changed (the wizard's Start over this screen)."""
         self._load_project()
         self.start_training(resume=False)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")
-    def _run_engine(self, resume: bool) -> None:
+    def _run_engine(self, resume: bool, attach: bool = False) -> None:
         post = self.post_message
         commands = self.commands
         worker = get_current_worker()
@@ -198,18 +223,21 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         def emit(event: Event) -> None:
             post(self.EngineEvent(event))
 
-        def abort_when_cancelled() -> None:
-            # Textual cancels workers when the app closes, but cannot stop a thread: a paused or
-            # slow engine must be told, or the process would wait for it forever.
+        def detach_when_cancelled() -> None:
+            # Textual cancels workers when the app closes, but cannot stop a thread: the relay must be
+            # told to let go. The run itself goes on; closing a dashboard never ends a run.
             while not done.is_set():
                 if worker.cancelled_event.wait(0.2):
-                    commands.send(Command.ABORT)
+                    commands.send(Command.DETACH)
                     return
 
-        threading.Thread(target=abort_when_cancelled, name="loratui-abort-on-exit", daemon=True).start()
+        threading.Thread(target=detach_when_cancelled, name="loratui-detach-on-exit", daemon=True).start()
         try:
-            self.engine(self.project_dir, emit=emit, commands=commands, resume=resume,
-                        overrides=self.overrides, max_steps=self.max_steps)
+            if attach and self.attacher is not None:
+                self.attacher(self.project_dir, emit=emit, commands=commands)
+            else:
+                self.engine(self.project_dir, emit=emit, commands=commands, resume=resume,
+                            overrides=self.overrides, max_steps=self.max_steps)
         finally:
             done.set()
 
@@ -220,6 +248,13 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         if isinstance(event, StepDone):
             self._schedule_draw()
             return
+        if isinstance(event, (NotifyPending, NotifyDone)):
+            self._notify_event(event)
+            return
+        if isinstance(event, (Finished, Failed)) and not self._aborting:
+            self._announce_end(event)
+            if self._quit_when_done and isinstance(event, Finished):
+                self.app.exit()  # saved: no need to wait for the run's end-of-run notification
         if isinstance(event, Status) and event.progress is not None and event.progress < 1:
             self._set_status(f"{event.text} ({event.progress:.0%})")
         elif self.state.log:
@@ -236,6 +271,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "training" or not event.worker.is_finished:
+            return
+        if self._detached:
             return
         if self._aborting:
             # We asked for it: the engine reports an abort as a failure, the user needs no modal.
@@ -257,6 +294,30 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self._draw()
         if self._quit_when_done:
             self.app.exit()
+
+    def _notify_event(self, event: NotifyPending | NotifyDone) -> None:
+        if isinstance(event, NotifyPending):
+            self._notify_deadline = time.monotonic() + event.seconds
+            self._notify_what = event.what
+            self._tick()
+            self.refresh_bindings()
+            return
+        self._notify_deadline = None
+        self.refresh_bindings()
+        text = "End-of-run notification cancelled." if event.cancelled else f"Notification: {event.detail}"
+        self._set_status(text)
+        self.query_one("#events", FollowingLog).write(text)
+
+    def _announce_end(self, event: Finished | Failed) -> None:
+        """The bell and a desktop notification (OSC 9): someone in another window wants to know."""
+        if isinstance(event, Failed):
+            text = f"loratui: {self.project_dir.name} failed at step {event.step if event.step is not None else '?'}"
+        else:
+            text = f"loratui: {self.project_dir.name} {event.outcome} at step {event.step}"
+        self.app.bell()
+        driver = getattr(self.app, "_driver", None)
+        if driver is not None and not self.app.is_headless:
+            driver.write(f"\x1b]9;{text}\x07")
 
     def _show_failure(self, message: str, log_path: str | None) -> None:
         if self._failure_shown:
@@ -300,6 +361,9 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
     def _tick(self) -> None:
         if self.state.running:
             self.query_one("#stats", StatsPanel).refresh()  # elapsed time moves on
+        if self._notify_deadline is not None:
+            left = max(0.0, self._notify_deadline - time.monotonic())
+            self._set_status(f"In {left:.0f} s: {self._notify_what}. Press n to cancel.")
 
     def _sync_phase(self) -> None:
         self.phase = self.state.phase
@@ -325,6 +389,10 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
             return True if phase in ("training", "paused", "pausing") else None
         if action in ("train", "edit"):
             return None if self.state.running else True
+        if action == "detach":
+            return self.state.running
+        if action == "cancel_notify":
+            return self._notify_deadline is not None
         return True
 
     def _send(self, command: Command) -> None:
@@ -370,6 +438,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
 
     def _offer_resume(self) -> None:
         runs = self.runs = read_project_runs(self.project_dir)
+        self.state.cost_per_hour = _cost_per_hour(self.project_dir)
         newest = runs.newest_checkpoint
         if newest is None:
             return
@@ -407,7 +476,9 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
             return
 
         def answered(choice: str | None) -> None:
-            if choice == "stop":
+            if choice == "detach":
+                self.action_detach()
+            elif choice == "stop":
                 self._quit_when_done = True
                 if self.state.phase != "stopping":
                     self._stop()
@@ -418,9 +489,33 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
 
         self.app.push_screen(quit_dialog(self.state.step, self.state.total_steps), answered)
 
+    def action_detach(self) -> None:
+        """Leave: the run keeps training in its own process; any terminal can attach again."""
+        if not self.state.running:
+            return
+        self._detached = True
+        self._send(Command.DETACH)
+        self.app.exit(message=f"Detached; training goes on in the background. Come back with: "
+                              f"loratui attach {self.project_dir}")
+
+    def action_cancel_notify(self) -> None:
+        if self._notify_deadline is not None:
+            self._send(Command.CANCEL_NOTIFY)
+            self._set_status("Cancelling the end-of-run notification…")
+
     def _confirm_force_quit(self) -> None:
         def answered(choice: str | None) -> None:
             if choice == "now":
                 self.app.exit()
 
         self.app.push_screen(force_quit_dialog(), answered)
+
+
+def _cost_per_hour(project_dir: Path) -> float:
+    from loratui.config import ConfigError, load_config
+    from loratui.run.notify import cost_per_hour
+
+    try:
+        return cost_per_hour(load_config(project_dir))
+    except (ConfigError, OSError):
+        return 0.0

@@ -224,11 +224,13 @@ def resume_dialog(last_step: int, total: int | None, checkpoint_step: int, check
 def quit_dialog(step: int, total: int | None) -> ChoiceModal:
     return ChoiceModal(
         "Quit while training?",
-        f"Training is at {_of(step, total)}. Stopping properly saves a checkpoint and the LoRA (after the "
+        f"Training is at {_of(step, total)}. Detach leaves it training in the background: come back with "
+        "`loratui attach DIR` from any terminal. Stopping properly saves a checkpoint and the LoRA (after the "
         "step in progress) before quitting.",
-        [Choice("stop", "Stop, save and quit", "warning", "y"),
+        [Choice("detach", "Detach (keep training)", "primary", "d"),
+         Choice("stop", "Stop, save and quit", "warning", "y"),
          Choice("abort", "Quit without saving", "error", "a"),
-         Choice("cancel", "Keep training", "primary", "n")])
+         Choice("cancel", "Cancel", "default", "n")])
 
 
 def force_quit_dialog() -> ChoiceModal:

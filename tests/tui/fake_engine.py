@@ -133,6 +133,8 @@ class FakeEngine:
         """Act on commands; True when the run has ended."""
         for command in batch:
             self.received.append(command)
+            if command is Command.DETACH:
+                return True  # the screen let go; a real run would go on in its own process
             if command is Command.PAUSE:
                 self._send(Paused(step=self._step, time=self._t(self._step)))
                 while True:
@@ -143,6 +145,8 @@ class FakeEngine:
                         break
                     if nxt in (Command.STOP, Command.ABORT):
                         return self._end(nxt)
+                    if nxt is Command.DETACH:
+                        return True
                     if nxt is not None:
                         self._serve_one(nxt)
             elif command in (Command.STOP, Command.ABORT):
@@ -162,10 +166,9 @@ class FakeEngine:
             self._checkpoint(self._step, "stop")
             self._finish(stopped_early=True)
             return True
-        # As the real engine does: an abort surfaces as a failure named "aborted".
-        self._send(Failed(message="aborted", log_path=str(self._root / "logs" / "train.log"), step=self._step,
-                          time=self._t(self._step)))
-        raise FakeEngineError("aborted")
+        # As the real engine does: an abort is an outcome, nothing is saved.
+        self._send(Finished(step=self._step, lora_path=None, outcome="aborted", time=self._t(self._step)))
+        return True
 
     def _do_step(self, step: int) -> None:
         event = StepDone(step=step, total_steps=self._total, epoch=(step - 1) // 10 + 1, loss=fake_loss(step),
@@ -200,7 +203,7 @@ class FakeEngine:
         lora = self._lora_path()
         lora.parent.mkdir(parents=True, exist_ok=True)
         lora.write_bytes(b"fake")
-        self._send(Finished(step=self._step, lora_path=str(lora), stopped_early=stopped_early,
+        self._send(Finished(step=self._step, lora_path=str(lora), outcome="stopped" if stopped_early else "finished",
                             time=self._t(self._step)))
 
     def _lora_path(self) -> Path:

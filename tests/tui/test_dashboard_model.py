@@ -70,7 +70,7 @@ def test_run_state_speed_eta_and_phases():
     assert state.eta_s() == 60 * 0.25
     state.apply(Paused(step=40))
     assert state.phase == "paused" and state.running
-    state.apply(Finished(step=40, lora_path="/x.safetensors", stopped_early=True))
+    state.apply(Finished(step=40, lora_path="/x.safetensors", outcome="stopped"))
     assert not state.running and state.finished.stopped_early
     assert format_duration(3725) == "1h 02m" and format_duration(65) == "1m 05s" and format_duration(None) == "–"
 

@@ -49,6 +49,11 @@ class RunState:
     finished: Finished | None = None
     failed: Failed | None = None
     log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LIMIT))
+    cost_per_hour: float = 0.0
+    """What the machine costs (notify.cost_per_hour or $LORATUI_COST_PER_HOUR); 0 shows no cost."""
+    loaded_until: float = 0.0
+    """Time of the newest step read from metrics.jsonl: events up to it, replayed by a run we attach to,
+    are already in the history."""
     _times: deque[tuple[float, float, float, float, float]] = field(
         default_factory=lambda: deque(maxlen=SPEED_WINDOW))
 
@@ -80,6 +85,7 @@ class RunState:
             self._on_step_times(row)
         if rows:
             self.last, self.total_steps = rows[-1], rows[-1].total_steps
+            self.loaded_until = rows[-1].time
 
     def _on_step_times(self, event: StepDone) -> None:
         self._times.append((event.step_time_s, event.data_time_s, event.compute_time_s,
@@ -91,6 +97,10 @@ class RunState:
         self.phase = "training"
         self.finished = self.failed = None
         self._times.clear()
+        if event.time <= self.loaded_until:
+            # Replayed on attach: the steps on disk are this run's own; keep them.
+            self._log(f"attached: started at step {event.start_step}/{event.total_steps} on {event.device}")
+            return
         if event.start_step == 0:
             # A fresh run: what is on disk from an earlier run is not this run's (the engine archives it).
             self.checkpoints, self.samples = [], []
@@ -118,6 +128,8 @@ class RunState:
                   f"{display_path(event.path, self.root)}")
 
     def _on_sample(self, event: SampleReady) -> None:
+        if any(s.path == event.path for s in self.samples):
+            return  # replayed on attach, already read from the samples folder
         self.samples.append(event)
         self._log(f"sample at step {event.step}: {display_path(event.path, self.root)}")
 
@@ -137,6 +149,10 @@ class RunState:
         self._log(f"{event.level}: {text}" if event.level != "info" else text)
 
     def _on_finished(self, event: Finished) -> None:
+        if event.outcome == "aborted":
+            self.phase = "idle"
+            self._log(f"aborted at step {event.step}; nothing saved after the last checkpoint")
+            return
         self.finished = event
         self.phase = "finished"
         how = "stopped early" if event.stopped_early else "finished"

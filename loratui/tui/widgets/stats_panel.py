@@ -73,6 +73,11 @@ class StatsPanel(Widget):
         if last and last.gpu_alloc_mb is not None:
             memory += f"  GPU {format_mb(last.gpu_alloc_mb)} (peak {format_mb(last.gpu_peak_mb)})"
         table.add_row("Memory", memory)
+        if s.cost_per_hour > 0:
+            spent = s.cost_per_hour * (self._elapsed() or 0.0) / 3600
+            eta = s.eta_s() if s.running else 0.0
+            end = f"  (~${spent + s.cost_per_hour * eta / 3600:,.2f} at the end)" if eta is not None else ""
+            table.add_row("Cost", f"${spent:,.2f} so far{end}")
         skipped = last.skipped_steps if last else 0
         table.add_row("Skipped", Text(f"{skipped} non-finite step{'s' if skipped != 1 else ''}",
                                       style=warn if skipped else ""))

@@ -1,0 +1,155 @@
+"""Does watching a run slow it? One detached run, three dashboards attached against none, in turns.
+
+The run is started once with ``--detach`` and trains for the whole benchmark.
+Windows of ``--window`` seconds alternate: no dashboard attached, then three
+real dashboards (``loratui attach`` in tmux at 80×24, each repainting as a
+user would see it), then none again… The steps each window trained are read
+from ``logs/metrics.jsonl`` (the run's own step times, so no client's clock is
+involved); the verdict compares the median throughput of the two kinds of
+window. Without tmux the dashboards are replaced by three socket clients that
+relay every event as the dashboard's worker does (``--clients relay``).
+
+Target: throughput with three dashboards ≥ 0.97 × without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import REPO, load_average, machine_line, scratch_project, table, verdict  # noqa: E402
+
+TARGET = 0.97
+
+
+def _steps_between(metrics: Path, t0: float, t1: float) -> tuple[int, float]:
+    """Steps finished inside [t0, t1) and their summed step time (the run's own measurement)."""
+    count, busy = 0, 0.0
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if t0 <= row.get("time", 0) < t1:
+            count += 1
+            busy += row.get("step_time_s", 0.0)
+    return count, busy
+
+
+class TmuxDashboards:
+    def __init__(self, project: Path, n: int) -> None:
+        self.project, self.n = project, n
+        self.server = f"loratui-bench-{os.getpid()}"
+
+    def attach(self) -> None:
+        env = f"PYTHONPATH={shlex.quote(str(REPO))} TERM=xterm-256color"
+        if "LORATUI_STATE_DIR" in os.environ:
+            env += f" LORATUI_STATE_DIR={shlex.quote(os.environ['LORATUI_STATE_DIR'])}"
+        for i in range(self.n):
+            cmd = f"exec env {env} {shlex.quote(sys.executable)} -m loratui attach {shlex.quote(str(self.project))}"
+            subprocess.run(["tmux", "-L", self.server, "new-session", "-d", "-s", f"d{i}", "-x", "80", "-y", "24",
+                            cmd], check=True, timeout=30)
+
+    def detach(self) -> None:
+        for i in range(self.n):
+            subprocess.run(["tmux", "-L", self.server, "send-keys", "-t", f"d{i}", "d"], capture_output=True,
+                           timeout=30)
+        time.sleep(1.0)
+        subprocess.run(["tmux", "-L", self.server, "kill-server"], capture_output=True, timeout=30)
+
+
+class RelayClients:
+    """Socket clients that decode every event, as the dashboard's relay thread does."""
+
+    def __init__(self, project: Path, n: int) -> None:
+        self.project, self.n = project, n
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _relay(self) -> None:
+        from loratui.events import event_from_dict
+        from loratui.run.client import RunClient
+
+        with RunClient.connect(self.project) as client:
+            while not self._stop.is_set() and not client.closed:
+                obj = client.read(0.2)
+                if obj is not None and "event" in obj:
+                    event_from_dict(obj)
+
+    def attach(self) -> None:
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._relay, daemon=True) for _ in range(self.n)]
+        for t in self._threads:
+            t.start()
+
+    def detach(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=4, help="pairs of windows (none, attached)")
+    ap.add_argument("--window", type=float, default=30.0, help="seconds per window")
+    ap.add_argument("--dashboards", type=int, default=3)
+    ap.add_argument("--clients", choices=("tmux", "relay"), default="tmux" if shutil.which("tmux") else "relay")
+    args = ap.parse_args()
+    os.environ.setdefault("LORATUI_STATE_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) /
+                                                  f"loratui-bench-state-{os.getpid()}"))
+    project = scratch_project()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "loratui", "train", str(project), "--detach", "--max-steps", "1000000",
+                    "--set", "sample.every_n_steps=0", "--set", "save.every_n_steps=0"], check=True, env=env)
+    from loratui.run.status import run_status
+
+    metrics = project / "logs" / "metrics.jsonl"
+    while run_status(project)["step"] < 3:
+        time.sleep(1)
+    watchers = (TmuxDashboards if args.clients == "tmux" else RelayClients)(project, args.dashboards)
+    rates: dict[str, list[float]] = {"none": [], "attached": []}
+    settle = 5.0 if args.clients == "tmux" else 1.0  # a dashboard's start-up is not what is measured
+    try:
+        for r in range(args.rounds):
+            for kind in ("none", "attached"):
+                if kind == "attached":
+                    watchers.attach()
+                time.sleep(settle)
+                t0 = time.time()
+                time.sleep(args.window)
+                t1 = time.time()
+                if kind == "attached":
+                    watchers.detach()
+                steps, _ = _steps_between(metrics, t0, t1)
+                rates[kind].append(steps / (t1 - t0))
+            print(f"  round {r + 1}/{args.rounds}: none {rates['none'][-1]:.2f} it/s, "
+                  f"{args.dashboards} attached {rates['attached'][-1]:.2f} it/s (load {load_average()})",
+                  file=sys.stderr, flush=True)
+    finally:
+        subprocess.run([sys.executable, "-m", "loratui", "stop", str(project), "--wait"], env=env,
+                       capture_output=True, timeout=600)
+    none, attached = statistics.median(rates["none"]), statistics.median(rates["attached"])
+    ratio = attached / none if none else float("nan")
+    print(machine_line())
+    print(f"run: sample_project on the CPU, {args.rounds} × ({args.window:.0f} s without, {args.window:.0f} s with "
+          f"{args.dashboards} dashboards: {args.clients})")
+    print(table(["windows", "median it/s", "per window"],
+                [["no dashboard", f"{none:.3f}", " ".join(f"{v:.2f}" for v in rates["none"])],
+                 [f"{args.dashboards} dashboards", f"{attached:.3f}", " ".join(f"{v:.2f}" for v in rates["attached"])]]))
+    print(f"\nattached / none = {ratio:.3f} (target ≥ {TARGET}): {verdict(ratio, TARGET)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -337,3 +337,53 @@ def test_unsupported_lycoris_layouts_are_named(tmp_path) -> None:
     save_file({f"{name}.hada_w1_a": torch.zeros(4, 2), f"{name}.alpha": torch.tensor(1.0)}, path)
     with pytest.raises(LoRAFileError, match=f"module '{name}' has an incomplete or mixed set"):
         load_lora_file(path)
+
+
+def test_inspect_names_the_type_and_convert_keeps_it_or_says_why_not(variant, tmp_path) -> None:
+    import json
+
+    from rich.console import Console
+
+    from loratui.lora import convert_lora_file
+    from loratui.lora.inspect import inspect_lora_file, inspection_json, render_inspection
+
+    kind, networks = variant
+    path = tmp_path / f"{kind}.safetensors"
+    save_kohya(path, networks, {}, dtype=torch.float32)
+    summary = inspect_lora_file(path)
+    total = sum(len(n) for n in networks.values())
+    assert summary["types"] == {kind: total}
+    assert sum(summary["ranks"].values()) == total
+    assert json.loads(inspection_json(summary))["types"] == {kind: total}
+    console = Console(width=120, record=True)
+    console.print(render_inspection(summary))
+    assert {"dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}[kind] in console.export_text()
+    # kohya -> kohya (e.g. to fp16) keeps every tensor of the type.
+    half = convert_lora_file(path, tmp_path / "half.safetensors", "kohya", dtype=torch.float16)
+    assert half.kinds == {kind: total}
+    assert set(load_file(tmp_path / "half.safetensors")) == set(load_file(path))
+    # The diffusers/PEFT format has no such tensors: refused, saying what to use.
+    with pytest.raises(LoRAFileError, match=f"plain LoRA only, and these modules are {kind}.*kohya"):
+        convert_lora_file(path, tmp_path / "d.safetensors", "diffusers")
+    assert not (tmp_path / "d.safetensors").exists()
+
+
+@pytest.mark.parametrize("base_id", ["linear", "conv3x3"])
+def test_lycoris_default_output_axis_dora_is_read_as_lycoris_computes_it(base_id: str) -> None:
+    from lycoris.modules.locon import LoConModule
+
+    from loratui.lora.variants import adapter_for_tensors
+
+    make_base, x_shape = BASES[base_id]
+    torch.manual_seed(4)
+    base = make_base()
+    x = torch.randn(x_shape)
+    ref = LoConModule("m", copy.deepcopy(base), 1.0, 4, 2.0, weight_decompose=True)  # wd_on_out=True
+    g = torch.Generator().manual_seed(5)
+    sd = {k: v if k == "alpha" else v + torch.randn(v.shape, generator=g) * 0.2 for k, v in ref.state_dict().items()}
+    ref.load_state_dict(sd)
+    ours = adapter_for_tensors(copy.deepcopy(base), "dora", {k: v for k, v in sd.items() if k != "alpha"},
+                               float(sd["alpha"]))
+    ours.load_file_tensors({k: v for k, v in sd.items() if k != "alpha"})
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)

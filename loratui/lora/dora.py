@@ -14,6 +14,9 @@ convention ComfyUI and Forge apply exactly — for an output-axis
 trainer. The tensors are kohya's ``lora_down``/``lora_up``/``alpha`` plus
 ``dora_scale``; loaders that know no DoRA (diffusers) drop ``dora_scale``.
 
+Files with LyCORIS' output-axis ``dora_scale`` are read and applied as
+LyCORIS computes them (``wd_on_output``); loratui itself trains the input axis.
+
 Strength follows ComfyUI: ``W + multiplier · (W' − W)``.
 """
 
@@ -33,20 +36,27 @@ def column_norm(weight: torch.Tensor) -> torch.Tensor:
     return flat.norm(dim=1).reshape(1, weight.shape[1], *[1] * (weight.dim() - 2))
 
 
+def row_norm(weight: torch.Tensor) -> torch.Tensor:
+    """‖W‖ per output channel (LyCORIS' default axis): ``[out, 1]`` or ``[out, 1, 1, 1]``."""
+    return weight.reshape(weight.shape[0], -1).norm(dim=1).reshape(weight.shape[0], *[1] * (weight.dim() - 1))
+
+
 class DoRAModule(LoRAModule):
     """LoRA factors plus a trained per-input-channel magnitude ``dora_scale``."""
 
     kind: ClassVar[str] = "dora"
 
     def __init__(self, base: nn.Module, rank: int, alpha: float | None = None, *,
-                 generator: torch.Generator | None = None) -> None:  # fmt: skip
+                 generator: torch.Generator | None = None, wd_on_output: bool = False) -> None:  # fmt: skip
+        """``wd_on_output`` only to read a file with LyCORIS' default output-axis magnitude."""
         super().__init__(base, rank, alpha, generator=generator)
         weight = base.weight
-        magnitude = torch.empty((1, weight.shape[1], *[1] * (weight.dim() - 2)), device=weight.device,
-                                dtype=LORA_DTYPE)  # fmt: skip
+        self.norm = row_norm if wd_on_output else column_norm
+        shape = (weight.shape[0], 1) if wd_on_output else (1, weight.shape[1])
+        magnitude = torch.empty((*shape, *[1] * (weight.dim() - 2)), device=weight.device, dtype=LORA_DTYPE)
         if not weight.is_meta:
             with torch.no_grad():
-                magnitude.copy_(column_norm(weight.detach().to(LORA_DTYPE)))
+                magnitude.copy_(self.norm(weight.detach().to(LORA_DTYPE)))
         self.dora_scale = nn.Parameter(magnitude)
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
@@ -57,7 +67,7 @@ class DoRAModule(LoRAModule):
         weight = self.base.weight.to(LORA_DTYPE)
         combined = weight + self.low_rank_weight() * self.scale
         # eps as LyCORIS and ComfyUI add it, so a zero column stays finite.
-        norm = column_norm(combined) + torch.finfo(LORA_DTYPE).eps
+        norm = self.norm(combined) + torch.finfo(LORA_DTYPE).eps
         return combined * (self.dora_scale / norm) - weight
 
     # The LoRA bypass forward does not apply here: the rescaling acts on the

@@ -76,6 +76,9 @@ def adapter_for_tensors(base: nn.Module, kind: str, tensors: Mapping[str, torch.
         return LoKrModule(base, rank or 1, alpha, w1_shape=(int(w1.shape[0]), int(w1.shape[1])),
                           full_w2="lokr_w2" in tensors)  # fmt: skip
     assert rank is not None
+    if kind == "dora":
+        # A magnitude that is not [1, in...] is LyCORIS' output-axis layout.
+        return DoRAModule(base, rank, alpha, wd_on_output=int(tensors["dora_scale"].shape[0]) != 1)
     return make_adapter(kind, base, rank, alpha)
 
 

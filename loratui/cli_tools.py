@@ -166,11 +166,11 @@ def _warn_diffusers_format(path: Path) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from loratui.lora.inspect import inspect_lora_file, inspection_lines, render_inspection
+    from loratui.lora.inspect import inspect_lora_file, inspection_json, inspection_lines, render_inspection
 
     summary = inspect_lora_file(args.file)
     if args.json:
-        print_json(summary)
+        print(inspection_json(summary))
     elif not console.is_terminal:
         print_lines(inspection_lines(summary))
     else:

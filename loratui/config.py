@@ -73,6 +73,10 @@ class LoraConfig:
                      "all (adds convolutions, LoCon)", choices=("attention", "attention+ff", "all"))
     train_text_encoder: bool = _f(False, "also train the text encoder(s); stronger, easier to overfit")
     init_lora: str = _f("", "start from this LoRA file (ours or kohya's) instead of zeros")
+    type: str = _f("lora", "lora (plain); dora adds a trained magnitude (often better, ~1.3x slower); loha and lokr "
+                   "(LyCORIS) fit more per parameter: use a lower rank (loha 4-16)", choices=("lora", "dora", "loha", "lokr"))
+    lokr_factor: int = _f(-1, "lokr only: -1 splits each dimension evenly; N (8, 16) makes the small Kronecker "
+                          "factor N wide, a bigger file that fits more", min=-1, max=1024)
 
 
 @dataclass
@@ -365,6 +369,11 @@ def cross_check(cfg: ProjectConfig) -> list[str]:
                         f"({cfg.data.bucket_step})")
     if cfg.data.resolution % 8:
         problems.append(f"data.resolution must be a multiple of 8 (the VAE downsamples by 8), not {cfg.data.resolution}")
+    if cfg.lora.lokr_factor == 0:
+        problems.append("lora.lokr_factor must be -1 (even split) or a positive factor such as 8, not 0")
+    if cfg.lora.type != "lora" and cfg.save.format == "diffusers":
+        problems.append(f"save.format = \"diffusers\" holds plain LoRA only; lora.type = \"{cfg.lora.type}\" "
+                        "needs save.format = \"kohya\" (ComfyUI, Forge and A1111 load it)")
     for which in ("images",):
         p = getattr(cfg.data, which)
         if not p:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loratui.config import ProjectConfig
+from loratui.config import ProjectConfig, field_spec
 
 # Changing any of these changes the weights, the data order or the schedule a
 # checkpoint was built on: resuming across them would not continue the same run.
@@ -12,7 +12,7 @@ BREAKING = (
     "model.base", "model.family", "model.prediction_type", "model.clip_skip",
     "data.resolution", "data.bucket_step", "data.flip", "data.trigger_word", "data.shuffle_tags",
     "data.keep_tokens", "data.caption_dropout",
-    "lora.rank", "lora.alpha", "lora.preset", "lora.train_text_encoder",
+    "lora.rank", "lora.alpha", "lora.preset", "lora.train_text_encoder", "lora.type", "lora.lokr_factor",
     "train.batch_size", "train.grad_accum", "train.seed", "train.optimizer", "train.lr_scheduler",
     "train.warmup_steps", "train.learning_rate", "train.text_encoder_lr", "train.weight_decay",
     "train.min_snr_gamma", "train.noise_offset",
@@ -42,6 +42,13 @@ def config_digest(cfg: ProjectConfig, dataset_fingerprint: str) -> dict[str, Any
     return digest
 
 
+def _is_default(path: str, value: Any) -> bool:
+    try:
+        return field_spec(path).default == value
+    except KeyError:
+        return False
+
+
 def describe_differences(saved: dict[str, Any], now: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(breaking, harmless) changes, one readable line each."""
     breaking, harmless = [], []
@@ -49,6 +56,8 @@ def describe_differences(saved: dict[str, Any], now: dict[str, Any]) -> tuple[li
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) == now.get(key):
             continue
+        if key not in saved and _is_default(key, now.get(key)):
+            continue  # a setting added after the checkpoint was written, left at its default: nothing changed
         if key == "dataset":
             breaking.append("the images or captions changed (a file was added, removed or edited)")
             continue

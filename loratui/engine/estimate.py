@@ -48,7 +48,8 @@ def count_trainable_params(project_dir: Path, cfg: ProjectConfig) -> int:
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
         total = inject_lora(unet, component="unet", family=family, preset=cfg.lora.preset, rank=cfg.lora.rank,
-                            alpha=cfg.lora.alpha).num_parameters()
+                            alpha=cfg.lora.alpha, kind=cfg.lora.type,
+                            lokr_factor=cfg.lora.lokr_factor).num_parameters()
         if cfg.lora.train_text_encoder:
             total += _count_text_encoders(folder, family, cfg)
     return total
@@ -66,7 +67,8 @@ def _count_text_encoders(folder: Path, family: str, cfg: ProjectConfig) -> int:
     for sub, component, cls in parts:
         te = cls(CLIPTextConfig.from_pretrained(folder / sub))
         total += inject_lora(te, component=component, family=family, preset=cfg.lora.preset, rank=cfg.lora.rank,
-                             alpha=cfg.lora.alpha).num_parameters()
+                             alpha=cfg.lora.alpha, kind=cfg.lora.type,
+                             lokr_factor=cfg.lora.lokr_factor).num_parameters()
     return total
 
 

@@ -11,6 +11,7 @@ import torch
 
 import loratui
 from loratui.config import ProjectConfig
+from loratui.lora.variants import network_args
 
 if TYPE_CHECKING:
     from loratui.engine.session import TrainingSession
@@ -43,12 +44,13 @@ def training_metadata(cfg: ProjectConfig, *, family: str, prediction_type: str, 
     else:
         architecture = _ARCHITECTURE[family]
     now = time.time()
+    network_module, args = network_args(cfg.lora.type, cfg.lora.lokr_factor)
     meta = {
         "ss_output_name": cfg.output_name,
-        "ss_network_module": "networks.lora",
+        "ss_network_module": network_module,
         "ss_network_dim": str(cfg.lora.rank),
         "ss_network_alpha": f"{cfg.lora.alpha:g}",
-        "ss_network_args": json.dumps({"preset": cfg.lora.preset}),
+        "ss_network_args": json.dumps({"preset": cfg.lora.preset, **args}),
         "ss_base_model_version": base_model_version(family, prediction_type),
         "ss_v2": str(family == "sd2"),
         "ss_sd_model_name": cfg.model.base,

@@ -284,14 +284,15 @@ def _inject(cfg: ProjectConfig, model: LoadedModel,
             paths: ProjectPaths) -> tuple[dict[str, LoRANetwork], list[dict[str, Any]], list]:
     gen = torch.Generator("cpu").manual_seed(cfg.train.seed)
     lc = cfg.lora
+    kind = {"kind": lc.type, "lokr_factor": lc.lokr_factor}
     networks = {"unet": inject_lora(model.unet, component="unet", family=model.family, preset=lc.preset,
-                                    rank=lc.rank, alpha=lc.alpha, generator=gen)}
+                                    rank=lc.rank, alpha=lc.alpha, generator=gen, **kind)}
     trained_tes = []
     if lc.train_text_encoder:
         names = ["te"] if len(model.text_encoders) == 1 else ["te1", "te2"]
         for name, te in zip(names, model.text_encoders):
             networks[name] = inject_lora(te, component=name, family=model.family, preset=lc.preset,
-                                         rank=lc.rank, alpha=lc.alpha, generator=gen)
+                                         rank=lc.rank, alpha=lc.alpha, generator=gen, **kind)
             trained_tes.append(te)
     if lc.init_lora:
         from loratui.config import ConfigError

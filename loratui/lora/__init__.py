@@ -1,4 +1,4 @@
-"""Our own LoRA: the layer, injection by preset, kohya/diffusers files, inspection and merging."""
+"""Our own LoRA and its LyCORIS variants (DoRA, LoHa, LoKr): layers, injection by preset, files, inspection, merging."""
 
 from __future__ import annotations
 
@@ -14,11 +14,20 @@ from loratui.lora.fileformat import (
 )
 from loratui.lora.inject import UNET_PRESETS, expected_module_count, inject_from_file, inject_lora
 from loratui.lora.inspect import inspect_lora_file, render_inspection
-from loratui.lora.layer import LoRAModule, LoRANetwork
+from loratui.lora.dora import DoRAModule
+from loratui.lora.layer import AdapterModule, LoRAModule, LoRANetwork
+from loratui.lora.loha import LoHaModule
+from loratui.lora.lokr import LoKrModule
 from loratui.lora.merge import bake_networks, merge_networks, unmerge_networks
+from loratui.lora.variants import ADAPTER_TYPES, make_adapter
 
 __all__ = [
+    "ADAPTER_TYPES",
     "UNET_PRESETS",
+    "AdapterModule",
+    "DoRAModule",
+    "LoHaModule",
+    "LoKrModule",
     "LoRAFile",
     "LoRAFileError",
     "LoRAModule",
@@ -32,6 +41,7 @@ __all__ = [
     "inject_lora",
     "inspect_lora_file",
     "load_lora_file",
+    "make_adapter",
     "merge_networks",
     "render_inspection",
     "save_diffusers",

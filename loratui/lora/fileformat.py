@@ -1,16 +1,19 @@
 """LoRA files: kohya format (the default everywhere), diffusers/PEFT format, and both ways between.
 
+kohya-format files also carry the LyCORIS types under LyCORIS' own tensor
+names (``dora_scale`` beside a LoRA's factors; ``hada_w1_a``... for LoHa;
+``lokr_w1``, ``lokr_w2`` or ``lokr_w2_a``/``lokr_w2_b`` for LoKr), which
+ComfyUI, Forge and A1111 load; the diffusers format holds plain LoRA only.
+
 A file is read into a :class:`LoRAFile` whose modules are keyed by kohya name
 whatever the file's own spelling, so the rest of loratui sees one format.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +23,6 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from loratui.errors import UserError
 from loratui.lora.layer import LoRANetwork
 from loratui.lora.naming import (
     DIFFUSERS_PREFIX,
@@ -34,6 +36,8 @@ from loratui.lora.naming import (
     normalize_family,
     split_kohya_name,
 )
+from loratui.lora.safetensors_io import LoRAFileError, read_validated_bytes, safetensors_hashes, write_atomic
+from loratui.lora.variants import KNOWN_SUFFIXES, UNSUPPORTED_HINT, kind_of_suffixes, rank_of
 
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 _KOHYA_PREFIXES = tuple(p + "_" for p in KOHYA_PREFIX.values())
@@ -41,15 +45,50 @@ _KOHYA_PREFIXES = tuple(p + "_" for p in KOHYA_PREFIX.values())
 
 @dataclass
 class LoRAWeights:
-    """One module's factors: down ``[r, in(, kh, kw)]``, up ``[out, r(, 1, 1)]`` and alpha."""
+    """One module's tensors: down ``[r, in(, kh, kw)]``, up ``[out, r(, 1, 1)]`` and alpha for LoRA.
 
-    down: torch.Tensor
-    up: torch.Tensor
+    The LyCORIS types keep their other tensors in ``extra`` by file suffix:
+    ``dora_scale`` beside down/up for DoRA; ``hada_*`` (LoHa) or ``lokr_*``
+    (LoKr) alone, with ``down``/``up`` None.
+    """
+
+    down: torch.Tensor | None
+    up: torch.Tensor | None
     alpha: float
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], alpha: float) -> LoRAWeights:
+        rest = dict(tensors)
+        return cls(rest.pop("lora_down.weight", None), rest.pop("lora_up.weight", None), alpha, rest)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor but alpha, by file suffix."""
+        out = {} if self.down is None else {"lora_down.weight": self.down}
+        if self.up is not None:
+            out["lora_up.weight"] = self.up
+        return {**out, **self.extra}
 
     @property
-    def rank(self) -> int:
-        return int(self.down.shape[0])
+    def kind(self) -> str:
+        return kind_of_suffixes(set(self.tensors())) or "lora"
+
+    @property
+    def rank(self) -> int | None:
+        """None for a LoKr whose two factors are both full (it has no rank; its scale is 1)."""
+        return rank_of(self.kind, self.tensors())
+
+    @property
+    def in_width(self) -> int:
+        """The wrapped layer's input width times its kernel window (what tells model families apart)."""
+        t = self.tensors()
+        if self.kind == "loha":
+            return int(t["hada_w1_b"].shape[1])
+        if self.kind == "lokr":
+            w2 = t.get("lokr_w2", t.get("lokr_w2_b"))
+            return int(t["lokr_w1"].shape[1]) * int(w2[0].numel() if "lokr_w2" in t else w2.shape[1])
+        assert self.down is not None
+        return int(self.down[0].numel())
 
 
 @dataclass
@@ -73,55 +112,22 @@ class LoRAFile:
     def component_counts(self) -> dict[str, int]:
         return dict(Counter(split_kohya_name(name)[0] for name in self.modules))
 
+    @property
+    def kinds(self) -> dict[str, int]:
+        """Modules per adapter type (``lora``, ``dora``, ``loha``, ``lokr``)."""
+        return dict(Counter(w.kind for w in self.modules.values()))
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """kohya-keyed tensors, alpha as a 0-dim float32 tensor."""
         sd: dict[str, torch.Tensor] = {}
         for name, w in self.modules.items():
-            sd[f"{name}.lora_down.weight"] = w.down
-            sd[f"{name}.lora_up.weight"] = w.up
+            for suffix, tensor in w.tensors().items():
+                sd[f"{name}.{suffix}"] = tensor
             sd[f"{name}.alpha"] = torch.tensor(w.alpha, dtype=torch.float32)
         return sd
 
 
-# -- hashes and atomic writes -------------------------------------------------------------
-
-
-def safetensors_hashes(data: bytes) -> tuple[str, str]:
-    """(sshs_model_hash, sshs_legacy_hash) of serialised safetensors bytes, as kohya and A1111 compute them."""
-    header_len = int.from_bytes(data[:8], "little")
-    model_hash = hashlib.sha256(data[8 + header_len :]).hexdigest()
-    legacy_hash = hashlib.sha256(data[0x100000 : 0x100000 + 0x10000]).hexdigest()[:8]
-    return model_hash, legacy_hash
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write next to the target, fsync, rename over it: a crash leaves the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass  # some filesystems refuse to fsync a directory; the data itself is synced
-    finally:
-        os.close(dir_fd)
+# -- metadata and hashes -------------------------------------------------------------------
 
 
 def _stringify(metadata: Mapping[str, object]) -> dict[str, str]:
@@ -156,7 +162,7 @@ def _entries_from_networks(networks: Mapping[str, LoRANetwork]) -> tuple[list[_E
     for network in networks.values():
         families.add(network.family)
         for name, module in network.items():
-            w = LoRAWeights(module.lora_down.weight.detach(), module.lora_up.weight.detach(), float(module.alpha))
+            w = LoRAWeights.from_tensors(module.file_tensors(), float(module.alpha))
             entries.append(_Entry(network.component, name, network.module_paths[name], w))
     if len(families) > 1:
         raise ValueError(f"networks from different model families cannot share a file: {sorted(families)}")
@@ -179,10 +185,12 @@ def _alpha_tensor(alpha: float, dtype: torch.dtype | None) -> torch.Tensor:
 
 
 def _default_metadata(entries: list[_Entry], family: str) -> dict[str, str]:
-    ranks = Counter(e.weights.rank for e in entries)
+    ranks = Counter(e.weights.rank for e in entries if e.weights.rank is not None)
     alphas = Counter(e.weights.alpha for e in entries)
+    kinds = {e.weights.kind for e in entries}
     meta = {
-        "ss_network_module": "networks.lora",
+        # LyCORIS' kohya entry point is what trains the other types; loaders go by tensor names.
+        "ss_network_module": "networks.lora" if kinds <= {"lora"} else "lycoris.kohya",
         "ss_base_model_version": base_model_version(family),
         "ss_v2": str(family == "sd2"),
     }
@@ -197,8 +205,8 @@ def _kohya_tensors(entries: list[_Entry], dtype: torch.dtype | None) -> tuple[di
     for e in entries:
         if not e.name.startswith(_KOHYA_PREFIXES):
             raise ValueError(f"{e.name!r} is not a kohya LoRA name")
-        tensors[f"{e.name}.lora_down.weight"] = _cast(e.weights.down, dtype)
-        tensors[f"{e.name}.lora_up.weight"] = _cast(e.weights.up, dtype)
+        for suffix, tensor in e.weights.tensors().items():
+            tensors[f"{e.name}.{suffix}"] = _cast(tensor, dtype)
         tensors[f"{e.name}.alpha"] = _alpha_tensor(e.weights.alpha, dtype)
     return tensors, {}
 
@@ -251,6 +259,11 @@ def _adapter_metadata(entries: list[_Entry]) -> dict[str, object]:
 
 
 def _diffusers_tensors(entries: list[_Entry], dtype: torch.dtype | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if kinds := sorted({e.weights.kind for e in entries} - {"lora"}):
+        raise LoRAFileError(
+            f"the diffusers/PEFT format holds plain LoRA only, and these modules are {'/'.join(kinds)}: write "
+            "them in the kohya format (save.format = \"kohya\"), which ComfyUI, Forge and A1111 load"
+        )
     tensors: dict[str, torch.Tensor] = {}
     for e in entries:
         key = f"{DIFFUSERS_PREFIX[e.component]}.{e.path}"
@@ -262,61 +275,11 @@ def _diffusers_tensors(entries: list[_Entry], dtype: torch.dtype | None) -> tupl
 
 # -- reading ---------------------------------------------------------------------------------
 
-_HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap
-_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
-
-
-class LoRAFileError(UserError, ValueError):
-    """A LoRA file that cannot be read; the message names the file and what to do."""
-
-
-def read_validated_bytes(path: Path) -> bytes:
-    """The file's bytes after checking the safetensors header, before any tensor is allocated."""
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise LoRAFileError(f"cannot read LoRA file {path}: {exc.strerror}") from exc
-    broken = f"LoRA file {path} is truncated or corrupt"
-    hint = "; copy or download it again"
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise LoRAFileError(f"{broken} ({size} bytes, not a safetensors file){hint}")
-        n = int.from_bytes(head, "little")
-        if n > _HEADER_LIMIT or 8 + n > size:
-            raise LoRAFileError(f"{broken}: header claims {n} bytes but the file has {size}{hint}")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise LoRAFileError(f"{broken}: the safetensors header is not valid JSON ({exc}){hint}") from exc
-        if not isinstance(header, dict):
-            raise LoRAFileError(f"{broken}: the safetensors header is not a JSON object{hint}")
-        data_len = size - 8 - n
-        for key, info in header.items():
-            if key == "__metadata__":
-                continue
-            try:
-                start, end = (int(v) for v in info["data_offsets"])
-                numel = 1
-                for dim in info["shape"]:
-                    numel *= int(dim)
-                itemsize = _DTYPE_SIZES.get(info["dtype"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise LoRAFileError(f"{broken}: bad header entry for tensor {key!r}{hint}") from exc
-            if not 0 <= start <= end <= data_len:
-                raise LoRAFileError(f"{broken}: tensor {key!r} lies beyond the end of the file{hint}")
-            if itemsize is not None and (end - start) != numel * itemsize:
-                raise LoRAFileError(f"{broken}: tensor {key!r} has {end - start} bytes for shape {info['shape']}{hint}")
-        f.seek(0)
-        return f.read()
-
-
 _PEFT_SUFFIX = re.compile(
     r"^(?P<module>.+?)(?:\.lora_(?P<peft>[AB])\.weight|\.lora(?:_linear_layer)?\.(?P<old>down|up)\.weight"
     r"|_lora\.(?P<proc>down|up)\.weight|\.alpha)$"
 )
-_KOHYA_SUFFIX = re.compile(r"^(?P<module>[^.]+)\.(?:lora_(?P<part>down|up)\.weight|alpha)$")
+_KOHYA_KEY = re.compile(r"^(?P<module>[^.]+)\.(?P<suffix>.+)$")
 _DIFFUSERS_COMPONENTS = {"unet": "unet", "text_encoder": "te", "text_encoder_2": "te2"}
 _TE_ATTN = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 
@@ -328,8 +291,8 @@ def _pair_up(tensors: dict[str, torch.Tensor], pattern: re.Pattern[str], path: P
         m = pattern.match(key)
         if m is None:
             raise LoRAFileError(
-                f"LoRA file {path} has a key loratui cannot read: {key!r}; only plain LoRA is supported "
-                "(not LoHa/LoKr/DoRA or LoCon with a mid weight)"
+                f"LoRA file {path} has a key loratui cannot read: {key!r}; diffusers/PEFT files are read as "
+                "plain LoRA only (LoHa/LoKr/DoRA are read from kohya/LyCORIS files)"
             )
         groups = m.groupdict()
         part = {"A": "down", "B": "up"}.get(groups.get("peft") or "") or groups.get("part") or groups.get("old")
@@ -338,6 +301,30 @@ def _pair_up(tensors: dict[str, torch.Tensor], pattern: re.Pattern[str], path: P
         if "down" not in parts or "up" not in parts:
             raise LoRAFileError(f"LoRA file {path}: module {module!r} has no {'up' if 'down' in parts else 'down'} weight")
     return pairs
+
+
+def _read_kohya(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, LoRAWeights]:
+    """kohya/LyCORIS keys grouped by module; an unknown or incomplete set of tensors is an error naming it."""
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        m = _KOHYA_KEY.match(key)
+        if m is None or m["suffix"] not in KNOWN_SUFFIXES:
+            raise LoRAFileError(f"LoRA file {path} has a key loratui cannot read: {key!r}; {UNSUPPORTED_HINT}")
+        grouped.setdefault(m["module"], {})[m["suffix"]] = tensor
+    modules = {}
+    for module, parts in grouped.items():
+        kind = kind_of_suffixes(set(parts))
+        if kind is None:
+            raise LoRAFileError(
+                f"LoRA file {path}: module {module!r} has an incomplete or mixed set of tensors "
+                f"({', '.join(sorted(parts))}); {UNSUPPORTED_HINT}"
+            )
+        alpha = parts.pop("alpha", None)
+        rank = rank_of(kind, parts)
+        # Every loader reads a missing alpha as alpha = rank (scale 1).
+        value = float(alpha.float().reshape(-1)[0]) if alpha is not None else float(rank or 1)
+        modules[module] = LoRAWeights.from_tensors(parts, value)
+    return modules
 
 
 def _alpha(parts: dict[str, torch.Tensor]) -> float:
@@ -414,7 +401,7 @@ def load_lora_file(path: str | os.PathLike[str], *, family: str | None = None,
 
     if all(k.startswith(_KOHYA_PREFIXES) for k in tensors):
         fmt = "kohya"
-        modules = {name: LoRAWeights(p["down"], p["up"], _alpha(p)) for name, p in _pair_up(tensors, _KOHYA_SUFFIX, path).items()}
+        modules = _read_kohya(tensors, path)
     elif all(k.partition(".")[0] in _DIFFUSERS_COMPONENTS for k in tensors):
         by_path, fmt = _read_diffusers(tensors, metadata, path)
         # Provisional SD1-style names (diffusers block names; te2 stays te2)
@@ -426,7 +413,7 @@ def load_lora_file(path: str | os.PathLike[str], *, family: str | None = None,
             f"LoRA file {path} is neither kohya (lora_unet_/lora_te_ keys) nor diffusers (unet./text_encoder. keys); "
             f"first unrecognised key: {odd!r}"
         )
-    family = family or guess_family({n: tuple(w.down.shape) for n, w in modules.items()}, metadata)
+    family = family or guess_family({n: (w.rank or 0, w.in_width) for n, w in modules.items()}, metadata)
     if family == "sdxl":
         modules = {re.sub(r"^lora_te_", "lora_te1_", n): w for n, w in modules.items()}
     if family is not None:
@@ -475,6 +462,7 @@ def apply_lora_file(lora_file: LoRAFile | str | os.PathLike[str], networks: Mapp
             raise ValueError(f"LoRA file {lora.path} was trained on {stated} but the base model is {family}; "
                              "pick a base model of the same family")  # fmt: skip
         lora = LoRAFile(lora.path, lora.format, family, lora.metadata, _normalise_names(lora.modules, family, None))
+    _check_kinds(lora, networks)
     sd = lora.state_dict()
     prefixes = {KOHYA_PREFIX[n.component] + "_": n for n in networks.values()}
     used: set[str] = set()
@@ -488,4 +476,20 @@ def apply_lora_file(lora_file: LoRAFile | str | os.PathLike[str], networks: Mapp
         raise ValueError(
             f"LoRA file {lora.path} has {len(left)} modules no network here takes (e.g. {left[0]}); "
             "turn on text-encoder training or pick the matching base model family"
+        )
+
+
+def _check_kinds(lora: LoRAFile, networks: Mapping[str, LoRANetwork]) -> None:
+    """A file of one adapter type cannot continue a network of another: say which type to set."""
+    file_kinds = set(lora.kinds)
+    own = set().union(*(n.kinds for n in networks.values())) if networks else set()
+    if file_kinds and own and file_kinds != own:
+        raise LoRAFileError(
+            f"LoRA file {lora.path} is a {'/'.join(sorted(file_kinds))} but this run trains a "
+            f"{'/'.join(sorted(own))}; set lora.type = \"{sorted(file_kinds)[0]}\" to continue from it"
+        )
+    if any("dora_scale" in w.extra and w.extra["dora_scale"].shape[0] != 1 for w in lora.modules.values()):
+        raise LoRAFileError(
+            f"LoRA file {lora.path} is a DoRA with its magnitude per output channel (LyCORIS' default); loratui "
+            "trains it per input channel, so a run cannot continue from it (it still loads for sample and merge)"
         )

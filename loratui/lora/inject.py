@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from loratui.lora.layer import LoRAModule, LoRANetwork
+from loratui.lora.layer import AdapterModule, LoRANetwork
 from loratui.lora.naming import (
     COMPONENTS,
     TE_TARGETS,
@@ -34,6 +34,7 @@ from loratui.lora.naming import (
     te_module_path,
     unet_kohya_name,
 )
+from loratui.lora.variants import adapter_for_tensors, make_adapter
 
 if TYPE_CHECKING:
     from loratui.lora.fileformat import LoRAFile
@@ -90,7 +91,7 @@ def _layers(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
     return [
         (f"{prefix}.{name}", sub)
         for name, sub in module.named_modules()
-        if name and isinstance(sub, (nn.Linear, nn.Conv2d, LoRAModule))
+        if name and isinstance(sub, (nn.Linear, nn.Conv2d, AdapterModule))
         and not any(part in ("lora_down", "lora_up") for part in name.split("."))
     ]
 
@@ -108,7 +109,7 @@ def _unet_targets(root: nn.Module, preset: str) -> list[tuple[str, nn.Module]]:
                 found.update({p: m for p, m in _layers(module, path) if p not in found})
         elif preset == "all" and (_is(module, *_RESNET) or _is(module, *_SAMPLER)):
             found.update({p: m for p, m in _layers(module, path) if p not in found})
-    # Drop the base layers found inside an already-wrapped LoRAModule.
+    # Drop the base layers found inside an already-wrapped adapter.
     return [(p, m) for p, m in found.items() if not p.endswith(".base")]
 
 
@@ -146,11 +147,15 @@ def inject_lora(
     conv_rank: int | None = None,
     conv_alpha: float | None = None,
     check_count: bool = True,
+    kind: str = "lora",
+    lokr_factor: int = -1,
 ) -> LoRANetwork:
     """Wrap the preset's layers of ``root`` (a UNet or CLIP text encoder) with LoRA.
 
     ``conv_rank``/``conv_alpha`` apply to convolutions with a kernel larger than
     1x1 (kohya's conv_dim/conv_alpha) and default to ``rank``/``alpha``.
+    ``kind`` is the adapter type (``lora``, ``dora``, ``loha``, ``lokr``;
+    ``lokr_factor`` splits LoKr's dimensions), see :mod:`loratui.lora.variants`.
     """
     family = normalize_family(family)
     if component not in COMPONENTS:
@@ -180,11 +185,11 @@ def inject_lora(
                 "expects, so part of the model would silently get no LoRA"
             )
 
-    modules: dict[str, LoRAModule] = {}
+    modules: dict[str, AdapterModule] = {}
     paths: dict[str, str] = {}
     sites: dict[str, tuple[nn.Module, str, nn.Module]] = {}
     for name, canonical, actual, base in targets:
-        if isinstance(base, LoRAModule):
+        if isinstance(base, AdapterModule):
             raise RuntimeError(f"{actual!r} already has a LoRA; remove the old network before injecting another")
         if name in modules:
             raise RuntimeError(f"two {component} layers map to the same kohya name {name!r}")
@@ -193,7 +198,7 @@ def inject_lora(
         a = conv_alpha if big_kernel and conv_alpha else alpha
         parent_path, _, attr = actual.rpartition(".")
         parent = root.get_submodule(parent_path) if parent_path else root
-        lora = LoRAModule(base, r, a, generator=generator)
+        lora = make_adapter(kind, base, r, a, generator=generator, lokr_factor=lokr_factor)
         setattr(parent, attr, lora)
         modules[name], paths[name], sites[name] = lora, canonical, (parent, attr, base)
     return LoRANetwork(component, family, preset, modules, paths, sites)
@@ -234,7 +239,7 @@ def inject_from_file(lora: LoRAFile, roots: Mapping[str, nn.Module], *, strict: 
             continue
         config = getattr(root, "config", None)
         layout = UNetLayout.from_config(config) if component == "unet" and config is not None else None
-        modules: dict[str, LoRAModule] = {}
+        modules: dict[str, AdapterModule] = {}
         paths: dict[str, str] = {}
         sites: dict[str, tuple[nn.Module, str, nn.Module]] = {}
         for name in names:
@@ -247,7 +252,7 @@ def inject_from_file(lora: LoRAFile, roots: Mapping[str, nn.Module], *, strict: 
             weights = lora.modules[name]
             parent_path, _, attr = actual.rpartition(".")
             parent = root.get_submodule(parent_path) if parent_path else root
-            modules[name] = LoRAModule(base, weights.rank, weights.alpha)
+            modules[name] = adapter_for_tensors(base, weights.kind, weights.tensors(), weights.alpha)
             setattr(parent, attr, modules[name])
             paths[name], sites[name] = canonical, (parent, attr, base)
         network = LoRANetwork(component, family, "file", modules, paths, sites)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -11,6 +12,8 @@ from loratui.lora.fileformat import read_validated_bytes, load_lora_file, safete
 
 _COMPONENT_LABELS = {"unet": "UNet", "te": "text encoder", "te1": "text encoder 1", "te2": "text encoder 2"}
 _FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", None: "unknown"}
+_KIND_LABELS = {"lora": "LoRA", "dora": "DoRA (LoRA + dora_scale)", "loha": "LoHa (LyCORIS)",
+                "lokr": "LoKr (LyCORIS)"}  # fmt: skip
 # Metadata worth a line of its own; the rest is counted, not printed (ss_tag_frequency can be huge).
 _SHOWN_METADATA = (
     "ss_output_name", "ss_base_model_version", "ss_sd_model_name", "ss_network_module", "ss_network_dim",
@@ -35,10 +38,15 @@ def inspect_lora_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         "modules": len(lora.modules),
         "modules_per_component": {c: components[c] for c in ("unet", "te", "te1", "te2") if c in components},
         "text_encoder": any(c != "unet" for c in components),
-        "ranks": dict(sorted(Counter(lora.ranks.values()).items())),
+        "types": dict(sorted(lora.kinds.items())),
+        # A LoKr with both Kronecker factors full has no rank (scale 1): counted as "full".
+        "ranks": dict(sorted(Counter(r if r is not None else "full" for r in lora.ranks.values()).items(),
+                             key=lambda item: (isinstance(item[0], str), item[0]))),
         "alphas": dict(sorted(Counter(lora.alphas.values()).items())),
-        "conv_modules": sum(1 for w in lora.modules.values() if w.down.ndim == 4 and w.down.shape[-1] > 1),
-        "dtypes": sorted({str(w.down.dtype).removeprefix("torch.") for w in lora.modules.values()}),
+        "conv_modules": sum(1 for w in lora.modules.values()
+                            if any(t.ndim == 4 and t.shape[-1] > 1 for t in w.tensors().values())),
+        "dtypes": sorted({str(t.dtype).removeprefix("torch.") for w in lora.modules.values()
+                          for t in w.tensors().values()}),
         "sshs_model_hash": model_hash,
         # A file edited after saving (or renamed tensors) no longer matches its recorded hash.
         "hash_matches_metadata": None if stored is None else stored == model_hash,
@@ -47,10 +55,14 @@ def inspect_lora_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
+
+
 def _counts(counter: dict[Any, int]) -> str:
     if len(counter) == 1:
-        return f"{next(iter(counter)):g}"
-    return ", ".join(f"{value:g} ×{n}" for value, n in counter.items())
+        return _value(next(iter(counter)))
+    return ", ".join(f"{_value(value)} ×{n}" for value, n in counter.items())
 
 
 def inspection_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -58,6 +70,8 @@ def inspection_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     per = summary["modules_per_component"]
     rows = [
         ("format", summary["format"]),
+        ("type", ", ".join(_KIND_LABELS.get(k, k) + (f" ×{n}" if len(summary["types"]) > 1 else "")
+                           for k, n in summary["types"].items())),
         ("model family", _FAMILY_LABELS.get(summary["family"], str(summary["family"]))),
         ("modules", f"{summary['modules']} (" + ", ".join(f"{_COMPONENT_LABELS.get(c, c)} {n}"
                                                           for c, n in per.items()) + ")"),
@@ -116,3 +130,9 @@ def inspection_lines(summary: dict[str, Any]) -> list[str]:
     lines += [f"metadata {label}: {value}" if label else f"metadata: {value}"
               for label, value in metadata_rows(summary)]
     return lines
+
+
+def inspection_json(summary: dict[str, Any]) -> str:
+    # JSON keys are strings anyway; making them so first lets "full" sort beside numeric ranks.
+    flat = {k: {str(key): n for key, n in v.items()} if k in ("ranks", "alphas") else v for k, v in summary.items()}
+    return json.dumps(flat, sort_keys=True, default=str)

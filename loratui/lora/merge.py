@@ -6,26 +6,38 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from loratui.lora.layer import LoRAModule, LoRANetwork
+from loratui.lora.layer import AdapterModule, LoRANetwork
 
 
-def _modules(networks: Mapping[str, LoRANetwork] | Iterable[LoRANetwork]) -> list[LoRAModule]:
+def _modules(networks: Mapping[str, LoRANetwork] | Iterable[LoRANetwork]) -> list[AdapterModule]:
     items = networks.values() if isinstance(networks, Mapping) else networks
     return [module for network in items for module in network.values()]
 
 
+# DoRA's update depends on the base weight it is added to, so once merged it
+# cannot be recomputed from the merged weight; what was added is kept to take out.
+_MERGED = "_merged_delta"
+
+
 @torch.no_grad()
-def _add(networks: Mapping[str, LoRANetwork] | Iterable[LoRANetwork], scale: float) -> None:
+def _add(networks: Mapping[str, LoRANetwork] | Iterable[LoRANetwork], scale: float, *, undo: bool = False) -> None:
     for module in _modules(networks):
         weight = module.base.weight
-        # Sum in float32, then round once to the base dtype: adding a small
-        # delta directly to fp16 weights loses most of it.
-        delta = module.delta_weight().to(device=weight.device, dtype=torch.float32) * scale
+        kept = getattr(module, _MERGED, None)
+        if undo and kept is not None:
+            delta = -kept
+            setattr(module, _MERGED, None)
+        else:
+            # Sum in float32, then round once to the base dtype: adding a small
+            # delta directly to fp16 weights loses most of it.
+            delta = module.delta_weight().to(device=weight.device, dtype=torch.float32) * scale
+            if not undo and module.kind == "dora":
+                setattr(module, _MERGED, delta)
         weight.copy_((weight.float() + delta).to(weight.dtype))
 
 
 def merge_networks(networks: Mapping[str, LoRANetwork] | Iterable[LoRANetwork], scale: float = 1.0) -> None:
-    """Add ``scale * (alpha/rank) * up @ down`` into every wrapped base weight, in place.
+    """Add ``scale`` times every adapter's update (``(alpha/rank) * up @ down`` for LoRA) into its base weight, in place.
 
     Afterwards the LoRA branch must not run as well, so every multiplier is
     set to 0; the wrapped layers then compute the merged model. Call
@@ -42,7 +54,7 @@ def unmerge_networks(networks: Mapping[str, LoRANetwork] | Iterable[LoRANetwork]
 
     Exact for float32 bases; half-precision bases come back within rounding.
     """
-    _add(networks, -scale)
+    _add(networks, -scale, undo=True)
     for module in _modules(networks):
         module.multiplier = multiplier
 

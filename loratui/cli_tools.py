@@ -23,6 +23,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                          bucket_step=cfg.data.bucket_step, trigger_word=cfg.data.trigger_word)
     console.print(render_report(report))
     if report.usable:
+        from loratui.data.holdout import project_holdout
+
+        holdout = project_holdout(ProjectPaths(Path(args.dir)), cfg, report.usable)
+        if holdout.source != "off":
+            console.print(holdout.note, highlight=False)
         console.print(f"steps per epoch at batch size {cfg.train.batch_size}: "
                       f"{report.steps_per_epoch(cfg.train.batch_size)}")
     return report.exit_code

@@ -15,7 +15,7 @@ BREAKING = (
     "lora.rank", "lora.alpha", "lora.preset", "lora.train_text_encoder",
     "train.batch_size", "train.grad_accum", "train.seed", "train.optimizer", "train.lr_scheduler",
     "train.warmup_steps", "train.learning_rate", "train.text_encoder_lr", "train.weight_decay",
-    "train.min_snr_gamma", "train.noise_offset",
+    "train.min_snr_gamma", "train.noise_offset", "validation.split",
 )
 # Schedules that depend on the run's length make the total steps breaking too.
 LENGTH_DEPENDENT = ("linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -25,6 +25,8 @@ HARMLESS = (
     "train.channels_last", "train.max_grad_norm",
     "save.every_n_steps", "save.keep", "save.output_name", "save.precision", "save.format",
     "sample.every_n_steps", "sample.steps", "sample.guidance", "sample.width", "sample.height", "sample.prompts",
+    "save.keep_best", "validation.folder", "validation.every_n_steps", "advisor.enabled", "advisor.budget_hours",
+    "logging.tensorboard",
 )
 
 
@@ -49,6 +51,8 @@ def describe_differences(saved: dict[str, Any], now: dict[str, Any]) -> tuple[li
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) == now.get(key):
             continue
+        if key not in saved and _is_default(key, now.get(key)):
+            continue  # a setting added after the checkpoint was written, left at its default
         if key == "dataset":
             breaking.append("the images or captions changed (a file was added, removed or edited)")
             continue
@@ -58,3 +62,12 @@ def describe_differences(saved: dict[str, Any], now: dict[str, Any]) -> tuple[li
         else:
             harmless.append(line)
     return breaking, harmless
+
+
+def _is_default(path: str, value: Any) -> bool:
+    from loratui.config import field_spec
+
+    try:
+        return field_spec(path).default == value
+    except KeyError:
+        return False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,6 +28,7 @@ from loratui.engine.compat import config_digest, describe_differences
 from loratui.engine.memory import memory_snapshot
 from loratui.engine.session import TrainingSession, build_session
 from loratui.engine.step import diffusion_loss, step_generator, to_device
+from loratui.engine.validation import Validation
 from loratui.errors import UserError
 from loratui.events import CheckpointSaved, EventSink, Finished, Paused, Resumed, SampleReady, Started, \
     Status, StepDone
@@ -81,6 +83,9 @@ class Trainer:
         self.resumed_from: Path | None = None
         self._last_checkpoint_step = -1
         self._pending: _StepRecord | None = None
+        self.validation: Validation | None = None
+        self._recent_step_s: deque[float] = deque(maxlen=20)
+        self._loop_started = time.perf_counter()
         self.defer_reports = False  # set in setup: on CUDA a step's numbers are read one step later
 
     # ---------------------------------------------------------------- setup
@@ -93,6 +98,7 @@ class Trainer:
         if self.max_steps_override is not None:
             self.total_steps = self.max_steps_override
         s.make_lr_scheduler(self.total_steps)
+        self.validation = Validation.create(s, self.total_steps)
         self.defer_reports = s.accelerator.device.type == "cuda"
         if self.resume:
             latest = ckpt.latest_checkpoint(self.paths.checkpoints)
@@ -114,17 +120,25 @@ class Trainer:
             precision="fp32" if self.cfg.train.precision == "no" else self.cfg.train.precision,
             trainable_params=s.trainable_params,
             resumed_from=str(self.resumed_from) if self.resumed_from else None))
+        if self.validation is not None:
+            self._status(self.validation.describe())
+        self._loop_started = time.perf_counter()
         stopped_early = False
         while self.step < self.total_steps:
             if self._handle_commands():
                 stopped_early = True
                 break
             self._guarded(self._optimizer_step)
-            if self._due(self.cfg.save.every_n_steps) and self.step < self.total_steps:
+            if self.validation is not None and self.validation.due(self.step):
+                self.validate()
+            if (self._due(self.cfg.save.every_n_steps) and self.step < self.total_steps
+                    and self._last_checkpoint_step != self.step):
                 self.save_checkpoint("interval")
             if self._due(self.cfg.sample.every_n_steps):
                 self.sample()
         self._guarded(self._flush)
+        if self.validation is not None and self.step > 0 and self.validation.last_step != self.step:
+            self.validate()
         lora_path = self.export()
         if self._last_checkpoint_step != self.step:
             self.save_checkpoint("stop" if stopped_early else "final")
@@ -283,6 +297,7 @@ class Trainer:
                     f"{r.step - MAX_BAD_STEPS + 1}). Likely causes: a learning rate too high "
                     f"({cfg.learning_rate:g}), fp16 with the SDXL VAE or an fp16-unsafe model (try "
                     "precision = \"bf16\"), or a corrupt base model. The weights were not changed by those steps.")
+        self._recent_step_s.append(r.step_time)
         mem = memory_snapshot(s.accelerator.device)
         self.emit(StepDone(
             step=r.step, total_steps=self.total_steps, epoch=r.epoch, loss=loss_value, lr=r.lr,
@@ -301,7 +316,8 @@ class Trainer:
             step=self.step, micro_batch=self.micro_batch,
             epoch=self.epoch, skipped_steps=self.skipped_steps,
             loratui_version=loratui.__version__, config_digest=config_digest(self.cfg, s.dataset.fingerprint()),
-            saved_at=time.time())
+            saved_at=time.time(), best_step=self._best_step(),
+            best_val_loss=self.validation.best_loss if self.validation else None)
         try:
             path = ckpt.write_checkpoint(
                 self.paths.checkpoints, state, lora=s.lora_state_dict(), optimizer=s.optimizer.state_dict(),
@@ -317,11 +333,31 @@ class Trainer:
                              "error")
                 return None
             raise CheckpointWriteError(message + ", then resume with --resume.") from None
-        removed = ckpt.prune_checkpoints(self.paths.checkpoints, self.cfg.save.keep)
+        best = self._best_step()
+        protect = (ckpt.checkpoint_name(best),) if best is not None else ()
+        removed = ckpt.prune_checkpoints(self.paths.checkpoints, self.cfg.save.keep, protect=protect)
         self._last_checkpoint_step = self.step
         self.emit(CheckpointSaved(step=self.step, path=str(path), reason=reason,
-                                  removed=tuple(str(p) for p in removed)))
+                                  removed=tuple(str(p) for p in removed), best_step=best))
         return path
+
+    def _best_step(self) -> int | None:
+        """The best checkpoint's step while save.keep_best keeps it."""
+        if self.validation is None or not self.cfg.save.keep_best:
+            return None
+        return self.validation.best_step
+
+    def validate(self) -> None:
+        """Measure the validation loss now; a new best is kept as a checkpoint (save.keep_best)."""
+        self._flush()
+        assert self.validation is not None
+        mean_step = sum(self._recent_step_s) / len(self._recent_step_s) if self._recent_step_s else None
+        event, improved = self.validation.evaluate(
+            self.step, run_seconds=time.perf_counter() - self._loop_started, mean_step_s=mean_step)
+        if self._session().accelerator.is_main_process:
+            self.emit(event)
+        if improved and self.cfg.save.keep_best and self._last_checkpoint_step != self.step:
+            self.save_checkpoint("best")
 
     def load_checkpoint(self, path: Path) -> None:
         s = self._session()
@@ -343,6 +379,8 @@ class Trainer:
         self.step = loaded.state.step
         self.micro_batch = loaded.state.micro_batch
         self.skipped_steps = loaded.state.skipped_steps
+        if self.validation is not None:
+            self.validation.restore(loaded.state.best_step, loaded.state.best_val_loss)
         self._last_checkpoint_step = self.step
         self.resumed_from = path
         self._status(f"resumed from {path.name} (step {self.step})")

@@ -137,6 +137,8 @@ class Trainer:
             if self._due(self.cfg.sample.every_n_steps):
                 self.sample()
         self._guarded(self._flush)
+        if not stopped_early and Command.SAMPLE_NOW in self.commands.drain():
+            self.sample()  # asked for during the last step: answer it rather than drop it
         if self.validation is not None and self.step > 0 and self.validation.last_step != self.step:
             self.validate()
         lora_path = self.export()
@@ -386,23 +388,35 @@ class Trainer:
         self._status(f"resumed from {path.name} (step {self.step})")
 
     def sample(self) -> None:
+        """Draw the sample prompts now; every request ends in pictures or a message saying why not."""
         self._flush()
         s = self._session()
-        if not s.accelerator.is_main_process or not self.cfg.sample.prompts:
+        if not s.accelerator.is_main_process:
             return
+        from loratui.engine.sample_prompts import prompts_for_run
         from loratui.engine.sampling import generate_samples
 
+        chosen = prompts_for_run(self.cfg, [(item.rel, item.caption) for item in s.dataset.items])
+        if not chosen.prompts:
+            self._status(f"step {self.step}: {chosen.reason}", "warning")
+            return
+        if not self.cfg.sample.prompts:
+            self._status(f"step {self.step}: {chosen.describe()}")
         out_dir = self.paths.samples / ckpt.checkpoint_name(self.step)
         try:
-            for result in generate_samples(s, self.cfg, out_dir):
+            for index, result in enumerate(generate_samples(s, self.cfg, out_dir, chosen.prompts)):
                 self.emit(SampleReady(step=self.step, path=str(result.path), prompt=result.prompt,
-                                      seed=result.seed))
+                                      seed=result.seed, source=chosen.sources[index]))
         except torch.OutOfMemoryError:
             # A sample is never worth the run: skip it and keep training.
             if s.accelerator.device.type == "cuda":
                 torch.cuda.empty_cache()
             self._status(f"step {self.step}: samples skipped, out of GPU memory (lower sample.width/height)",
                          "warning")
+        except Exception as exc:  # noqa: BLE001 - a failed picture must say so, never end a paid run
+            log.exception("sample at step %d failed", self.step)
+            self._status(f"step {self.step}: the sample could not be made: {type(exc).__name__}: {exc} "
+                         f"(details in {self.paths.log_file})", "error")
         s.unet.train()
 
     def export(self) -> Path:

@@ -321,7 +321,9 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
             return False if phase == "paused" else (True if phase == "training" else None)
         if action == "resume":
             return phase == "paused"
-        if action in ("sample", "checkpoint", "stop"):
+        if action == "sample":
+            return True  # always answers: a picture while training, otherwise a sentence saying why not
+        if action in ("checkpoint", "stop"):
             return True if phase in ("training", "paused", "pausing") else None
         if action in ("train", "edit"):
             return None if self.state.running else True
@@ -341,6 +343,10 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self._set_status("Resuming…")
 
     def action_sample(self) -> None:
+        if self.state.phase not in ("training", "paused", "pausing"):
+            self._set_status("No sample: samples are drawn by a running training (press t to train), or "
+                             "from the shell with `loratui sample`.")
+            return
         self._send(Command.SAMPLE_NOW)
         self._set_status("Sample requested: it is made after the step in progress.")
 

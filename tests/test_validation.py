@@ -126,6 +126,7 @@ def test_check_names_the_held_out_images(sample_project: Path, capsys) -> None:
     _set(sample_project, "validation.split=0.15")
     main(["check", str(sample_project)])
     out = capsys.readouterr().out
+    out = " ".join(out.split())
     assert "2 of 16 images held out" in out and "toy_06.jpg" in out
 
 
@@ -141,3 +142,55 @@ def test_headless_run_logs_and_prints_the_validation_loss(sample_project: Path, 
     assert [r["step"] for r in rows if r["event"] == "step"] == [1, 2, 3, 4, 5, 6]
     out = capsys.readouterr().out
     assert "validation at step 3: val_loss" in out and "of the run so far" in out
+
+
+def test_best_checkpoint_survives_pruning_and_resume_and_exports(sample_project: Path, monkeypatch,
+                                                                 capsys) -> None:
+    """The losses are scripted (best at step 4) so the test is about keeping, not about learning."""
+    from safetensors import safe_open
+
+    from loratui.commands import Command
+    from loratui.engine import validation as validation_module
+    from loratui.engine.evaluate import EvalResult
+    from loratui.engine.runner import run_training
+    from loratui.events import CheckpointSaved, StepDone, ValidationDone
+
+    scripted = iter([1.0, 0.8, 0.9, 0.92, 0.95])
+
+    def fake_evaluate(session, items, *, seed):
+        loss = next(scripted)
+        return EvalResult(loss, {"t0-249": loss}, len(items), 0.01)
+
+    monkeypatch.setattr(validation_module, "evaluate_items", fake_evaluate)
+    _set(sample_project, "validation.split=0.15", "validation.every_n_steps=2", "save.every_n_steps=0",
+         "save.keep=1", "sample.every_n_steps=0")
+    seen = []
+    commands = CommandChannel()
+
+    def emit(event) -> None:
+        seen.append(event)
+        if isinstance(event, StepDone) and event.step == 5:
+            commands.send(Command.STOP)
+
+    run_training(sample_project, emit=emit, commands=commands, max_steps=8)
+    checkpoints = ProjectPaths(sample_project).checkpoints
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-000004", "step-000005"]
+    assert [e.reason for e in seen if isinstance(e, CheckpointSaved)] == ["best", "best", "stop"]
+    run_training(sample_project, emit=seen.append, commands=CommandChannel(), resume=True, max_steps=8)
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-000004", "step-000008"]
+    last = [e for e in seen if isinstance(e, ValidationDone)][-1]
+    assert (last.step, last.best_step, last.best_val_loss) == (8, 4, 0.8)
+    assert [e for e in seen if isinstance(e, CheckpointSaved)][-1].best_step == 4
+
+    assert main(["export", str(sample_project), "--best"]) == 0
+    best_file = ProjectPaths(sample_project).output / "zxc_toy-best.safetensors"
+    with safe_open(str(best_file), "pt") as f:
+        assert f.metadata()["ss_steps"] == "4"
+    assert "from step-000004, the lowest validation loss (0.8000)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_export_best_without_validation_says_what_to_do(sample_project: Path, capsys) -> None:
+    main(["train", str(sample_project), "--headless", "--max-steps", "1", "--set", "sample.every_n_steps=0"])
+    capsys.readouterr()
+    assert main(["export", str(sample_project), "--best"]) == 2
+    assert "records no validation loss" in " ".join(capsys.readouterr().err.split())

@@ -144,6 +144,11 @@ def run_training(project_dir: Path, *, emit: EventSink, commands: CommandChannel
                 truncate_metrics(paths.metrics, trainer.step)
                 metrics = MetricsWriter(paths.metrics)
                 fan.add(metrics)
+                if cfg.advisor.enabled:
+                    from loratui.advisor import Advisor, facts_from_config, read_history
+
+                    history = read_history(paths.metrics) if resume else []
+                    fan.add(Advisor(facts_from_config(cfg, trainer.total_steps), fan, history))
             return trainer.train()
     except Exception as exc:
         step = trainer.step if trainer is not None else None

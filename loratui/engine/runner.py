@@ -144,6 +144,9 @@ def run_training(project_dir: Path, *, emit: EventSink, commands: CommandChannel
                 truncate_metrics(paths.metrics, trainer.step)
                 metrics = MetricsWriter(paths.metrics)
                 fan.add(metrics)
+                from loratui.engine.contact_sheet import ContactSheets
+
+                fan.add(ContactSheets())
                 if cfg.advisor.enabled:
                     from loratui.advisor import Advisor, facts_from_config, read_history
 

@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, help="file to write (default: output/NAME[-diffusers].safetensors); "
                                             "with --merge, the folder to write into (default: output/)")
     s.add_argument("--checkpoint", type=Path, help="a checkpoint folder (default: the newest)")
+    s.add_argument("--best", action="store_true",
+                   help="the checkpoint with the lowest validation loss (validation.* and save.keep_best), "
+                        "written to output/NAME-best.safetensors")
     s.add_argument("--merge", action="store_true",
                    help="write the base model with the LoRA merged in: output/NAME-merged/ (diffusers folder) "
                         "and output/NAME-merged.safetensors (one checkpoint for A1111/Forge/ComfyUI)")

@@ -37,15 +37,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = scan_images(images, resolution=cfg.data.resolution, caption_extension=cfg.data.caption_extension,
                          bucket_step=cfg.data.bucket_step, trigger_word=cfg.data.trigger_word)
     batch = cfg.train.batch_size
+    holdout_note = ""
+    if report.usable:
+        from loratui.data.holdout import project_holdout
+
+        holdout = project_holdout(ProjectPaths(project), cfg, report.usable)
+        holdout_note = holdout.note if holdout.source != "off" else ""
     if args.json:
-        print_json(report_json(report, project, batch_size=batch))
+        data = report_json(report, project, batch_size=batch)
+        data["summary"]["validation"] = holdout_note or None
+        print_json(data)
     elif not console.is_terminal:
         lines = problem_lines(report, project)
+        if holdout_note:
+            lines.insert(-1, f"validation: {holdout_note}")
         if report.usable:
             lines.insert(-1, f"steps per epoch at batch size {batch}: {report.steps_per_epoch(batch)}")
         print_lines(lines)
     else:
         console.print(render_report(report))
+        if holdout_note:
+            console.print(holdout_note, highlight=False)
         if report.usable:
             console.print(f"steps per epoch at batch size {batch}: {report.steps_per_epoch(batch)}")
     return report.exit_code
@@ -99,6 +111,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if getattr(args, "best", False) and (args.checkpoint is not None or getattr(args, "merge", False)):
+        raise ConfigError("--best chooses the checkpoint itself; drop --checkpoint (or --merge, then merge the "
+                          "exported file with --merge --lora FILE).")
     if getattr(args, "merge", False):
         from loratui.engine.merge_export import export_merged
 
@@ -127,12 +142,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     project = Path(args.dir)
     cfg = load_config(project)
     paths = ProjectPaths(project)
-    source = args.checkpoint or ckpt.latest_checkpoint(paths.checkpoints)
+    default = paths.lora_file(cfg)
+    if getattr(args, "best", False):
+        source = _best_checkpoint(paths)
+        default = default.with_name(default.stem + "-best.safetensors")
+    else:
+        source = args.checkpoint or ckpt.latest_checkpoint(paths.checkpoints)
     if source is None:
         raise ConfigError(f"{paths.checkpoints} holds no checkpoint to export; train the project first.")
     loaded = ckpt.load_checkpoint(Path(source))
     fmt = args.format or cfg.save.format
-    default = paths.lora_file(cfg)
     out = Path(args.out) if args.out else (default.with_name(default.stem + "-diffusers.safetensors")
                                            if fmt == "diffusers" else default)
     info = probe_model(paths.model_spec(cfg), config_source=paths.config_source(cfg),
@@ -148,10 +167,28 @@ def cmd_export(args: argparse.Namespace) -> int:
         staged = Path(tmp) / "lora.safetensors"
         save_file(loaded.lora, str(staged), metadata=meta)
         convert_lora_file(staged, out, fmt, family=family, dtype=SAVE_DTYPES[cfg.save.precision])
-    console.print(f"wrote {out} ({fmt}) from {Path(source).name}")
+    best = ""
+    if getattr(args, "best", False) and loaded.state.best_val_loss is not None:
+        best = f", the lowest validation loss ({loaded.state.best_val_loss:.4f})"
+    console.print(f"wrote {out} ({fmt}) from {Path(source).name}{best}")
     if fmt == "diffusers":
         _warn_diffusers_format(out)
     return 0
+
+
+def _best_checkpoint(paths: ProjectPaths) -> Path:
+    from loratui.engine import checkpoint as ckpt
+
+    found = ckpt.best_checkpoint(paths.checkpoints)
+    if found is None:
+        raise ConfigError(f"no best checkpoint in {paths.checkpoints}: the newest checkpoint records no validation "
+                          "loss. Train with validation.split (or validation.folder) and save.keep_best = true, or "
+                          "export the newest one without --best.")
+    path, state = found
+    if not (path / ckpt.STATE_FILE).is_file():
+        raise ConfigError(f"the best checkpoint (step {state.best_step}) is no longer in {paths.checkpoints}; "
+                          "it was deleted outside loratui. Export the newest one without --best.")
+    return path
 
 
 def _warn_diffusers_format(path: Path) -> None:

@@ -123,6 +123,8 @@ class SaveConfig:
                      choices=("kohya", "diffusers"))
     on_error: str = _f("stop", "when a checkpoint cannot be written (disk full): stop cleanly, or keep training "
                        "without it", choices=("stop", "continue"))
+    keep_best: bool = _f(True, "with validation on, also keep the checkpoint with the lowest validation loss "
+                         "(`loratui export DIR --best`)")
 
 
 @dataclass
@@ -160,6 +162,28 @@ class NotifyConfig:
 
 
 @dataclass
+class ValidationConfig:
+    folder: str = _f("", "a folder of held-out images and captions, never trained on; empty: none")
+    split: float = _f(0.0, "share of the images held out for validation (chosen by train.seed, never trained "
+                      "on); 0 turns it off", min=0.0, max=0.5)
+    every_n_steps: int = _f(0, "validation loss every N steps and at the end; 0 picks an interval that keeps "
+                            "it under 5% of the run's time", min=0, max=10_000_000)
+
+
+@dataclass
+class AdvisorConfig:
+    enabled: bool = _f(True, "notes in the events pane and the log when the loss curves show a problem")
+    budget_hours: float = _f(0.0, "the advisor warns when the projected run time exceeds this; 0 turns it off",
+                             min=0.0, max=10_000.0)
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = _f(False, "also write losses, learning rate and samples to logs/tensorboard/ (needs "
+                           "`pip install tensorboard`); metrics.jsonl stays the record")
+
+
+@dataclass
 class ProjectConfig:
     name: str = "my_lora"
     version: int = CONFIG_VERSION
@@ -170,6 +194,9 @@ class ProjectConfig:
     save: SaveConfig = field(default_factory=SaveConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    advisor: AdvisorConfig = field(default_factory=AdvisorConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
     def output_name(self) -> str:
@@ -181,7 +208,8 @@ class ProjectConfig:
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "lora": LoraConfig,
-    "train": TrainConfig, "save": SaveConfig, "sample": SampleConfig, "notify": NotifyConfig,
+    "train": TrainConfig, "save": SaveConfig, "sample": SampleConfig,
+    "validation": ValidationConfig, "advisor": AdvisorConfig, "logging": LoggingConfig, "notify": NotifyConfig,
 }
 TOP_LEVEL = ("name", "version")
 
@@ -374,6 +402,9 @@ def cross_check(cfg: ProjectConfig) -> list[str]:
     if cfg.lora.type != "lora" and cfg.save.format == "diffusers":
         problems.append(f"save.format = \"diffusers\" holds plain LoRA only; lora.type = \"{cfg.lora.type}\" "
                         "needs save.format = \"kohya\" (ComfyUI, Forge and A1111 load it)")
+    if cfg.validation.folder and cfg.validation.split > 0:
+        problems.append("validation.folder and validation.split are both set: hold out a share of the images "
+                        "(split) or use a separate folder, not both")
     for which in ("images",):
         p = getattr(cfg.data, which)
         if not p:

@@ -82,6 +82,8 @@ class CheckpointSaved(Event):
     time: float = field(default_factory=_now)
     removed: tuple[str, ...] = ()
     """Older checkpoints deleted right after this one, to keep save.keep of them."""
+    best_step: int | None = None
+    """The step of the checkpoint with the lowest validation loss so far (kept by save.keep_best)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,37 @@ class SampleReady(Event):
     path: str
     prompt: str
     seed: int
+    time: float = field(default_factory=_now)
+    source: str = ""
+    """Where the prompt came from when it is not a [[sample.prompts]] entry (a training image's caption)."""
+
+
+@dataclass(frozen=True)
+class ValidationDone(Event):
+    """The validation loss on the held-out images; also a row of ``metrics.jsonl``."""
+
+    kind: ClassVar[str] = "validation"
+    step: int
+    val_loss: float
+    band_losses: dict[str, float]
+    """The loss of each timestep band (``t0-249`` …), whose mean is val_loss."""
+    images: int
+    eval_time_s: float
+    cost_share: float
+    """Time spent evaluating so far as a share of the run's time so far."""
+    best_step: int
+    best_val_loss: float
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class Advice(Event):
+    """A note from the advisor: what the curves show and what to try, with the numbers."""
+
+    kind: ClassVar[str] = "advice"
+    rule: str
+    text: str
+    step: int
     time: float = field(default_factory=_now)
 
 
@@ -171,8 +204,8 @@ class NotifyDone(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (Started, StepDone, CheckpointSaved, SampleReady, Paused, Resumed, Status, Finished, Failed,
-                NotifyPending, NotifyDone)
+    for cls in (Started, StepDone, CheckpointSaved, SampleReady, ValidationDone, Advice, Paused, Resumed, Status,
+                Finished, Failed, NotifyPending, NotifyDone)
 }
 
 

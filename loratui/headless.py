@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from loratui.commands import Command, CommandChannel
-from loratui.events import CheckpointSaved, Event, Failed, Finished, NotifyDone, NotifyPending, Paused, Resumed, \
-    SampleReady, Started, Status, StepDone
+from loratui.events import Advice, CheckpointSaved, Event, Failed, Finished, NotifyDone, NotifyPending, Paused, \
+    Resumed, SampleReady, Started, Status, StepDone, ValidationDone
 from loratui.loss_smoothing import LossSmoother
 
 EXIT_SIGINT = 130
@@ -67,9 +67,16 @@ class HeadlessConsole:
             if event.progress is None or event.progress >= 1.0:
                 self.console.print(f"[{style}]{event.text}[/]", highlight=False)
         elif isinstance(event, CheckpointSaved):
-            self.console.print(f"checkpoint saved: {event.path}")
+            best = " (lowest validation loss so far)" if event.reason == "best" else ""
+            self.console.print(f"checkpoint saved: {event.path}{best}")
         elif isinstance(event, SampleReady):
-            self.console.print(f"sample: {event.path}  ({event.prompt!r}, seed {event.seed})", highlight=False)
+            source = f", {event.source}" if event.source else ""
+            self.console.print(f"sample: {event.path}  ({event.prompt!r}, seed {event.seed}{source})",
+                               highlight=False)
+        elif isinstance(event, ValidationDone):
+            self.console.print(validation_line(event), highlight=False)
+        elif isinstance(event, Advice):
+            self.console.print(f"[bold yellow]advisor[/] (step {event.step}): {event.text}", highlight=False)
         elif isinstance(event, Paused):
             self.console.print(f"paused at step {event.step}")
         elif isinstance(event, Resumed):
@@ -87,6 +94,13 @@ class HeadlessConsole:
 
     def close(self) -> None:
         self.progress.stop()
+
+
+def validation_line(event: ValidationDone) -> str:
+    bands = " ".join(f"{name} {value:.4f}" for name, value in event.band_losses.items())
+    best = "new best" if event.best_step == event.step else f"best {event.best_val_loss:.4f} at step {event.best_step}"
+    return (f"validation at step {event.step}: val_loss {event.val_loss:.4f} ({bands}); {best}; "
+            f"{event.images} image(s) in {event.eval_time_s:.1f} s, {event.cost_share:.1%} of the run so far")
 
 
 class SignalBridge:

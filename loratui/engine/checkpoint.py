@@ -34,6 +34,8 @@ class TrainState:
     loratui_version: str = ""
     config_digest: dict[str, Any] = field(default_factory=dict)
     saved_at: float = 0.0
+    best_step: int | None = None  # the step with the lowest validation loss so far (save.keep_best)
+    best_val_loss: float | None = None
 
 
 def checkpoint_name(step: int) -> str:
@@ -147,10 +149,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Loa
     )
 
 
-def prune_checkpoints(root: Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` complete checkpoints, and stale temporary ones."""
+def prune_checkpoints(root: Path, keep: int, protect: tuple[str, ...] = ()) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints (and those named in ``protect``, such as
+    the best one), and stale temporary ones."""
     removed = []
     for path in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        if path.name in protect:
+            continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     for tmp in root.glob(".tmp-step-*") if root.is_dir() else []:
@@ -158,3 +163,14 @@ def prune_checkpoints(root: Path, keep: int) -> list[Path]:
         if pid != str(os.getpid()):
             shutil.rmtree(tmp, ignore_errors=True)
     return removed
+
+
+def best_checkpoint(root: Path) -> tuple[Path, TrainState] | None:
+    """The checkpoint with the lowest validation loss, as the newest checkpoint records it."""
+    latest = latest_checkpoint(root)
+    if latest is None:
+        return None
+    state = read_state(latest)
+    if state.best_step is None:
+        return None
+    return root / checkpoint_name(state.best_step), state

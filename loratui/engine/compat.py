@@ -15,7 +15,7 @@ BREAKING = (
     "lora.rank", "lora.alpha", "lora.preset", "lora.train_text_encoder", "lora.type", "lora.lokr_factor",
     "train.batch_size", "train.grad_accum", "train.seed", "train.optimizer", "train.lr_scheduler",
     "train.warmup_steps", "train.learning_rate", "train.text_encoder_lr", "train.weight_decay",
-    "train.min_snr_gamma", "train.noise_offset",
+    "train.min_snr_gamma", "train.noise_offset", "validation.split",
 )
 # Schedules that depend on the run's length make the total steps breaking too.
 LENGTH_DEPENDENT = ("linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -25,6 +25,8 @@ HARMLESS = (
     "train.channels_last", "train.max_grad_norm",
     "save.every_n_steps", "save.keep", "save.output_name", "save.precision", "save.format",
     "sample.every_n_steps", "sample.steps", "sample.guidance", "sample.width", "sample.height", "sample.prompts",
+    "save.keep_best", "validation.folder", "validation.every_n_steps", "advisor.enabled", "advisor.budget_hours",
+    "logging.tensorboard",
 )
 
 
@@ -67,3 +69,12 @@ def describe_differences(saved: dict[str, Any], now: dict[str, Any]) -> tuple[li
         else:
             harmless.append(line)
     return breaking, harmless
+
+
+def _is_default(path: str, value: Any) -> bool:
+    from loratui.config import field_spec
+
+    try:
+        return field_spec(path).default == value
+    except KeyError:
+        return False

@@ -12,15 +12,15 @@ from typing import Sequence
 
 from loratui.commands import CommandChannel
 from loratui.config import ConfigError, ProjectConfig, apply_override, load_config
-from loratui.events import Event, EventFanout, EventSink, Failed, Status, StepDone
+from loratui.events import Event, EventFanout, EventSink, Failed, Status, StepDone, ValidationDone
 from loratui.project import ProjectPaths, RunLock
 
 log = logging.getLogger("loratui")
 
 
 class MetricsWriter:
-    """``logs/metrics.jsonl``: one JSON object per optimizer step, flushed as written,
-    so a crash loses at most the step in flight and a dashboard can tail the file."""
+    """``logs/metrics.jsonl``: one JSON object per optimizer step (and one per validation), flushed as
+    written, so a crash loses at most the step in flight and a dashboard can tail the file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -28,7 +28,7 @@ class MetricsWriter:
         self._file = open(path, "a", encoding="utf-8")
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, StepDone):
+        if isinstance(event, (StepDone, ValidationDone)):
             self._file.write(event.to_json() + "\n")
             self._file.flush()
 
@@ -148,6 +148,14 @@ def run_training(project_dir: Path, *, emit: EventSink, commands: CommandChannel
                 truncate_metrics(paths.metrics, trainer.step)
                 metrics = MetricsWriter(paths.metrics)
                 fan.add(metrics)
+                from loratui.engine.contact_sheet import ContactSheets
+
+                fan.add(ContactSheets())
+                if cfg.advisor.enabled:
+                    from loratui.advisor import Advisor, facts_from_config, read_history
+
+                    history = read_history(paths.metrics) if resume else []
+                    fan.add(Advisor(facts_from_config(cfg, trainer.total_steps), fan, history))
             return trainer.train()
     except Exception as exc:
         step = trainer.step if trainer is not None else None

@@ -83,13 +83,15 @@ def _prompt_kwargs(model: LoadedModel, p: SamplePrompt, clip_skip: int, device: 
     return {"prompt_embeds": pos.hidden, "negative_prompt_embeds": neg.hidden}
 
 
-def generate_samples(session: TrainingSession, cfg: ProjectConfig, out_dir: Path) -> Iterator[SampleResult]:
+def generate_samples(session: TrainingSession, cfg: ProjectConfig, out_dir: Path,
+                     prompts: list[SamplePrompt] | None = None) -> Iterator[SampleResult]:
     model = session.model
     unet = model.unet
     # The pipeline needs the plain UNet, not accelerate's or torch.compile's wrapper.
     model.unet = session.accelerator.unwrap_model(unet)
     try:
-        yield from render(model, session.networks, list(cfg.sample.prompts), cfg, out_dir,
+        yield from render(model, session.networks, list(cfg.sample.prompts if prompts is None else prompts), cfg,
+                          out_dir,
                           device=session.accelerator.device, autocast_dtype=session.weight_dtype)
     finally:
         model.unet = unet

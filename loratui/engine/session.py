@@ -16,7 +16,8 @@ import torch
 
 from loratui.config import ProjectConfig
 from loratui.data.scan import ScanReport, scan_images
-from loratui.engine.dataset import Batch, PreparedDataset, prepare_dataset
+from loratui.data.holdout import project_holdout
+from loratui.engine.dataset import Batch, Item, PreparedDataset, prepare_dataset
 from loratui.engine.grad_checkpoint import enable_unet_checkpointing
 from loratui.engine.latent_cache import CachedText, LatentCache, TextCache
 from loratui.engine.step import Conditioning, to_device
@@ -49,6 +50,9 @@ class TrainingSession:
     optimizer: torch.optim.Optimizer
     lr_scheduler: Any = None
     trained_text_encoders: list[torch.nn.Module] = field(default_factory=list)
+    held_out: list[Item] = field(default_factory=list)
+    """Validation images (validation.split or .folder), encoded like the training ones, never trained on."""
+    holdout_note: str = ""
 
     def __post_init__(self) -> None:
         self._params = self.lora_parameters()
@@ -227,6 +231,9 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
                            "to see every problem.")
     for rec in scan.skipped:
         status(f"skipping {rec.rel}: {'; '.join(rec.problems)}", "warning")
+    holdout = project_holdout(paths, cfg, scan.usable)
+    if holdout.source != "off":
+        status(holdout.note)
 
     status(f"loading {cfg.model.base}")
     model = load_project_model(paths, cfg, dtype=weight_dtype, device=device)
@@ -242,13 +249,15 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
         if n and (i == n or i % max(1, n // 20) == 0):
             status(f"encoding images {i}/{n}", progress=i / n)
 
-    dataset = prepare_dataset(scan.usable, vae=model.vae, scaling_factor=model.vae_scaling_factor, cache=cache,
+    dataset = prepare_dataset(holdout.trained, vae=model.vae, scaling_factor=model.vae_scaling_factor, cache=cache,
                               batch_size=cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip,
                               progress=progress)
     for line in dataset.skipped:
         status(f"skipping {line}", "warning")
     if not dataset.items:
         raise DatasetEmpty(f"none of the images in {images_dir} could be encoded; see the messages above.")
+    held_out = prepare_dataset(holdout.held_out, vae=model.vae, scaling_factor=model.vae_scaling_factor,
+                               cache=cache, batch_size=1, seed=cfg.train.seed, flip=False).items
     if cache is not None:
         status(f"latents: {cache.hits} from cache, {cache.misses} encoded")
     model.vae.to("cpu")  # not needed until sampling; frees GPU memory for the UNet
@@ -277,7 +286,7 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
     text_cache = None if cfg.lora.train_text_encoder else TextCache(paths.cache, model.fingerprint, cfg.model.clip_skip)
     return TrainingSession(cfg=cfg, accelerator=acc, model=model, networks=networks, dataset=dataset, scan=scan,
                            weight_dtype=weight_dtype, text_cache=text_cache, optimizer=optimizer,
-                           trained_text_encoders=trained_tes)
+                           trained_text_encoders=trained_tes, held_out=held_out, holdout_note=holdout.note)
 
 
 def _inject(cfg: ProjectConfig, model: LoadedModel,

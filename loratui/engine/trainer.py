@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,6 +28,7 @@ from loratui.engine.compat import config_digest, describe_differences
 from loratui.engine.memory import memory_snapshot
 from loratui.engine.session import TrainingSession, build_session
 from loratui.engine.step import diffusion_loss, step_generator, to_device
+from loratui.engine.validation import Validation
 from loratui.errors import UserError
 from loratui.events import CheckpointSaved, EventSink, Finished, Paused, Resumed, SampleReady, Started, \
     Status, StepDone
@@ -78,6 +80,9 @@ class Trainer:
         self._last_checkpoint_step = -1
         self._pending: _StepRecord | None = None
         self.paused = False
+        self.validation: Validation | None = None
+        self._recent_step_s: deque[float] = deque(maxlen=20)
+        self._loop_started = time.perf_counter()
         self.defer_reports = False  # set in setup: on CUDA a step's numbers are read one step later
 
     # ---------------------------------------------------------------- setup
@@ -90,6 +95,7 @@ class Trainer:
         if self.max_steps_override is not None:
             self.total_steps = self.max_steps_override
         s.make_lr_scheduler(self.total_steps)
+        self.validation = Validation.create(s, self.total_steps)
         self.defer_reports = s.accelerator.device.type == "cuda"
         if self.resume:
             latest = ckpt.latest_checkpoint(self.paths.checkpoints)
@@ -111,6 +117,9 @@ class Trainer:
             precision="fp32" if self.cfg.train.precision == "no" else self.cfg.train.precision,
             trainable_params=s.trainable_params,
             resumed_from=str(self.resumed_from) if self.resumed_from else None))
+        if self.validation is not None:
+            self._status(self.validation.describe())
+        self._loop_started = time.perf_counter()
         outcome = self._serve_commands(self._read_commands())  # a pause or stop sent while loading
         while outcome is None and self.step < self.total_steps:
             outcome = self.train_one_step()
@@ -118,6 +127,9 @@ class Trainer:
             self._status(f"aborted at step {self.step}: nothing saved after the last checkpoint", "warning")
             self.emit(Finished(step=self.step, lora_path=None, outcome="aborted"))
             return None
+        self._guarded(self._flush)
+        if self.validation is not None and self.step > 0 and self.validation.last_step != self.step:
+            self.validate()
         lora_path = self.export()
         if self._last_checkpoint_step != self.step:
             self.save_checkpoint("stop" if outcome == "stopped" else "final")
@@ -135,11 +147,15 @@ class Trainer:
         """One optimizer step and what follows it at the step boundary; "stopped"/"aborted" ends the run."""
         self._guarded(self._optimizer_step)
         commands = self._read_commands()
-        save_due = self._due(self.cfg.save.every_n_steps) and self.step < self.total_steps
+        validate_due = self.validation is not None and self.validation.due(self.step)
+        save_due = (self._due(self.cfg.save.every_n_steps) and self.step < self.total_steps
+                    and self._last_checkpoint_step != self.step)
         sample_due = self._due(self.cfg.sample.every_n_steps)
-        if commands or save_due or sample_due or self.step >= self.total_steps:
+        if commands or validate_due or save_due or sample_due or self.step >= self.total_steps:
             # The one place a deferred (CUDA) step's numbers are read: before anything shows or saves state.
             self._guarded(self._flush)
+        if validate_due:
+            self.validate()
         if save_due:
             self.save_checkpoint("interval")
         if sample_due:
@@ -303,6 +319,7 @@ class Trainer:
                     f"{r.step - MAX_BAD_STEPS + 1}). Likely causes: a learning rate too high "
                     f"({cfg.learning_rate:g}), fp16 with the SDXL VAE or an fp16-unsafe model (try "
                     "precision = \"bf16\"), or a corrupt base model. The weights were not changed by those steps.")
+        self._recent_step_s.append(r.step_time)
         mem = memory_snapshot(s.accelerator.device)
         self.emit(StepDone(
             step=r.step, total_steps=self.total_steps, epoch=r.epoch, loss=loss_value, lr=r.lr,
@@ -320,7 +337,8 @@ class Trainer:
             step=self.step, micro_batch=self.micro_batch,
             epoch=self.epoch, skipped_steps=self.skipped_steps,
             loratui_version=loratui.__version__, config_digest=config_digest(self.cfg, s.dataset.fingerprint()),
-            saved_at=time.time())
+            saved_at=time.time(), best_step=self._best_step(),
+            best_val_loss=self.validation.best_loss if self.validation else None)
         try:
             path = ckpt.write_checkpoint(
                 self.paths.checkpoints, state, lora=s.lora_state_dict(), optimizer=s.optimizer.state_dict(),
@@ -336,11 +354,31 @@ class Trainer:
                              "error")
                 return None
             raise CheckpointWriteError(message + ", then resume with --resume.") from None
-        removed = ckpt.prune_checkpoints(self.paths.checkpoints, self.cfg.save.keep)
+        best = self._best_step()
+        protect = (ckpt.checkpoint_name(best),) if best is not None else ()
+        removed = ckpt.prune_checkpoints(self.paths.checkpoints, self.cfg.save.keep, protect=protect)
         self._last_checkpoint_step = self.step
         self.emit(CheckpointSaved(step=self.step, path=str(path), reason=reason,
-                                  removed=tuple(str(p) for p in removed)))
+                                  removed=tuple(str(p) for p in removed), best_step=best))
         return path
+
+    def _best_step(self) -> int | None:
+        """The best checkpoint's step while save.keep_best keeps it."""
+        if self.validation is None or not self.cfg.save.keep_best:
+            return None
+        return self.validation.best_step
+
+    def validate(self) -> None:
+        """Measure the validation loss now; a new best is kept as a checkpoint (save.keep_best)."""
+        self._flush()
+        assert self.validation is not None
+        mean_step = sum(self._recent_step_s) / len(self._recent_step_s) if self._recent_step_s else None
+        event, improved = self.validation.evaluate(
+            self.step, run_seconds=time.perf_counter() - self._loop_started, mean_step_s=mean_step)
+        if self._session().accelerator.is_main_process:
+            self.emit(event)
+        if improved and self.cfg.save.keep_best and self._last_checkpoint_step != self.step:
+            self.save_checkpoint("best")
 
     def load_checkpoint(self, path: Path) -> None:
         s = self._session()
@@ -362,27 +400,42 @@ class Trainer:
         self.step = loaded.state.step
         self.micro_batch = loaded.state.micro_batch
         self.skipped_steps = loaded.state.skipped_steps
+        if self.validation is not None:
+            self.validation.restore(loaded.state.best_step, loaded.state.best_val_loss)
         self._last_checkpoint_step = self.step
         self.resumed_from = path
         self._status(f"resumed from {path.name} (step {self.step})")
 
     def sample(self) -> None:
+        """Draw the sample prompts now; every request ends in pictures or a message saying why not."""
+        self._flush()
         s = self._session()
-        if not s.accelerator.is_main_process or not self.cfg.sample.prompts:
+        if not s.accelerator.is_main_process:
             return
+        from loratui.engine.sample_prompts import prompts_for_run
         from loratui.engine.sampling import generate_samples
 
+        chosen = prompts_for_run(self.cfg, [(item.rel, item.caption) for item in s.dataset.items])
+        if not chosen.prompts:
+            self._status(f"step {self.step}: {chosen.reason}", "warning")
+            return
+        if not self.cfg.sample.prompts:
+            self._status(f"step {self.step}: {chosen.describe()}")
         out_dir = self.paths.samples / ckpt.checkpoint_name(self.step)
         try:
-            for result in generate_samples(s, self.cfg, out_dir):
+            for index, result in enumerate(generate_samples(s, self.cfg, out_dir, chosen.prompts)):
                 self.emit(SampleReady(step=self.step, path=str(result.path), prompt=result.prompt,
-                                      seed=result.seed))
+                                      seed=result.seed, source=chosen.sources[index]))
         except torch.OutOfMemoryError:
             # A sample is never worth the run: skip it and keep training.
             if s.accelerator.device.type == "cuda":
                 torch.cuda.empty_cache()
             self._status(f"step {self.step}: samples skipped, out of GPU memory (lower sample.width/height)",
                          "warning")
+        except Exception as exc:  # noqa: BLE001 - a failed picture must say so, never end a paid run
+            log.exception("sample at step %d failed", self.step)
+            self._status(f"step {self.step}: the sample could not be made: {type(exc).__name__}: {exc} "
+                         f"(details in {self.paths.log_file})", "error")
         s.unet.train()
 
     def export(self) -> Path:

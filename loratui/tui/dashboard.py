@@ -52,6 +52,15 @@ DRAW_INTERVAL_S = 0.5
 SPARK_POINTS = 200
 
 
+def loss_title(state: RunState) -> str:
+    title = "Loss · raw (last steps) and smoothed (whole run)"
+    if not state.validations:
+        return title
+    last = state.validations[-1]
+    return (f"{title} · validation {last.val_loss:.4f}, best {last.best_val_loss:.4f} at step {last.best_step} "
+            f"(evaluations: {last.cost_share:.0%} of the run)")
+
+
 class DashboardScreen(Screen[None]):
     """Watch and steer one project's training run."""
 
@@ -76,6 +85,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         Binding("p", "pause", "Pause", tooltip="Pause after the step in progress; the model stays loaded"),
         Binding("p", "resume", "Resume", tooltip="Continue a paused run"),
         Binding("s", "sample", "Sample", tooltip="Make sample images after the step in progress"),
+        Binding("s", "sample_unavailable", "Sample", show=False),
         Binding("c", "checkpoint", "Checkpoint", tooltip="Save a resumable checkpoint after the step in progress"),
         Binding("x", "stop", "Stop", tooltip="Stop and save a checkpoint and the LoRA (asks first)"),
         Binding("l", "log", "Log", tooltip="The training log and the run's events"),
@@ -154,7 +164,6 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self.sub_title = str(self.project_dir)
         self.query_one("#run-pane").border_title = "Run"
         self.query_one("#checkpoint-pane").border_title = "Checkpoints"
-        self.query_one("#loss-pane").border_title = "Loss · raw (last steps) and smoothed (whole run)"
         self.query_one("#events-pane").border_title = "Events"
         self.query_one("#dash-body").focus()  # arrow keys scroll the stacked panes on small terminals
         self._load_project()
@@ -174,6 +183,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         if self.state.total_steps is None:
             self.state.total_steps = runs.planned_steps  # "Step 0 / 200" before the first run, not "0 / ?"
         self.state.checkpoints = list(runs.checkpoints)
+        self.state.validations, self.state.best_step = list(runs.validations), runs.best_step
         self.state.samples = list(runs.samples)
         if runs.finished and runs.lora_file is not None:
             self.state.apply(Finished(step=runs.last_step, lora_path=str(runs.lora_file),
@@ -347,8 +357,9 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         # layout on every step's repaint would cost the training thread GIL time.
         self.query_one("#stats", StatsPanel).refresh(layout=layout)
         self.query_one("#spark", Sparkline).data = s.history.recent(SPARK_POINTS)
-        self.query_one("#plot", LossPlot).update_history(s.history, s.total_steps)
-        self.query_one("#checkpoints", CheckpointList).update_checkpoints(s.checkpoints)
+        self.query_one("#plot", LossPlot).update_history(s.history, s.total_steps, s.validations)
+        self.query_one("#loss-pane").border_title = loss_title(s)
+        self.query_one("#checkpoints", CheckpointList).update_checkpoints(s.checkpoints, s.best_step)
         gallery = self.query_one("#samples", SampleGallery)
         gallery.update_samples(s.samples)
         self.query_one("#sample-pane").border_title = gallery.caption()
@@ -385,6 +396,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
             return False if phase == "paused" else (True if phase == "training" else None)
         if action == "resume":
             return phase == "paused"
+        if action == "sample_unavailable":
+            return phase not in ("training", "paused", "pausing")
         if action in ("sample", "checkpoint", "stop"):
             return True if phase in ("training", "paused", "pausing") else None
         if action in ("train", "edit"):
@@ -411,6 +424,11 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
     def action_sample(self) -> None:
         self._send(Command.SAMPLE_NOW)
         self._set_status("Sample requested: it is made after the step in progress.")
+
+    def action_sample_unavailable(self) -> None:
+        # `s` is dimmed while nothing trains; pressing it still answers.
+        self._set_status("No sample: samples are drawn by a running training (press t to train), or "
+                         "from the shell with `loratui sample`.")
 
     def action_checkpoint(self) -> None:
         self._send(Command.CHECKPOINT_NOW)

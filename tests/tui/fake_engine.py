@@ -30,6 +30,7 @@ from loratui.events import (
     Started,
     Status,
     StepDone,
+    ValidationDone,
 )
 from loratui.project import ProjectPaths
 
@@ -42,6 +43,11 @@ STEP_SECONDS = 0.5
 def fake_loss(step: int) -> float:
     """A decaying loss with deterministic wiggle, like a real run's."""
     return 0.08 + 0.25 * math.exp(-step / 25) + 0.02 * math.sin(step * 1.7)
+
+
+def fake_val_loss(step: int) -> float:
+    """Falls until step 20, then rises: a run that starts to overfit, as the held-out loss shows it."""
+    return 0.15 + 0.0002 * (step - 20) ** 2
 
 
 class FakeEngineError(RuntimeError):
@@ -58,7 +64,10 @@ class FakeEngine:
 
     def __init__(self, total_steps: int = 40, *, hold_at: int | None = None, fail_at: int | None = None,
                  sample_every: int = 0, checkpoint_every: int = 0, step_delay: float = 0.0,
-                 prompts: Sequence[str] = ("a photo of sks dog",), lora_name: str = "fake_lora") -> None:
+                 prompts: Sequence[str] = ("a photo of sks dog",), lora_name: str = "fake_lora",
+                 validate_every: int = 0) -> None:
+        self.validate_every = validate_every
+        self._best: tuple[int, float] | None = None
         self.total_steps = total_steps
         self.hold_at = hold_at
         self.fail_at = fail_at
@@ -105,6 +114,8 @@ class FakeEngine:
                 raise FakeEngineError(message)
             self._step = step
             self._do_step(step)
+            if self.validate_every and step % self.validate_every == 0:
+                self._validate(step)
             if self.sample_every and step % self.sample_every == 0:
                 self._sample(step)
             if self.checkpoint_every and step % self.checkpoint_every == 0:
@@ -179,6 +190,21 @@ class FakeEngine:
             f.write(event.to_json() + "\n")
         self._send(event)
 
+    def _validate(self, step: int) -> None:
+        loss = fake_val_loss(step)
+        improved = self._best is None or loss < self._best[1]
+        if improved:
+            self._best = (step, loss)
+        assert self._best is not None
+        event = ValidationDone(step=step, val_loss=loss, band_losses={"t0-499": loss * 1.1, "t500-999": loss * 0.9},
+                               images=2, eval_time_s=0.1, cost_share=0.02, best_step=self._best[0],
+                               best_val_loss=self._best[1], time=self._t(step))
+        with (self._root / "logs" / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            f.write(event.to_json() + "\n")
+        self._send(event)
+        if improved:
+            self._checkpoint(step, "best")
+
     def _sample(self, step: int) -> None:
         from PIL import Image
 
@@ -196,8 +222,9 @@ class FakeEngine:
     def _checkpoint(self, step: int, reason: str) -> None:
         folder = self._root / "checkpoints" / f"step-{step:06d}"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "state.json").write_text(json.dumps({"step": step}), encoding="utf-8")
-        self._send(CheckpointSaved(step=step, path=str(folder), reason=reason, time=self._t(step)))
+        best = self._best[0] if self._best else None
+        (folder / "state.json").write_text(json.dumps({"step": step, "best_step": best}), encoding="utf-8")
+        self._send(CheckpointSaved(step=step, path=str(folder), reason=reason, time=self._t(step), best_step=best))
 
     def _finish(self, *, stopped_early: bool) -> None:
         lora = self._lora_path()

@@ -148,6 +148,8 @@ async def test_finished_run_says_where_the_lora_is_and_how_to_use_it(make_app, p
         assert "ComfyUI/models/loras" in finished and "models/Lora" in finished
         assert {"train", "edit"} <= footer_actions(screen)
         assert not {"pause", "sample", "stop"} & footer_actions(screen)
+        await pilot.press("s")  # dimmed, but it still answers: here, why there is no picture
+        assert "No sample" in screen.query_one("#status").text
 
 
 async def test_failure_shows_a_modal_and_the_app_stays_usable(make_app, project):

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loratui.events import StepDone, event_from_dict
+from loratui.events import StepDone, ValidationDone, event_from_dict
 from loratui.loss_smoothing import LossSmoother
 
 
@@ -92,3 +92,22 @@ def history_from_rows(rows: list[StepDone]) -> LossHistory:
     for row in rows:
         history.add(row.step, float(row.loss))
     return history
+
+
+def read_validations(path: Path) -> list[ValidationDone]:
+    """The validation rows of a metrics.jsonl (``"event": "validation"``), torn lines skipped."""
+    found: list[ValidationDone] = []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return found
+    for line in text.splitlines():
+        if '"validation"' not in line:
+            continue
+        try:
+            event = event_from_dict(json.loads(line))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue
+        if isinstance(event, ValidationDone):
+            found.append(event)
+    return found

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loratui.config import ConfigError, load_config
-from loratui.events import CheckpointSaved, SampleReady, StepDone
+from loratui.events import CheckpointSaved, SampleReady, StepDone, ValidationDone
 from loratui.project import ProjectPaths
-from loratui.tui.widgets.loss_history import read_metrics
+from loratui.tui.widgets.loss_history import read_metrics, read_validations
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -28,6 +28,9 @@ class ProjectRuns:
     rows: list[StepDone] = field(default_factory=list)
     checkpoints: list[CheckpointSaved] = field(default_factory=list)
     samples: list[SampleReady] = field(default_factory=list)
+    validations: list[ValidationDone] = field(default_factory=list)
+    best_step: int | None = None
+    """The best checkpoint's step, as the newest checkpoint records it."""
     lora_file: Path | None = None
     config_problem: str | None = None
     planned_steps: int | None = None
@@ -103,6 +106,8 @@ def read_project_runs(root: Path) -> ProjectRuns:
         runs.lora_file = found[-1] if found else None
     runs.rows = read_metrics(paths.metrics)
     runs.checkpoints = _checkpoints(paths.checkpoints)
+    runs.validations = read_validations(paths.metrics)
+    runs.best_step = _best_step(paths.checkpoints, runs.checkpoints)
     runs.samples = _samples(paths.samples)
     return runs
 
@@ -121,6 +126,17 @@ def _step_dirs(folder: Path) -> list[tuple[int, Path]]:
 def _checkpoints(folder: Path) -> list[CheckpointSaved]:
     return [CheckpointSaved(step=step, path=str(path), reason="on disk", time=path.stat().st_mtime)
             for step, path in _step_dirs(folder)]
+
+
+def _best_step(folder: Path, checkpoints: list[CheckpointSaved]) -> int | None:
+    if not checkpoints:
+        return None
+    newest = max(checkpoints, key=lambda c: c.step)
+    try:
+        best = json.loads((Path(newest.path) / "state.json").read_text(encoding="utf-8")).get("best_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return best if isinstance(best, int) else None
 
 
 def _samples(folder: Path) -> list[SampleReady]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from statistics import fmean
 
 from loratui.events import (
+    Advice,
     CheckpointSaved,
     Event,
     Failed,
@@ -24,6 +25,7 @@ from loratui.events import (
     Started,
     Status,
     StepDone,
+    ValidationDone,
 )
 from loratui.tui.widgets.loss_history import LossHistory
 
@@ -45,6 +47,10 @@ class RunState:
     history: LossHistory = field(default_factory=LossHistory)
     checkpoints: list[CheckpointSaved] = field(default_factory=list)
     samples: list[SampleReady] = field(default_factory=list)
+    validations: list[ValidationDone] = field(default_factory=list)
+    """Validation losses of this run, plotted on the training loss's step axis."""
+    best_step: int | None = None
+    """The checkpoint with the lowest validation loss (save.keep_best), marked in the list."""
     status: Status | None = None
     finished: Finished | None = None
     failed: Failed | None = None
@@ -104,6 +110,8 @@ class RunState:
         if event.start_step == 0:
             # A fresh run: what is on disk from an earlier run is not this run's (the engine archives it).
             self.checkpoints, self.samples = [], []
+            self.validations, self.best_step = [], None
+        self.validations = [v for v in self.validations if v.step <= event.start_step]
         # Steps logged after the checkpoint we resume from are trained again; drop them now
         # so the plot never shows two values for one step.
         self.history.truncate_after(event.start_step)
@@ -124,6 +132,8 @@ class RunState:
         gone = {Path(p).name for p in event.removed}
         self.checkpoints = [c for c in self.checkpoints
                             if c.step != event.step and Path(c.path).name not in gone] + [event]
+        if event.best_step is not None:
+            self.best_step = event.best_step
         self._log(f"checkpoint saved at step {event.step} ({event.reason}): "
                   f"{display_path(event.path, self.root)}")
 
@@ -132,6 +142,17 @@ class RunState:
             return  # replayed on attach, already read from the samples folder
         self.samples.append(event)
         self._log(f"sample at step {event.step}: {display_path(event.path, self.root)}")
+
+    def _on_validation(self, event: ValidationDone) -> None:
+        self.validations = [v for v in self.validations if v.step < event.step] + [event]
+        self.best_step = event.best_step
+        best = "new best" if event.best_step == event.step else \
+            f"best {event.best_val_loss:.4f} at step {event.best_step}"
+        self._log(f"validation at step {event.step}: {event.val_loss:.4f} ({best}); {event.eval_time_s:.1f} s, "
+                  f"{event.cost_share:.1%} of the run")
+
+    def _on_advice(self, event: Advice) -> None:
+        self._log(f"advisor: {event.text}")
 
     def _on_paused(self, event: Paused) -> None:
         self.phase = "paused"

@@ -274,11 +274,18 @@ def sixels(sent: str) -> list[tuple[tuple[int, int], str]]:
     return found
 
 
+async def settle(app: App, pilot) -> None:
+    """Wait for the pictures being encoded in worker threads, and the repaint after them."""
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
 async def test_sixel_picture_is_sent_once_fitted_and_centred(pictures, monkeypatch):
     monkeypatch.setattr(graphics, "_cell", (10, 20))
     app = SixelHost(pictures["tall"])
     async with app.run_test(size=(40, 13)) as pilot:
-        await pilot.pause()
+        await settle(app, pilot)
         [(where, data)] = sixels(app.take())
         # 40×80 px into 40×12 cells of 10×20 px: 120×240 px, 12 cells wide, centred; row 1 (below the label)
         assert where == (14, 1) and '"1;1;120;240' in data
@@ -293,7 +300,7 @@ async def test_sixel_picture_is_sent_once_fitted_and_centred(pictures, monkeypat
         assert app.take() == ""
 
         app.query_one(ImageView).path = pictures["wide"]
-        await pilot.pause()
+        await settle(app, pilot)
         [(where, data)] = sixels(app.take())
         # 96×48 px: 400 px wide, 200 tall rounded down to whole sixel bands (198): 10 rows, no padding
         assert where == (0, 1) and '"1;1;400;198' in data
@@ -303,7 +310,7 @@ async def test_a_covered_picture_is_sent_again_when_uncovered(pictures, monkeypa
     monkeypatch.setattr(graphics, "_cell", (10, 20))
     app = SixelHost(pictures["wide"])
     async with app.run_test(size=(40, 13)) as pilot:
-        await pilot.pause()
+        await settle(app, pilot)
         assert len(sixels(app.take())) == 1
         app.push_screen(ErrorModal("Training failed", "out of memory", "/tmp/log"))
         await pilot.pause()

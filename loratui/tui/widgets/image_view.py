@@ -20,6 +20,7 @@ from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult, RenderResult
 from textual.geometry import Region
 from textual.reactive import reactive
@@ -104,16 +105,26 @@ def fit_cells(picture_w: int, picture_h: int, cols: int, rows: int, cell_w: int,
     return width, height
 
 
-@lru_cache(maxsize=16)
-def _sixel_data(path: str, mtime_ns: int, width: int, height: int, crop: tuple[int, int, int, int]) -> str:
-    """The picture scaled to width × height, cut to ``crop`` (pixels), as sixel."""
-    from PIL import Image
+SixelKey = tuple[str, int, int, int, tuple[int, int, int, int]]
+"""(path, mtime_ns, width, height, crop): the picture scaled to width × height, cut to crop."""
 
-    from loratui.tui import sixel
+_sixel_cache: dict[SixelKey, str] = {}
 
-    scaled = _picture(path, mtime_ns).resize((width, height), Image.Resampling.LANCZOS)
-    left, top, right, bottom = crop
-    return sixel.encode(scaled.crop((left, top, right, bottom)))
+
+def _sixel_data(key: SixelKey) -> str:
+    """The sixel string for ``key``, encoded once (a second or so for a large picture on a busy CPU)."""
+    data = _sixel_cache.get(key)
+    if data is None:
+        from PIL import Image
+
+        from loratui.tui import sixel
+
+        path, mtime_ns, width, height, crop = key
+        scaled = _picture(path, mtime_ns).resize((width, height), Image.Resampling.LANCZOS)
+        data = _sixel_cache[key] = sixel.encode(scaled.crop(crop))
+        while len(_sixel_cache) > 16:
+            del _sixel_cache[next(iter(_sixel_cache))]
+    return data
 
 
 def _graphic_widget(method: Method) -> Widget:
@@ -154,6 +165,8 @@ class ImageView(Widget):
         """kitty draws through a textual-image widget inside this one; sixel and halfblock draw here."""
         self._problem = ""
         """Why the picture cannot be shown (kitty and sixel only; halfblock finds out as it draws)."""
+        self._encoding: set[SixelKey] = set()
+        """Sixel pictures being encoded in a worker thread."""
         self._graphic: Any = None
         """textual-image's widget (kitty and sixel only)."""
 
@@ -219,7 +232,13 @@ class ImageView(Widget):
         cut_x, cut_y = (shown.x - where.region.x - left) * cell_w, (shown.y - where.region.y) * cell_h
         cut = (cut_x, cut_y, min(pixel_w, cut_x + shown.width * cell_w),
                min(pixel_h, cut_y + (shown.height * cell_h) // 6 * 6))
-        data = _sixel_data(str(self.path), mtime, pixel_w, pixel_h, cut)
+        key: SixelKey = (str(self.path), mtime, pixel_w, pixel_h, cut)
+        data = _sixel_cache.get(key)
+        if data is None:
+            if key not in self._encoding:
+                self._encoding.add(key)
+                self._encode_sixel(key)  # blank until it is ready: the screen keeps moving meanwhile
+            return [blank.crop(crop.x, crop.right)] * crop.height
         token = register_picture(Picture(data, shown.x, shown.y, shown.width, shown.height))
         marked = base + picture_style(token)
         first_col, first_row = shown.x - where.region.x, shown.y - where.region.y
@@ -227,6 +246,14 @@ class ImageView(Widget):
                      Segment(" " * (width - first_col - shown.width), base)], width)
         return [(row if first_row <= y < first_row + shown.height else blank).crop(crop.x, crop.right)
                 for y in crop.line_range]
+
+    @work(thread=True, group="sixel", exit_on_error=False)
+    def _encode_sixel(self, key: SixelKey) -> None:
+        try:
+            _sixel_data(key)
+        finally:
+            self._encoding.discard(key)
+        self.app.call_from_thread(self.refresh)
 
     def render(self) -> RenderResult:
         message_style = self.get_component_rich_style("image-view--message")

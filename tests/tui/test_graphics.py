@@ -305,6 +305,15 @@ async def test_sixel_picture_is_sent_once_fitted_and_centred(pictures, monkeypat
         # 96×48 px: 400 px wide, 200 tall rounded down to whole sixel bands (198): 10 rows, no padding
         assert where == (0, 1) and '"1;1;400;198' in data
 
+        odd = pictures["wide"].with_name("odd.png")
+        Image.linear_gradient("L").resize((73, 41)).convert("RGB").save(odd)
+        app.query_one(ImageView).path = odd
+        await settle(app, pilot)
+        [(where, data)] = sixels(app.take())
+        # 400×222 px fills whole cells (40×12: 400×240, in whole bands), the margin in the pane's colour:
+        # tmux stretches a partly covered last cell into a strip beside the picture
+        assert where == (0, 1) and '"1;1;400;240' in data
+
 
 async def test_a_covered_picture_is_sent_again_when_uncovered(pictures, monkeypatch):
     monkeypatch.setattr(graphics, "_cell", (10, 20))

@@ -105,23 +105,30 @@ def fit_cells(picture_w: int, picture_h: int, cols: int, rows: int, cell_w: int,
     return width, height
 
 
-SixelKey = tuple[str, int, int, int, tuple[int, int, int, int]]
-"""(path, mtime_ns, width, height, crop): the picture scaled to width × height, cut to crop."""
+SixelKey = tuple[str, int, int, int, int, int, tuple[int, int, int], tuple[int, int, int, int]]
+"""(path, mtime_ns, width, height, canvas width, canvas height, background, crop): the picture
+scaled to width × height, centred on a canvas of whole cells, cut to crop."""
 
 _sixel_cache: dict[SixelKey, str] = {}
 
 
 def _sixel_data(key: SixelKey) -> str:
-    """The sixel string for ``key``, encoded once (a second or so for a large picture on a busy CPU)."""
+    """The sixel string for ``key``, encoded once (a second or so for a large picture on a busy CPU).
+
+    The canvas is whole cells: tmux stretches a picture's last, partly covered cell column
+    and row into a strip beside and below it. Its margin is the pane's background colour.
+    """
     data = _sixel_cache.get(key)
     if data is None:
         from PIL import Image
 
         from loratui.tui import sixel
 
-        path, mtime_ns, width, height, crop = key
+        path, mtime_ns, width, height, canvas_w, canvas_h, background, crop = key
+        canvas = Image.new("RGB", (canvas_w, canvas_h), background)
         scaled = _picture(path, mtime_ns).resize((width, height), Image.Resampling.LANCZOS)
-        data = _sixel_cache[key] = sixel.encode(scaled.crop(crop))
+        canvas.paste(scaled, ((canvas_w - width) // 2, (canvas_h - height) // 2))
+        data = _sixel_cache[key] = sixel.encode(canvas.crop(crop))
         while len(_sixel_cache) > 16:
             del _sixel_cache[next(iter(_sixel_cache))]
     return data
@@ -229,10 +236,12 @@ class ImageView(Widget):
         blank = Strip([Segment(" " * width, base)], width)
         if not shown.area:
             return [blank.crop(crop.x, crop.right)] * crop.height
+        canvas_w, canvas_h = cols * cell_w, rows * cell_h // 6 * 6
         cut_x, cut_y = (shown.x - where.region.x - left) * cell_w, (shown.y - where.region.y) * cell_h
-        cut = (cut_x, cut_y, min(pixel_w, cut_x + shown.width * cell_w),
-               min(pixel_h, cut_y + (shown.height * cell_h) // 6 * 6))
-        key: SixelKey = (str(self.path), mtime, pixel_w, pixel_h, cut)
+        cut = (cut_x, cut_y, min(canvas_w, cut_x + shown.width * cell_w),
+               min(canvas_h, cut_y + (shown.height * cell_h) // 6 * 6))
+        background = base.bgcolor.get_truecolor() if base.bgcolor is not None else (0, 0, 0)
+        key: SixelKey = (str(self.path), mtime, pixel_w, pixel_h, canvas_w, canvas_h, tuple(background), cut)
         data = _sixel_cache.get(key)
         if data is None:
             if key not in self._encoding:

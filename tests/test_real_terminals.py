@@ -266,3 +266,30 @@ def test_tmux_inside_xterm(display, gallery_project, tmp_path, tmux):
         subprocess.run([tmux, "-L", socket, "kill-server"], capture_output=True)
         term.terminate()
         term.wait(timeout=10)
+
+
+@pytest.mark.skipif(not (shutil.which("foot") and shutil.which("weston")), reason="needs foot and weston")
+def test_foot_under_weston_shows_the_samples_in_sixel(display, gallery_project, tmp_path):
+    project, pictures = gallery_project
+    runtime = tmp_path / "xdg"
+    runtime.mkdir(mode=0o700)
+    env = {**os.environ, "DISPLAY": display.name, "XDG_RUNTIME_DIR": str(runtime)}
+    for name in ("COLORTERM", "TMUX", "WAYLAND_DISPLAY"):
+        env.pop(name, None)
+    weston = subprocess.Popen(["weston", "--backend=x11-backend.so", "--width=1800", "--height=1050",
+                               "--socket=wl-loratui", "--idle-time=0"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    foot = None
+    try:
+        wait_for(lambda: (runtime / "wl-loratui").exists() or None, 30, "weston's socket")
+        typescript = tmp_path / "foot.typescript"
+        command = loratui_command(project, typescript, app_env(tmp_path))
+        foot = subprocess.Popen(["foot", "-o", "font=DejaVu Sans Mono:size=10", f"--window-size-chars={COLS}x{ROWS}",
+                                 "bash", "-c", command], env={**env, "WAYLAND_DISPLAY": "wl-loratui"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        check_gallery(display, pictures, typescript, tmp_path / "foot.png", sixel=True, keep_as="foot-sixel.png")
+    finally:
+        for process in (foot, weston):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=10)

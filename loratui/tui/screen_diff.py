@@ -115,14 +115,17 @@ class ScreenDiff:
         changed = [i for i in range(x, end) if _differs(row[i], new[i - x])]
         if not changed:
             return
+        text_cells = []
         for i in changed:
-            value = new[i - x][0]
-            if isinstance(value, tuple):
-                token = value[1]
-                picture = _pictures.get(token)
+            cell = new[i - x]
+            if _is_picture(cell):
+                row[i] = cell  # drawn below, with the picture
+                picture = _pictures.get(cell[0][1])
                 if picture is not None:
-                    pictures[token] = picture
-        for start, stop in _runs(changed, new, x):
+                    pictures[cell[0][1]] = picture
+            else:
+                text_cells.append(i)
+        for start, stop in _runs(text_cells, new, x):
             cells = new[start - x:stop - x]
             row[start:stop] = cells
             text = _render(cells, console)
@@ -146,6 +149,10 @@ class ScreenDiff:
             over = [i for i in range(left, right) if row[i] is not None and row[i][0] != mine]
             for start, stop in _runs(over, row[left:right], left, gap=0):
                 out.append(Control.move_to(start, y).segment.text + _render(row[start:stop], console))
+
+
+def _is_picture(cell: Cell | None) -> bool:
+    return cell is not None and isinstance(cell[0], tuple)
 
 
 def _differs(old: Cell | None, new: Cell) -> bool:
@@ -196,12 +203,16 @@ def _cells(strip: Strip) -> Iterator[Cell]:
 
 
 def _runs(changed: list[int], cells: list[Cell | None], offset: int, gap: int = GAP) -> Iterator[tuple[int, int]]:
-    """[start, stop) ranges covering the changed columns, joined across short gaps."""
+    """[start, stop) ranges covering the changed columns, joined across short gaps without pictures.
+
+    A gap is re-sent as it is; over a picture's cell that would erase part of the picture.
+    """
     if not changed:
         return
     start = prev = changed[0]
     for i in changed[1:]:
-        if i - prev > gap + 1:
+        between = cells[max(prev + 1 - offset, 0):max(i - offset, 0)]
+        if i - prev > gap + 1 or any(_is_picture(c) for c in between):
             yield _widen(start, prev + 1, cells, offset)
             start = i
         prev = i

@@ -131,3 +131,16 @@ def test_the_refresh_interval_is_configurable_and_slower_over_ssh(env, seconds, 
     assert REMOTE_DRAW_INTERVAL_S > DRAW_INTERVAL_S
     if env.get("LORATUI_REFRESH") in ("fast", "0"):
         assert "LORATUI_REFRESH" in caplog.text
+
+
+def test_changes_on_both_sides_of_a_picture_do_not_write_over_it():
+    token = register_picture(Picture("\x1bPq#4~\x1b\\", 2, 0, 2, 1))
+    marked = picture_style(token)
+
+    def row(left: str, right: str) -> LayoutUpdate:
+        return frame([Segment(left + " "), Segment("  ", marked), Segment(right + " " * 15)], "", "")
+
+    diff = ScreenDiff()
+    send(diff, row("a", "b"))
+    sent = send(diff, row("A", "B"))
+    assert sent == "\x1b[1;1HA\x1b[1;5HB"  # two runs: the picture's cells between them are left alone

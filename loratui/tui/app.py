@@ -27,6 +27,7 @@ from loratui.settings import Settings, load_settings, save_settings
 from loratui.tui.dashboard import DashboardScreen
 from loratui.tui.help_screen import HelpScreen, help_for
 from loratui.tui.modals import ErrorModal
+from loratui.tui.screen_diff import DiffedOutput
 from loratui.tui.start_screen import StartScreen
 from loratui.tui.themes import DEFAULT_THEME, discover_themes, resolve_theme_name
 
@@ -70,7 +71,7 @@ def default_warmup() -> str:
     return f"ready (torch {torch.__version__.split('+')[0]}, {device})"
 
 
-class LoratuiApp(App[None]):
+class LoratuiApp(DiffedOutput, App[None]):
     """loratui: set up a LoRA, train it, watch it, keep the result."""
 
     CSS_PATH = "app.tcss"

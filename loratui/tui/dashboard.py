@@ -36,6 +36,7 @@ from loratui.tui.modals import (
     resume_dialog,
     stop_dialog,
 )
+from loratui.tui.refresh import DRAW_INTERVAL_S, draw_interval_s  # noqa: F401 - DRAW_INTERVAL_S for benchmarks
 from loratui.tui.widgets.checkpoint_list import CheckpointList
 from loratui.tui.widgets.finished_panel import FinishedPanel
 from loratui.tui.widgets.log_view import FollowingLog
@@ -47,8 +48,6 @@ from loratui.tui.widgets.stats_panel import StatsPanel
 from loratui.tui.widgets.status_bar import StatusBar
 
 Engine = Callable[..., None]
-DRAW_INTERVAL_S = 0.5
-"""At most two repaints a second from step events; other events repaint at once."""
 SPARK_POINTS = 200
 
 
@@ -127,6 +126,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self._aborting = False
         self._ask_resume = ask_resume
         self._last_draw = 0.0
+        self.draw_interval_s = draw_interval_s()
+        """Least time between repaints from step events (LORATUI_REFRESH; longer over SSH)."""
         self._draw_pending = False
         self._failure_shown = False
         self._quit_when_done = False
@@ -339,7 +340,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
     # Drawing ----------------------------------------------------------------------------
 
     def _schedule_draw(self) -> None:
-        wait = DRAW_INTERVAL_S - (time.monotonic() - self._last_draw)
+        wait = self.draw_interval_s - (time.monotonic() - self._last_draw)
         if wait <= 0:
             self._draw()
         elif not self._draw_pending:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,103 +17,136 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from textual.app import App, ComposeResult
+from textual._compositor import CompositorUpdate
 from textual.geometry import Region
+from textual.widgets import Label
 
 from loratui.tui import graphics
-from loratui.tui.graphics import choose_method, detect, image_method, tmux_passthrough
+from loratui.tui.graphics import choose_method, colour_system, detect, image_method, tmux_passthrough
+from loratui.tui.terminal_query import DA1, QUESTIONS, Answers, parse, version_of
+from loratui.tui.modals import ErrorModal
+from loratui.tui.screen_diff import ScreenDiff
 from loratui.tui.widgets.image_view import HalfBlockImage, ImageView
 
 PLACEHOLDER = chr(0x10EEEE)
 """The character kitty replaces with a piece of the image (one per cell)."""
 
 
-class Calls:
-    """A stand-in for the terminal query, counting how often it was asked."""
-
-    def __init__(self, answer: str = "kitty", error: Exception | None = None) -> None:
-        self.answer, self.error, self.count = answer, error, 0
-
-    def __call__(self):
-        self.count += 1
-        if self.error is not None:
-            raise self.error
-        return self.answer
+def answered(version: str = "", attributes: str = "1;2", colours_256: bool = False) -> Answers:
+    return Answers(attributes=set(attributes.split(";")), version=version, colours_256=colours_256,
+                   answered=True)
 
 
-def choose(env: dict[str, str], *, is_tty: bool = True, probe: Calls | None = None,
-           prepare: Calls | None = None) -> str:
-    return choose_method(env, is_tty=is_tty, probe=probe or Calls(), prepare=prepare or Calls())
+def choose(env: dict[str, str], answers: Answers | None = None, *, is_tty: bool = True) -> str:
+    return choose_method(env, is_tty=is_tty, answers=answers or Answers())
 
+
+XTERM_VT340 = answered("XTerm(379)", "63;1;2;4;6;9;15;16;22;28")
+KITTY_26 = answered("kitty(0.26.5)", "62;c")
+KITTY_35 = answered("kitty(0.35.2)", "62;52;c")
+TMUX_SIXEL = answered("tmux 3.5a", "1;2;4")
+TMUX_PLAIN = answered("tmux 3.3a", "1;2")
 
 # -- which method ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("answer", ["kitty", "sixel", "halfblock"])
-def test_a_terminal_gets_what_it_answers(answer):
-    probe = Calls(answer)
-    assert choose({}, probe=probe) == answer
-    assert choose({"LORATUI_IMAGES": "auto"}, probe=probe) == answer
-    assert probe.count == 2
+@pytest.mark.parametrize(("answers", "env", "method"), [
+    (XTERM_VT340, {}, "sixel"),
+    (answered("foot(1.13.1)", "62;4;22"), {}, "sixel"),
+    (answered("XTerm(379)", "1;2"), {}, "halfblock"),  # xterm without -ti vt340
+    (KITTY_35, {}, "kitty"),
+    (KITTY_26, {}, "halfblock"),  # placeholders need 0.28: older kitty draws boxes
+    (TMUX_SIXEL, {"TMUX": "/tmp/tmux-0/default,1,0"}, "sixel"),  # tmux 3.4+ built with sixel says so
+    (TMUX_PLAIN, {"TMUX": "/tmp/tmux-0/default,1,0"}, "halfblock"),
+    (Answers(), {}, "halfblock"),  # a terminal that answers nothing
+])
+def test_a_terminal_gets_what_its_answers_allow(answers, env, method):
+    assert choose(env, answers) == method
+    assert choose({**env, "LORATUI_IMAGES": "auto"}, answers) == method
 
 
-@pytest.mark.parametrize("forced", ["kitty", "sixel"])
-def test_the_environment_forces_a_method_without_asking(forced):
-    probe, prepare = Calls("halfblock"), Calls()
-    assert choose({"LORATUI_IMAGES": forced.upper()}, probe=probe, prepare=prepare) == forced
-    assert probe.count == 0 and prepare.count == 1  # cells are still measured
-
-
-def test_forced_halfblock_never_loads_the_library():
-    probe, prepare = Calls(), Calls()
-    assert choose({"LORATUI_IMAGES": "halfblock"}, probe=probe, prepare=prepare) == "halfblock"
-    assert probe.count == prepare.count == 0
+@pytest.mark.parametrize("forced", ["kitty", "sixel", "halfblock"])
+def test_the_environment_forces_a_method(forced):
+    assert choose({"LORATUI_IMAGES": forced.upper()}, TMUX_PLAIN) == forced
 
 
 def test_an_unknown_value_is_detected_as_auto(caplog):
-    assert choose({"LORATUI_IMAGES": "iterm"}, probe=Calls("sixel")) == "sixel"
+    assert choose({"LORATUI_IMAGES": "iterm"}, XTERM_VT340) == "sixel"
     assert "LORATUI_IMAGES=iterm" in caplog.text
 
 
 @pytest.mark.parametrize("env", [{}, {"LORATUI_IMAGES": "kitty"}])
 def test_not_a_terminal_means_halfblock(env):
-    probe, prepare = Calls(), Calls()
-    assert choose(env, is_tty=False, probe=probe, prepare=prepare) == "halfblock"
-    assert probe.count == prepare.count == 0
-
-
-def test_tmux_gets_halfblock_unless_told_otherwise():
-    probe = Calls("sixel")
-    assert choose({"TMUX": "/tmp/tmux-0/default,1,0"}, probe=probe) == "halfblock"
-    assert probe.count == 0
-    assert choose({"TMUX": "/tmp/tmux-0/default,1,0", "LORATUI_IMAGES": "sixel"}) == "sixel"
-    assert choose({"TMUX": "/tmp/tmux-0/default,1,0", "LORATUI_IMAGES": "kitty"}) == "kitty"
+    assert choose(env, KITTY_35, is_tty=False) == "halfblock"
 
 
 @pytest.mark.parametrize("env", [{}, {"LORATUI_IMAGES": "kitty"}])
 def test_no_color_means_no_graphics(env):
-    probe, prepare = Calls(), Calls()
-    assert choose({"NO_COLOR": "1", **env}, probe=probe, prepare=prepare) == "halfblock"
-    assert probe.count == prepare.count == 0
+    assert choose({"NO_COLOR": "1", **env}, KITTY_35) == "halfblock"
 
 
-def test_a_failing_query_falls_back_to_halfblock():
-    assert choose({}, probe=Calls(error=OSError("stdin is not readable"))) == "halfblock"
-    assert choose({"LORATUI_IMAGES": "sixel"}, prepare=Calls(error=ImportError("no textual_image"))) == "halfblock"
+@pytest.mark.parametrize(("version", "parsed"), [
+    ("kitty(0.26.5)", (0, 26, 5)), ("kitty(0.28.0)", (0, 28, 0)), ("XTerm(379)", None), ("", None)])
+def test_kitty_version_is_read_from_xtversion(version, parsed):
+    assert version_of(answered(version), "kitty") == parsed
+
+
+def test_the_answers_are_parsed_from_one_reply():
+    reply = ("\x1bP>|XTerm(379)\x1b\\" "\x1b[6;17;9t" "\x1b]4;255;rgb:eeee/eeee/eeee\x1b\\"
+             "\x1b[?63;1;2;4;6;9;15;16;22;28c")
+    answers = parse(reply)
+    assert answers.version == "XTerm(379)" and answers.cell == (9, 17)
+    assert answers.sixel and answers.colours_256 and answers.answered
+    plain = parse("\x1b[?1;2c")
+    assert not plain.sixel and not plain.colours_256 and plain.version == "" and plain.cell is None
+
+
+def test_the_questions_change_nothing_in_tmux():
+    # No kitty graphics query (tmux would make it the pane title), no mode switches:
+    # only requests that are answered or ignored.
+    assert "\x1b_G" not in QUESTIONS
+    assert QUESTIONS.endswith(DA1)  # answered by every terminal: it ends the wait
+    assert set(re.findall(r"\x1b(.)", QUESTIONS)) <= {"[", "]", "\\"}
+
+
+@pytest.mark.parametrize(("env", "answers", "colours"), [
+    ({"TERM": "xterm"}, answered("XTerm(379)", colours_256=True), "256"),  # SSH drops COLORTERM
+    ({"TERM": "xterm"}, answered("", colours_256=False), None),
+    ({"TERM": "xterm-256color"}, answered("", colours_256=True), None),  # Textual sees it already
+    ({"TERM": "xterm", "COLORTERM": "truecolor"}, answered("", colours_256=True), None),
+    ({"TERM": "xterm", "TEXTUAL_COLOR_SYSTEM": "standard"}, answered("", colours_256=True), None),
+])
+def test_a_256_colour_terminal_gets_256_colours(env, answers, colours):
+    assert colour_system(env, answers) == colours
 
 
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
         return True
 
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("no descriptor")
+
 
 def test_detect_decides_for_the_whole_process(monkeypatch):
+    import textual.constants
+
     monkeypatch.setattr(graphics, "_method", "halfblock")
-    monkeypatch.setattr(graphics, "_probe_terminal", Calls("sixel"))
+    monkeypatch.setattr(graphics, "_cell", graphics.DEFAULT_CELL)
+    monkeypatch.setattr(textual.constants, "COLOR_SYSTEM", "auto")
+    asked = []
+
+    def query() -> Answers:
+        asked.append(1)
+        return parse("\x1b[6;17;9t\x1b]4;255;rgb:0/0/0\x07\x1b[?63;4c")
+
     assert image_method() == "halfblock"
-    assert detect({}, stdin=FakeTerminal(), stdout=io.StringIO()) == "halfblock"  # stdout redirected
-    assert detect({}, stdin=FakeTerminal(), stdout=FakeTerminal()) == "sixel"
-    assert image_method() == "sixel"
+    assert detect({}, stdin=FakeTerminal(), stdout=io.StringIO(), query=query) == "halfblock"  # redirected
+    assert asked == []
+    assert detect({"TERM": "xterm"}, stdin=FakeTerminal(), stdout=FakeTerminal(), query=query) == "sixel"
+    assert image_method() == "sixel" and graphics.cell_pixels() == (9, 17)
     assert ImageView().method == "sixel"
+    assert textual.constants.COLOR_SYSTEM == "256"
 
 
 def test_without_detect_images_are_halfblocks_and_the_library_stays_unloaded(tmp_path):
@@ -210,20 +244,90 @@ async def test_kitty_sends_the_picture_and_places_it_with_placeholders(terminal_
         assert drawn(app).count(PLACEHOLDER) == 12 * 12  # 40×80 px: 12 rows tall, 120 px wide
 
 
-async def test_sixel_draws_sixel_data_and_changes_with_the_path(terminal_out, pictures):
-    app = Host(pictures["wide"], "sixel")
-    async with app.run_test(size=(40, 12)) as pilot:
-        await pilot.pause()
-        first = drawn(app)
-        start = first.index("\x1bP")
-        assert "q" in first[start:start + 10] and "#0;2;" in first  # sixel data with a colour register
-        assert first.index("\x1b\\", start) > start  # and its end
-        assert PLACEHOLDER not in first and terminal_out.getvalue() == ""  # sixel goes through Textual
+class SixelHost(App):
+    """The image view beside a line of text, and everything Textual sends passed through a ScreenDiff."""
 
-        app.query_one(ImageView).path = pictures["tall"]
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.diff = ScreenDiff()
+        self.sent: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        yield Label("step 0", id="counter")
+        yield ImageView(self.path, method="sixel")
+
+    def _display(self, screen, renderable) -> None:
+        if isinstance(renderable, CompositorUpdate):
+            self.sent.append(self.diff.update(renderable, self.console, *self.size))
+
+    def take(self) -> str:
+        sent, self.sent = "".join(self.sent), []
+        return sent
+
+
+def sixels(sent: str) -> list[tuple[tuple[int, int], str]]:
+    """((column, row), DCS string) of each sixel picture in the bytes, at the cursor move before it."""
+    found = []
+    for m in re.finditer(r"\x1b\[(\d+);(\d+)H(\x1bP[^\x1b]*\x1b\\)", sent):
+        found.append(((int(m.group(2)) - 1, int(m.group(1)) - 1), m.group(3)))
+    return found
+
+
+async def settle(app: App, pilot) -> None:
+    """Wait for the pictures being encoded in worker threads, and the repaint after them."""
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def test_sixel_picture_is_sent_once_fitted_and_centred(pictures, monkeypatch):
+    monkeypatch.setattr(graphics, "_cell", (10, 20))
+    app = SixelHost(pictures["tall"])
+    async with app.run_test(size=(40, 13)) as pilot:
+        await settle(app, pilot)
+        [(where, data)] = sixels(app.take())
+        # 40×80 px into 40×12 cells of 10×20 px: 120×240 px, 12 cells wide, centred; row 1 (below the label)
+        assert where == (14, 1) and '"1;1;120;240' in data
+        for step in range(1, 6):
+            app.query_one("#counter", Label).update(f"step {step}")
+            await pilot.pause()
+            sent = app.take()
+            # only the cell that changed: the digit, placed after "step "
+            assert sent.startswith("\x1b[1;6H") and f"m{step}\x1b" in sent and "\x1bP" not in sent
+        app.screen.refresh()  # a repaint of everything: still nothing to send
         await pilot.pause()
-        second = drawn(app)
-        assert "\x1bP" in second and second != first
+        assert app.take() == ""
+
+        app.query_one(ImageView).path = pictures["wide"]
+        await settle(app, pilot)
+        [(where, data)] = sixels(app.take())
+        # 96×48 px: 400 px wide, 200 tall rounded down to whole sixel bands (198): 10 rows, no padding
+        assert where == (0, 1) and '"1;1;400;198' in data
+
+        odd = pictures["wide"].with_name("odd.png")
+        Image.linear_gradient("L").resize((73, 41)).convert("RGB").save(odd)
+        app.query_one(ImageView).path = odd
+        await settle(app, pilot)
+        [(where, data)] = sixels(app.take())
+        # 400×222 px fills whole cells (40×12: 400×240, in whole bands), the margin in the pane's colour:
+        # tmux stretches a partly covered last cell into a strip beside the picture
+        assert where == (0, 1) and '"1;1;400;240' in data
+
+
+async def test_a_covered_picture_is_sent_again_when_uncovered(pictures, monkeypatch):
+    monkeypatch.setattr(graphics, "_cell", (10, 20))
+    app = SixelHost(pictures["wide"])
+    async with app.run_test(size=(40, 13)) as pilot:
+        await settle(app, pilot)
+        assert len(sixels(app.take())) == 1
+        app.push_screen(ErrorModal("Training failed", "out of memory", "/tmp/log"))
+        await pilot.pause()
+        covering = app.take()
+        assert "out of memory" in covering and "\x1bP" not in covering
+        app.pop_screen()
+        await pilot.pause()
+        assert len(sixels(app.take())) == 1  # uncovered: sent again, once
 
 
 @pytest.mark.parametrize("method", ["kitty", "sixel"])

@@ -1,0 +1,295 @@
+"""The sample gallery in real terminals, photographed: the pictures on screen look like the PNG files.
+
+An X server (Xvfb) runs xterm as a VT340 with 256 colour registers (sixel), and, where
+installed, foot inside weston (sixel, Wayland) and xterm running tmux (half-blocks, or
+sixel for a tmux that passes it). In each, ``loratui open PROJECT`` shows a project whose
+two samples carry coloured corner marks; a screenshot (ImageMagick ``import -window root``)
+is searched for the marks, and the picture between them is compared with the PNG scaled
+to the same size: the mean colour difference, and that of every 6-pixel band (a wrong
+colour register spoils one band), must stay under a bound; beside the picture there must
+be background, not a black bar. Everything the terminal received is recorded with
+``script``, and each picture must have been sent once.
+
+Skipped where Xvfb or xterm is missing (``.ci/run`` installs them). Screenshots are
+written to ``LORATUI_SCREENSHOTS`` when it names a folder (the README's come from there).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.skipif(not (shutil.which("Xvfb") and shutil.which("xterm") and shutil.which("import")),
+                                reason="needs Xvfb, xterm and ImageMagick (.ci/run installs them)")
+
+COLS, ROWS = 160, 48
+MARKS = {  # picture name: (top-left mark colour, bottom-right mark colour)
+    "closeup": ((255, 0, 255), (0, 255, 255)),
+    "wide": ((255, 128, 0), (0, 128, 255)),
+}
+MEAN_BOUND = 14.0
+"""Mean absolute difference per channel (0–255) between the PNG and the screen: sixel's
+256 colours and scaling stay well under it; a wrong colour or a shifted picture does not."""
+HALFBLOCK_256_BOUND = 40.0
+"""The same for half-blocks in 256 colours: the palette's steps are 40 apart (0, 95, 135, …)."""
+BAND_BOUND = 40.0
+"""The same for each 6-pixel band: a band painted with the wrong register fails it."""
+SIXEL = re.compile(rb"\x1bP[0-9;]*q")
+
+
+def sample_pictures(folder: Path) -> dict[str, Path]:
+    """A green close-up with a yellow band and dark dashes (512×512), and a 3:2 gradient (192×128)."""
+    rng = np.random.default_rng(1)
+    closeup = np.zeros((512, 512, 3), dtype=np.uint8)
+    closeup[...] = (40, 150, 60)
+    closeup += rng.integers(0, 20, closeup.shape, dtype=np.uint8)
+    closeup[100:140] = (235, 210, 40)
+    for x in range(40, 470, 60):
+        closeup[300:306, x:x + 30] = (20, 20, 30)
+    y, x = np.mgrid[0:128, 0:192]
+    wide = np.stack([x * 255 // 191, y * 255 // 127, np.full_like(x, 120)], axis=-1).astype(np.uint8)
+    out = {}
+    for name, pixels, mark in (("closeup", closeup, 48), ("wide", wide, 16)):
+        top_left, bottom_right = MARKS[name]
+        pixels[:mark, :mark] = top_left
+        pixels[-mark:, -mark:] = bottom_right
+        out[name] = folder / f"{name}.png"
+        Image.fromarray(pixels).save(out[name])
+    return out
+
+
+@pytest.fixture
+def gallery_project(sample_project: Path) -> tuple[Path, dict[str, Path]]:
+    step = sample_project / "samples" / "step-000010"
+    step.mkdir(parents=True)
+    pictures = sample_pictures(step)
+    for i, path in enumerate(pictures.values()):
+        path.with_suffix(".txt").write_text(f"prompt: zxc toy, sample {i}\nseed: {i}\n", encoding="utf-8")
+    return sample_project, pictures
+
+
+class Display:
+    """An X server of its own, and screenshots of it."""
+
+    def __init__(self, number: int) -> None:
+        self.name = f":{number}"
+        self.server = subprocess.Popen(["Xvfb", self.name, "-screen", "0", "1920x1080x24", "-nolisten", "tcp"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not Path(f"/tmp/.X11-unix/X{number}").exists():
+            if time.monotonic() > deadline or self.server.poll() is not None:
+                raise RuntimeError(f"Xvfb {self.name} did not start")
+            time.sleep(0.1)
+
+    def screenshot(self, path: Path) -> np.ndarray:
+        subprocess.run(["import", "-display", self.name, "-window", "root", str(path)], check=True, timeout=30)
+        return np.asarray(Image.open(path).convert("RGB"), dtype=np.int32)
+
+    def close(self) -> None:
+        self.server.terminate()
+        self.server.wait(timeout=10)
+
+
+@pytest.fixture
+def display() -> Display:
+    free = next(n for n in range(90 + os.getpid() % 50, 400) if not Path(f"/tmp/.X{n}-lock").exists())
+    d = Display(free)
+    yield d
+    d.close()
+
+
+def find_mark(shot: np.ndarray, colour: tuple[int, int, int], tolerance: int = 24) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of the pixels of one colour, or None."""
+    near = (np.abs(shot - np.array(colour)).max(axis=-1) <= tolerance)
+    ys, xs = np.nonzero(near)
+    if len(xs) < 16:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def picture_difference(shot: np.ndarray, png: Path) -> tuple[float, float, tuple[int, int, int, int]]:
+    """Mean and worst-band difference between the screen and the PNG, found by its corner marks."""
+    name = png.stem
+    top_left, bottom_right = (find_mark(shot, c) for c in MARKS[name])
+    assert top_left and bottom_right, f"{name}: corner marks not on the screen"
+    box = (top_left[0], top_left[1], bottom_right[2], bottom_right[3])
+    seen = shot[box[1]:box[3], box[0]:box[2]]
+    with Image.open(png) as img:
+        expected = np.asarray(img.convert("RGB").resize((box[2] - box[0], box[3] - box[1]),
+                                                        Image.Resampling.LANCZOS), dtype=np.int32)
+    diff = np.abs(seen - expected)
+    bands = [float(diff[y:y + 6].mean()) for y in range(0, diff.shape[0] - 5, 6)]
+    return float(diff.mean()), max(bands), box
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value is not None and value is not False:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def loratui_command(project: Path, typescript: Path, env: dict[str, str]) -> str:
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    inner = f"env {exports} {shlex.quote(sys.executable)} -m loratui open {shlex.quote(str(project))}"
+    # script records every byte the terminal receives; -f so it is on disk while the app runs
+    return f"script -q -f -c {shlex.quote(inner)} {shlex.quote(str(typescript))}"
+
+
+def app_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {"LORATUI_CACHE_DIR": os.environ["LORATUI_CACHE_DIR"], "LORATUI_CONFIG_DIR": str(tmp_path / "settings"),
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.update(extra)
+    return env
+
+
+def check_gallery(display: Display, pictures: dict[str, Path], typescript: Path, shot_path: Path,
+                  *, sixel: bool, bound: float = MEAN_BOUND, keep_as: str) -> dict[str, float]:
+    """Wait for both pictures, photograph them, compare; then count what an idle minute sends."""
+    def both_shown():
+        shot = display.screenshot(shot_path)
+        return shot if all(find_mark(shot, MARKS[n][1]) for n in pictures) else None
+
+    shot = wait_for(both_shown, 90, "both sample pictures on the screen")
+    time.sleep(2)  # the last rows of a picture may still be arriving
+    shot = display.screenshot(shot_path)
+    keep(shot_path, keep_as)
+    results: dict[str, float] = {}
+    for name, png in pictures.items():
+        mean, band, box = picture_difference(shot, png)
+        assert mean < bound, f"{name}: the screen differs from the PNG by {mean:.1f} on average"
+        assert band < max(BAND_BOUND, 2 * bound), f"{name}: one 6-pixel band differs by {band:.1f}"
+        # Beside the picture: the pane's background, the same left and right (no black bar).
+        height = box[3] - box[1]
+        left = shot[box[1]:box[3], max(box[0] - 8, 0):box[0] - 2].reshape(-1, 3).mean(axis=0)
+        right = shot[box[1]:box[3], box[2] + 2:box[2] + 8].reshape(-1, 3).mean(axis=0)
+        assert np.abs(left - right).max() < 30, f"{name}: left of it {left}, right of it {right}"
+        results[f"{name} mean"], results[f"{name} band"] = mean, band
+        results[f"{name} height"] = height
+    start = typescript.stat().st_size
+    time.sleep(10)
+    results["idle bytes/s"] = (typescript.stat().st_size - start) / 10
+    sent = SIXEL.findall(typescript.read_bytes())
+    if sixel:
+        assert len(sent) == len(pictures), f"{len(sent)} sixel pictures sent for {len(pictures)} on screen"
+    assert results["idle bytes/s"] < 2000
+    return results
+
+
+def keep(shot: Path, name: str) -> None:
+    folder = os.environ.get("LORATUI_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(folder) / name)
+
+
+XTERM = ["xterm", "-ti", "vt340", "-xrm", "XTerm*decTerminalID: vt340", "-xrm", "XTerm*numColorRegisters: 256",
+         "-xrm", "XTerm*sixelScrolling: true", "-b", "0", "-fa", "DejaVu Sans Mono", "-fs", "10", "-geometry", f"{COLS}x{ROWS}+0+0"]
+
+
+def run_in_xterm(display: Display, command: str, env_term: str = "xterm") -> subprocess.Popen:
+    env = {**os.environ, "DISPLAY": display.name, "TERM": env_term}
+    env.pop("COLORTERM", None)
+    env.pop("TMUX", None)
+    return subprocess.Popen([*XTERM, "-e", "bash", "-c", command], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_xterm_shows_the_samples_in_sixel(display, gallery_project, tmp_path, record_property):
+    project, pictures = gallery_project
+    typescript = tmp_path / "xterm.typescript"
+    term = run_in_xterm(display, loratui_command(project, typescript, app_env(tmp_path)))
+    try:
+        results = check_gallery(display, pictures, typescript, tmp_path / "xterm.png", sixel=True,
+                                keep_as="xterm-sixel.png")
+        for key, value in results.items():
+            record_property(key, value)
+    finally:
+        term.terminate()
+        term.wait(timeout=10)
+
+
+def test_xterm_half_blocks_in_256_colours(display, gallery_project, tmp_path):
+    # TERM=xterm and no COLORTERM, as over SSH: the terminal answers that it has 256 colours.
+    project, pictures = gallery_project
+    typescript = tmp_path / "halfblock.typescript"
+    env = app_env(tmp_path, LORATUI_IMAGES="halfblock")
+    term = run_in_xterm(display, loratui_command(project, typescript, env))
+    try:
+        check_gallery(display, pictures, typescript, tmp_path / "halfblock.png", sixel=False,
+                      bound=HALFBLOCK_256_BOUND, keep_as="xterm-halfblock-256.png")
+        assert b"\x1b[38;5;" in typescript.read_bytes()  # 256-colour codes, not 16
+    finally:
+        term.terminate()
+        term.wait(timeout=10)
+
+
+def tmux_binaries() -> list[str]:
+    """The tmux in PATH, and LORATUI_TEST_TMUX (e.g. tmux 3.5 unpacked from Debian backports)."""
+    found = [shutil.which("tmux") or "", os.environ.get("LORATUI_TEST_TMUX", "")]
+    return [b for b in dict.fromkeys(found) if b and os.access(b, os.X_OK)] or ["tmux"]
+
+
+@pytest.mark.parametrize("tmux", tmux_binaries())
+def test_tmux_inside_xterm(display, gallery_project, tmp_path, tmux):
+    if shutil.which(tmux) is None:
+        pytest.skip("tmux is not installed")
+    version = subprocess.run([tmux, "-V"], capture_output=True, text=True).stdout.split()[-1]
+    sixel_build = b"sixel" in Path(shutil.which(tmux)).read_bytes()
+    project, pictures = gallery_project
+    typescript = tmp_path / "tmux.typescript"
+    socket = f"loratui-shot-{os.getpid()}"
+    inner = loratui_command(project, typescript, app_env(tmp_path))
+    command = f"{shlex.quote(tmux)} -L {socket} -f /dev/null new-session {shlex.quote(inner)}"
+    term = run_in_xterm(display, command)
+    try:
+        # A tmux built with sixel passes it (and says so); any other gets half-blocks in 256 colours.
+        check_gallery(display, pictures, typescript, tmp_path / "tmux.png", sixel=sixel_build,
+                      bound=MEAN_BOUND if sixel_build else HALFBLOCK_256_BOUND, keep_as=f"tmux-{version}.png")
+        title = subprocess.run([tmux, "-L", socket, "display-message", "-p", "#{pane_title}"],
+                               capture_output=True, text=True).stdout
+        assert "Gi=" not in title  # no kitty graphics probe reached tmux
+    finally:
+        subprocess.run([tmux, "-L", socket, "kill-server"], capture_output=True)
+        term.terminate()
+        term.wait(timeout=10)
+
+
+@pytest.mark.skipif(not (shutil.which("foot") and shutil.which("weston")), reason="needs foot and weston")
+def test_foot_under_weston_shows_the_samples_in_sixel(display, gallery_project, tmp_path):
+    project, pictures = gallery_project
+    runtime = tmp_path / "xdg"
+    runtime.mkdir(mode=0o700)
+    env = {**os.environ, "DISPLAY": display.name, "XDG_RUNTIME_DIR": str(runtime)}
+    for name in ("COLORTERM", "TMUX", "WAYLAND_DISPLAY"):
+        env.pop(name, None)
+    weston = subprocess.Popen(["weston", "--backend=x11-backend.so", "--width=1800", "--height=1050",
+                               "--socket=wl-loratui", "--idle-time=0"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    foot = None
+    try:
+        wait_for(lambda: (runtime / "wl-loratui").exists() or None, 30, "weston's socket")
+        typescript = tmp_path / "foot.typescript"
+        command = loratui_command(project, typescript, app_env(tmp_path))
+        foot = subprocess.Popen(["foot", "-o", "font=DejaVu Sans Mono:size=10", f"--window-size-chars={COLS}x{ROWS}",
+                                 "bash", "-c", command], env={**env, "WAYLAND_DISPLAY": "wl-loratui"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        check_gallery(display, pictures, typescript, tmp_path / "foot.png", sixel=True, keep_as="foot-sixel.png")
+    finally:
+        for process in (foot, weston):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=10)

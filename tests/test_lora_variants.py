@@ -387,3 +387,30 @@ def test_lycoris_default_output_axis_dora_is_read_as_lycoris_computes_it(base_id
     ours.load_file_tensors({k: v for k, v in sd.items() if k != "alpha"})
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_config_rules_for_the_type() -> None:
+    from loratui.config import ConfigError, ProjectConfig, apply_override, cross_check
+
+    cfg = ProjectConfig()
+    assert cfg.lora.type == "lora" and cfg.lora.lokr_factor == -1
+    with pytest.raises(ConfigError, match="must be one of lora, dora, loha, lokr, not 'lycoris'"):
+        apply_override(cfg, "lora.type=lycoris")
+    apply_override(cfg, "lora.type=loha")
+    with pytest.raises(ConfigError, match='lora.type = "loha" needs save.format = "kohya"'):
+        apply_override(cfg, "save.format=diffusers")
+    cfg.save.format, cfg.lora.lokr_factor = "diffusers", 0
+    problems = "\n".join(cross_check(cfg))
+    assert 'lora.type = "loha" needs save.format = "kohya"' in problems
+    assert "lora.lokr_factor must be -1 (even split) or a positive factor" in problems
+
+
+def test_resume_of_a_checkpoint_from_before_the_type_existed_is_not_refused() -> None:
+    from loratui.config import ProjectConfig
+    from loratui.engine.compat import config_digest, describe_differences
+
+    now = config_digest(ProjectConfig(), "data")
+    old = {k: v for k, v in now.items() if k not in ("lora.type", "lora.lokr_factor")}
+    assert describe_differences(old, now) == ([], [])
+    changed = dict(now, **{"lora.type": "dora"})
+    assert describe_differences(old, changed)[0] == ["lora.type: None → 'dora'"]

@@ -414,3 +414,33 @@ def test_resume_of_a_checkpoint_from_before_the_type_existed_is_not_refused() ->
     assert describe_differences(old, now) == ([], [])
     changed = dict(now, **{"lora.type": "dora"})
     assert describe_differences(old, changed)[0] == ["lora.type: None → 'dora'"]
+
+
+def test_sdxl_files_of_every_type_use_sgm_names_and_load_back(tmp_path) -> None:
+    """SDXL: SGM UNet names and lora_te1_/lora_te2_ prefixes, whatever the adapter type."""
+    from loratui.models.builtin import build_pipeline
+
+    xl = build_pipeline("tiny-sdxl", tmp_path / "xl")
+    roots = {"unet": xl.unet, "te1": xl.text_encoder, "te2": xl.text_encoder_2}
+    ids = torch.arange(10).unsqueeze(0)
+    for kind in ("dora", "loha", "lokr"):
+        nets = {c: inject_lora(r, component=c, family="sdxl", preset="attention", rank=4, alpha=2.0, kind=kind)
+                for c, r in roots.items()}  # fmt: skip
+        for i, net in enumerate(nets.values()):
+            _randomise(net, 10 + i)
+        expected = xl.text_encoder_2(ids)[0].detach()
+        path = tmp_path / f"xl-{kind}.safetensors"
+        save_kohya(path, nets, {}, dtype=torch.float32)
+        for net in nets.values():
+            net.remove()
+        assert not torch.allclose(xl.text_encoder_2(ids)[0], expected, atol=1e-4)  # the adapter did something
+        lora = load_lora_file(path)
+        assert lora.family == "sdxl" and lora.kinds == {kind: len(lora.modules)}
+        assert any(n.startswith("lora_unet_input_blocks_") for n in lora.modules)
+        assert {n.split("_text_model")[0] for n in lora.modules if "_te" in n} == {"lora_te1", "lora_te2"}
+        loaded = inject_from_file(lora, roots)
+        try:
+            torch.testing.assert_close(xl.text_encoder_2(ids)[0], expected)
+        finally:
+            for net in loaded.values():
+                net.remove()

@@ -1,4 +1,4 @@
-"""Training each adapter type end to end on the sample project: the loss falls, the file is LyCORIS', resume guards the type."""
+"""Each adapter type trained on the sample project: the loss falls, the file is LyCORIS', resume guards the type."""
 
 from __future__ import annotations
 

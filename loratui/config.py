@@ -73,8 +73,9 @@ class LoraConfig:
                      "all (adds convolutions, LoCon)", choices=("attention", "attention+ff", "all"))
     train_text_encoder: bool = _f(False, "also train the text encoder(s); stronger, easier to overfit")
     init_lora: str = _f("", "start from this LoRA file (ours or kohya's) instead of zeros")
-    type: str = _f("lora", "lora (plain); dora adds a trained magnitude (often better, ~1.3x slower); loha and lokr "
-                   "(LyCORIS) fit more per parameter: use a lower rank (loha 4-16)", choices=("lora", "dora", "loha", "lokr"))
+    type: str = _f("lora", "lora (plain); dora adds a trained magnitude (often better, slower steps); loha and "
+                   "lokr (LyCORIS) fit more per parameter: use a lower rank (loha 4-16)",
+                   choices=("lora", "dora", "loha", "lokr"))
     lokr_factor: int = _f(-1, "lokr only: -1 splits each dimension evenly; N (8, 16) makes the small Kronecker "
                           "factor N wide, a bigger file that fits more", min=-1, max=1024)
 

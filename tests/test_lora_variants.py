@@ -387,3 +387,60 @@ def test_lycoris_default_output_axis_dora_is_read_as_lycoris_computes_it(base_id
     ours.load_file_tensors({k: v for k, v in sd.items() if k != "alpha"})
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_config_rules_for_the_type() -> None:
+    from loratui.config import ConfigError, ProjectConfig, apply_override, cross_check
+
+    cfg = ProjectConfig()
+    assert cfg.lora.type == "lora" and cfg.lora.lokr_factor == -1
+    with pytest.raises(ConfigError, match="must be one of lora, dora, loha, lokr, not 'lycoris'"):
+        apply_override(cfg, "lora.type=lycoris")
+    apply_override(cfg, "lora.type=loha")
+    with pytest.raises(ConfigError, match='lora.type = "loha" needs save.format = "kohya"'):
+        apply_override(cfg, "save.format=diffusers")
+    cfg.save.format, cfg.lora.lokr_factor = "diffusers", 0
+    problems = "\n".join(cross_check(cfg))
+    assert 'lora.type = "loha" needs save.format = "kohya"' in problems
+    assert "lora.lokr_factor must be -1 (even split) or a positive factor" in problems
+
+
+def test_resume_of_a_checkpoint_from_before_the_type_existed_is_not_refused() -> None:
+    from loratui.config import ProjectConfig
+    from loratui.engine.compat import config_digest, describe_differences
+
+    now = config_digest(ProjectConfig(), "data")
+    old = {k: v for k, v in now.items() if k not in ("lora.type", "lora.lokr_factor")}
+    assert describe_differences(old, now) == ([], [])
+    changed = dict(now, **{"lora.type": "dora"})
+    assert describe_differences(old, changed)[0] == ["lora.type: None → 'dora'"]
+
+
+def test_sdxl_files_of_every_type_use_sgm_names_and_load_back(tmp_path) -> None:
+    """SDXL: SGM UNet names and lora_te1_/lora_te2_ prefixes, whatever the adapter type."""
+    from loratui.models.builtin import build_pipeline
+
+    xl = build_pipeline("tiny-sdxl", tmp_path / "xl")
+    roots = {"unet": xl.unet, "te1": xl.text_encoder, "te2": xl.text_encoder_2}
+    ids = torch.arange(10).unsqueeze(0)
+    for kind in ("dora", "loha", "lokr"):
+        nets = {c: inject_lora(r, component=c, family="sdxl", preset="attention", rank=4, alpha=2.0, kind=kind)
+                for c, r in roots.items()}  # fmt: skip
+        for i, net in enumerate(nets.values()):
+            _randomise(net, 10 + i)
+        expected = xl.text_encoder_2(ids)[0].detach()
+        path = tmp_path / f"xl-{kind}.safetensors"
+        save_kohya(path, nets, {}, dtype=torch.float32)
+        for net in nets.values():
+            net.remove()
+        assert not torch.allclose(xl.text_encoder_2(ids)[0], expected, atol=1e-4)  # the adapter did something
+        lora = load_lora_file(path)
+        assert lora.family == "sdxl" and lora.kinds == {kind: len(lora.modules)}
+        assert any(n.startswith("lora_unet_input_blocks_") for n in lora.modules)
+        assert {n.split("_text_model")[0] for n in lora.modules if "_te" in n} == {"lora_te1", "lora_te2"}
+        loaded = inject_from_file(lora, roots)
+        try:
+            torch.testing.assert_close(xl.text_encoder_2(ids)[0], expected)
+        finally:
+            for net in loaded.values():
+                net.remove()

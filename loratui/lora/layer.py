@@ -359,7 +359,8 @@ class LoRANetwork(Mapping[str, AdapterModule]):
             raise ValueError(
                 f"LoRA weights do not fit this {self.component} network ({len(mismatched)} shape mismatches, "
                 f"file rank(s) {file_ranks}, network rank(s) {sorted(set(self.ranks.values()))}); set the rank "
-                f"to match the file. First mismatches: " + "; ".join(mismatched[:5])
+                + ("and lora.lokr_factor " if "lokr" in self.kinds else "")
+                + "to match the file. First mismatches: " + "; ".join(mismatched[:5])
             )
         if strict and (missing or unexpected):
             raise ValueError(

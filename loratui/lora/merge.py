@@ -37,7 +37,7 @@ def _add(networks: Mapping[str, LoRANetwork] | Iterable[LoRANetwork], scale: flo
 
 
 def merge_networks(networks: Mapping[str, LoRANetwork] | Iterable[LoRANetwork], scale: float = 1.0) -> None:
-    """Add ``scale`` times every adapter's update (``(alpha/rank) * up @ down`` for LoRA) into its base weight, in place.
+    """Add ``scale`` times each adapter's update (LoRA: ``(alpha/rank) * up @ down``) into its base weight.
 
     Afterwards the LoRA branch must not run as well, so every multiplier is
     set to 0; the wrapped layers then compute the merged model. Call

@@ -270,6 +270,30 @@ async def test_lora_rank_is_validated_and_the_scale_follows(project: Path) -> No
         assert (await saved(pilot, project))["lora"]["train_text_encoder"] is True
 
 
+async def test_lora_type_is_offered_saved_and_recounted(project: Path) -> None:
+    import dataclasses
+
+    from textual.widgets import Select
+
+    counted: list[str] = []
+    services = dataclasses.replace(fake_services(),
+                                   count_params=lambda project_dir, cfg: counted.append(cfg.lora.type) or 1234)
+    app = host(project, services=services)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await goto(pilot, 4)
+        await pilot.pause(0.6)
+        await settle(pilot)
+        assert counted[-1] == "lora"
+        field = app.screen.query_one("#lora-type", ConfigField)
+        field.query_one(Select).value = "dora"
+        await pilot.pause()
+        assert (await saved(pilot, project))["lora"]["type"] == "dora"
+        await pilot.pause(0.6)
+        await settle(pilot)
+        assert counted[-1] == "dora"
+        assert "1,234" in text_of(app.screen, "#lora-params")
+
+
 async def test_training_fields_save_or_explain(project: Path) -> None:
     app = host(project)
     async with app.run_test(size=(100, 30)) as pilot:

@@ -1,4 +1,4 @@
-"""Step 4, LoRA: its size and which layers it touches."""
+"""Step 4, LoRA: its type, its size and which layers it touches."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from textual.widgets import Static
 
 from loratui.tui.wizard.base import WizardStep, unlisted
 
-_COUNT_INPUTS = ("lora.rank", "lora.preset", "lora.train_text_encoder", "model.base", "model.config_source")
+_COUNT_INPUTS = ("lora.type", "lora.lokr_factor", "lora.rank", "lora.preset", "lora.train_text_encoder", "model.base",
+                 "model.config_source")
 # Counting loads the model; wait until the user stops changing things.
 _COUNT_DELAY = 0.5
 
@@ -29,7 +30,7 @@ def human_count(n: int) -> str:
 
 
 class LoraStep(WizardStep):
-    """Rank, alpha and target layers; the scale and the trainable parameter count update live."""
+    """Type, rank, alpha and target layers; the scale and the trainable parameter count update live."""
 
     title = "LoRA"
 
@@ -46,10 +47,12 @@ class LoraStep(WizardStep):
     def compose_step(self) -> ComposeResult:
         yield Static("A LoRA adds (alpha / rank) · B·A beside each chosen layer; only A and B are trained.",
                      classes="step-intro", markup=False)
+        yield self.field("lora.type", label="type")
         yield self.field("lora.rank", label="rank")
         yield self.field("lora.alpha", label="alpha")
         yield Static("", id="lora-scale", classes="live-note", markup=False)
         yield self.field("lora.preset", label="layers")
+        yield self.field("lora.lokr_factor", label="LoKr factor")
         yield self.field("lora.train_text_encoder", label="text encoder LoRA")
         yield self.field("lora.init_lora", long=True, label="start from LoRA", placeholder="empty: start from zeros")
         for path in unlisted(("lora",), {f.path for f in self.fields}):
@@ -76,7 +79,8 @@ class LoraStep(WizardStep):
 
     def _key(self) -> tuple[Any, ...]:
         cfg = self.state.cfg
-        return (cfg.lora.rank, cfg.lora.preset, cfg.lora.train_text_encoder, cfg.model.base, cfg.model.config_source)
+        return (cfg.lora.type, cfg.lora.lokr_factor, cfg.lora.rank, cfg.lora.preset, cfg.lora.train_text_encoder,
+                cfg.model.base, cfg.model.config_source)
 
     def _count_now(self) -> None:
         self.query_one("#lora-params", Static).update("trainable parameters: counting …")

@@ -99,13 +99,63 @@ class RelayClients:
             t.join(timeout=5)
 
 
+def publish_cost(events: int = 5000, clients: int = 3) -> tuple[float, float]:
+    """CPU seconds the run process spends per step event on its socket: none vs ``clients`` reading.
+
+    Counts the training thread's ``publish`` and the server thread's sending (process CPU time, so
+    it is what a GPU run pays whatever the dashboards' own processes cost elsewhere); the readers
+    are separate processes."""
+    import tempfile
+
+    from loratui.events import StepDone
+    from loratui.run.server import RunServer
+
+    event = StepDone(step=1, total_steps=1000, epoch=0, loss=0.1, lr=1e-4, step_time_s=0.05, data_time_s=0.0,
+                     compute_time_s=0.05, optimizer_time_s=0.0, samples_per_s=20.0, ram_mb=1.0, gpu_alloc_mb=1.0,
+                     gpu_peak_mb=1.0)
+    folder = Path(tempfile.mkdtemp(prefix="loratui-bench-sock-"))
+    server = RunServer(folder / "run.sock", lambda name: {"reply": "ok"}, lambda: {})
+    server.start()
+    reader = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+              "while s.recv(1 << 20): pass")
+    readers: list[subprocess.Popen[bytes]] = []
+    results = []
+    try:
+        for n in (0, clients):
+            while len(readers) < n:
+                readers.append(subprocess.Popen([sys.executable, "-c", reader, str(server.path)]))
+            while server.client_count < n:
+                time.sleep(0.05)
+            time.sleep(0.5)
+            c0 = time.process_time()
+            for _ in range(events):
+                server.publish(event)
+            while any(c.outgoing for c in list(server._clients.values())):  # sent, not just queued
+                time.sleep(0.001)
+            results.append((time.process_time() - c0) / events)
+    finally:
+        for r in readers:
+            r.kill()
+        server.close(linger_s=0)
+        shutil.rmtree(folder, ignore_errors=True)
+    return results[0], results[1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4, help="pairs of windows (none, attached)")
     ap.add_argument("--window", type=float, default=30.0, help="seconds per window")
     ap.add_argument("--dashboards", type=int, default=3)
     ap.add_argument("--clients", choices=("tmux", "relay"), default="tmux" if shutil.which("tmux") else "relay")
+    ap.add_argument("--publish-only", action="store_true", help="only the per-event cost inside the run")
     args = ap.parse_args()
+    alone, watched = publish_cost(clients=args.dashboards)
+    publish_line = (f"run-process CPU per step event on the socket: {alone * 1e6:.0f} µs with no client, "
+                    f"{watched * 1e6:.0f} µs with {args.dashboards} reading ({watched / 0.05:.2%} of a 50 ms GPU step)")
+    if args.publish_only:
+        print(machine_line())
+        print(publish_line)
+        return 0
     os.environ.setdefault("LORATUI_STATE_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) /
                                                   f"loratui-bench-state-{os.getpid()}"))
     project = scratch_project()
@@ -148,6 +198,7 @@ def main() -> int:
                 [["no dashboard", f"{none:.3f}", " ".join(f"{v:.2f}" for v in rates["none"])],
                  [f"{args.dashboards} dashboards", f"{attached:.3f}", " ".join(f"{v:.2f}" for v in rates["attached"])]]))
     print(f"\nattached / none = {ratio:.3f} (target ≥ {TARGET}): {verdict(ratio, TARGET)}")
+    print(publish_line)
     return 0
 
 

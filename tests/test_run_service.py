@@ -107,3 +107,17 @@ def test_a_run_whose_process_vanished_is_dead_with_the_command_that_resumes_it(t
     status = run_status(project)
     assert status["state"] == "dead"
     assert f"loratui train {project.resolve()} --detach --resume" in format_line(status)
+
+
+def test_a_project_too_deep_for_a_socket_path_still_serves_its_run(tmp_path: Path) -> None:
+    project = tmp_path / ("deep" * 20) / ("er" * 30) / "proj"
+    create_project(project)
+    svc = service.RunService(project.resolve(), CommandChannel(), notify.NotifySettings())
+    svc.open()
+    try:
+        assert svc.server is not None and not svc.server.path.is_relative_to(project)
+        assert read_record(project).socket == str(svc.server.path)
+        with RunClient.connect(project) as client:
+            assert client.request("status")["state"] == "starting"
+    finally:
+        svc.close()

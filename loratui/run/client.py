@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -21,7 +22,8 @@ class NoLiveRun(UserError):
 def live_record(project: Path) -> RunRecord | None:
     """The record of a run whose process is alive on this machine, or None."""
     record = read_record(Path(project))
-    if record is None or not record.process_alive():
+    # The socket must be there too: a pid reused by another process after a reboot is no run of ours.
+    if record is None or not record.process_alive() or not os.path.exists(record.socket):
         return None
     return record
 

@@ -346,6 +346,8 @@ class RunServer:
             answer = {"reply": "error", "command": command, "message": str(exc)}
         if answer.get("reply") == "error":
             client.bad_lines += 1
+            self._say_once("unknown", "refused a command on the run's socket: %r (%s)", command[:40],
+                           answer.get("message", ""))
         self._reply(client, answer)
 
     def _reply(self, client: _Client, answer: dict[str, Any]) -> None:

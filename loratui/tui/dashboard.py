@@ -190,7 +190,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
             self.state.apply(Finished(step=runs.last_step, lora_path=str(runs.lora_file),
                                       time=runs.lora_file.stat().st_mtime))
         self._set_status(runs.summary())
-        self._sync_phase()
+        self._set_phase()
         self._draw()
 
     # Training ---------------------------------------------------------------------------
@@ -201,9 +201,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         self.commands = CommandChannel()  # never let a command meant for the last run reach this one
         self._failure_shown = self._aborting = False
         self.state.finished = self.state.failed = None
-        self.state.phase = "starting"
+        self._set_phase("starting")
         self._set_status("Starting: loading models…")
-        self._sync_phase()
         self._draw()
         self._run_engine(resume)
 
@@ -213,9 +212,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
             return
         self.commands = CommandChannel()
         self._failure_shown = self._aborting = False
-        self.state.phase = "starting"
+        self._set_phase("starting")
         self._set_status("Attached to the running training; catching up…")
-        self._sync_phase()
         self._draw()
         self._run_engine(False, attach=True)
 
@@ -276,7 +274,7 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
                 self._log_screen.add_status(line)
         if isinstance(event, Failed) and not self._aborting:
             self._show_failure(event.message, event.log_path)
-        self._sync_phase()
+        self._set_phase()
         self._draw(layout=True)
 
     @on(Worker.StateChanged)
@@ -286,8 +284,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         if self._detached:
             return
         if self._aborting:
-            # We asked for it: the engine reports an abort as a failure, the user needs no modal.
-            self.state.phase = "idle"
+            # We asked for it (the run ends as Finished with outcome "aborted"): no modal.
+            self._set_phase("idle")
             self._set_status(f"Stopped at step {self.state.step} without saving.")
         elif event.state == WorkerState.ERROR:
             error = event.worker.error
@@ -299,9 +297,9 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
                                failed.log_path if failed else str(self.paths.log_file))
         elif self.state.running:
             # The engine returned without Finished (an abort): the run is over all the same.
-            self.state.phase = "idle"
+            self._set_phase("idle")
             self._set_status(f"Training ended at step {self.state.step} without saving.")
-        self._sync_phase()
+        self._set_phase()
         self._draw()
         if self._quit_when_done:
             self.app.exit()
@@ -377,7 +375,11 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
             left = max(0.0, self._notify_deadline - time.monotonic())
             self._set_status(f"In {left:.0f} s: {self._notify_what}. Press n to cancel.")
 
-    def _sync_phase(self) -> None:
+    def _set_phase(self, phase: str | None = None) -> None:
+        """The one place the screen's phase changes. RunState holds it (events move it there); keys and
+        the worker's end move it through here; the reactive follows, for the bindings and the badge."""
+        if phase is not None:
+            self.state.phase = phase
         self.phase = self.state.phase
 
     def watch_phase(self, phase: str) -> None:
@@ -414,9 +416,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
 
     def action_pause(self) -> None:
         self._send(Command.PAUSE)
-        self.state.phase = "pausing"
+        self._set_phase("pausing")
         self._set_status("Pausing after the step in progress…")
-        self._sync_phase()
 
     def action_resume(self) -> None:
         self._send(Command.RESUME)
@@ -444,9 +445,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
 
     def _stop(self) -> None:
         self._send(Command.STOP)
-        self.state.phase = "stopping"
+        self._set_phase("stopping")
         self._set_status("Stopping: saving a checkpoint and the LoRA after the step in progress…")
-        self._sync_phase()
 
     def action_train(self) -> None:
         runs = read_project_runs(self.project_dir)

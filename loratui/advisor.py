@@ -20,9 +20,10 @@ from loratui.events import Advice, Event, Started, StepDone, ValidationDone
 from loratui.loss_smoothing import smoothed_series
 
 RISING_EVALS = 3
-"""Evaluations in a row above the best before overfitting is called: one or two can be noise of the schedule."""
+"""Evaluations in a row above the lowest before overfitting is called: one or two can be a bump of the run."""
 MIN_RISE = 0.02
-"""...and the last at least this much above the best (the validation loss has no sampling noise of its own)."""
+"""...each at least this much above it (the validation loss has no sampling noise of its own; a plateau
+wobbles by under 1% on the sample project)."""
 PROGRESS_MIN_DROP = 0.02
 """A run whose mean loss fell by less than this after warm-up has not learned (the sample project drops ~20%)."""
 PROGRESS_MIN_STEPS = 100
@@ -87,14 +88,15 @@ def overfitting(series: MetricsSeries, facts: RunFacts) -> Note | None:
     tail = vals[-RISING_EVALS:]
     if tail[0].step <= best.step:
         return None
-    rising = all(b.val_loss >= a.val_loss for a, b in zip(tail, tail[1:]))
     last = tail[-1]
-    if not rising or last.val_loss < best.val_loss * (1 + MIN_RISE):
+    # Every one of them clearly above the lowest: a plateau's wobble stays within MIN_RISE of it.
+    if not all(v.val_loss >= best.val_loss * (1 + MIN_RISE) for v in tail):
         return None
     train_then, train_now = _smoothed_at(series, best.step), _smoothed_at(series, last.step)
     if train_then is None or train_now is None or not train_now < train_then:
         return None
-    text = (f"overfitting since step {best.step}: the validation loss rose for {RISING_EVALS} evaluations "
+    text = (f"overfitting since step {best.step}: the validation loss has stayed above its lowest for "
+            f"{RISING_EVALS} evaluations "
             f"(lowest {best.val_loss:.4f} at step {best.step}, now {last.val_loss:.4f} at step {last.step}, "
             f"{last.val_loss / best.val_loss - 1:+.1%}) while the training loss fell (smoothed {train_then:.4f} → "
             f"{train_now:.4f}). The best checkpoint is step {best.step} (`loratui export DIR --best`). Try about "

@@ -20,11 +20,14 @@ from loratui.events import Advice, Event, Started, StepDone, ValidationDone
 from loratui.loss_smoothing import smoothed_series
 
 RISING_EVALS = 3
-"""Evaluations in a row above the best before overfitting is called: one or two can be noise of the schedule."""
+"""Evaluations in a row above the lowest before overfitting is called: one or two can be a bump of the run."""
 MIN_RISE = 0.02
-"""...and the last at least this much above the best (the validation loss has no sampling noise of its own)."""
+"""...each at least this much above it (the validation loss has no sampling noise of its own; a plateau
+wobbles by under 1% on the sample project)."""
 PROGRESS_MIN_DROP = 0.02
 """A run whose mean loss fell by less than this after warm-up has not learned (the sample project drops ~20%)."""
+PROGRESS_MIN_EVALS = 3
+"""Validations after warm-up needed before no progress is called (it needs validation.split or .folder)."""
 PROGRESS_MIN_STEPS = 100
 """Steps after warm-up before no progress is called: the first hundred are where a LoRA moves most."""
 JUMP_FACTOR = 1.5
@@ -87,14 +90,15 @@ def overfitting(series: MetricsSeries, facts: RunFacts) -> Note | None:
     tail = vals[-RISING_EVALS:]
     if tail[0].step <= best.step:
         return None
-    rising = all(b.val_loss >= a.val_loss for a, b in zip(tail, tail[1:]))
     last = tail[-1]
-    if not rising or last.val_loss < best.val_loss * (1 + MIN_RISE):
+    # Every one of them clearly above the lowest: a plateau's wobble stays within MIN_RISE of it.
+    if not all(v.val_loss >= best.val_loss * (1 + MIN_RISE) for v in tail):
         return None
     train_then, train_now = _smoothed_at(series, best.step), _smoothed_at(series, last.step)
     if train_then is None or train_now is None or not train_now < train_then:
         return None
-    text = (f"overfitting since step {best.step}: the validation loss rose for {RISING_EVALS} evaluations "
+    text = (f"overfitting since step {best.step}: the validation loss has stayed above its lowest for "
+            f"{RISING_EVALS} evaluations "
             f"(lowest {best.val_loss:.4f} at step {best.step}, now {last.val_loss:.4f} at step {last.step}, "
             f"{last.val_loss / best.val_loss - 1:+.1%}) while the training loss fell (smoothed {train_then:.4f} → "
             f"{train_now:.4f}). The best checkpoint is step {best.step} (`loratui export DIR --best`). Try about "
@@ -113,12 +117,19 @@ def no_progress(series: MetricsSeries, facts: RunFacts) -> Note | None:
     drop = (before - now) / before if before > 0 else 0.0
     if drop >= PROGRESS_MIN_DROP:
         return None
+    # A LoRA's training loss often barely moves while it learns well: only the fixed-noise validation
+    # loss standing still too is evidence enough to blame the rate.
     vals = [v for v in series.validations if v.step > facts.warmup_steps]
-    if len(vals) >= 2 and min(v.val_loss for v in vals[1:]) < vals[0].val_loss * (1 - PROGRESS_MIN_DROP / 2):
+    if len(vals) < PROGRESS_MIN_EVALS:
+        return None
+    if min(v.val_loss for v in vals[1:]) < vals[0].val_loss * (1 - PROGRESS_MIN_DROP / 2):
         return None  # the held-out loss is still improving: the training loss is just noisy
     scale = facts.alpha / facts.rank if facts.rank else 0.0
+    best = min(vals[1:], key=lambda v: v.val_loss)
     text = (f"no progress after warm-up: the mean loss was {before:.4f} over steps {first[0].step}–{first[-1].step} "
-            f"and is {now:.4f} over steps {last[0].step}–{last[-1].step} ({-drop:+.1%}). The learning rate is "
+            f"and is {now:.4f} over steps {last[0].step}–{last[-1].step} ({-drop:+.1%}), and the validation loss "
+            f"is no lower ({vals[0].val_loss:.4f} at step {vals[0].step}, best since {best.val_loss:.4f}). "
+            "The learning rate is "
             f"probably too low for this rank/alpha (train.learning_rate {facts.learning_rate:g}, lora.alpha/rank "
             f"= {facts.alpha:g}/{facts.rank} = {scale:.3g}): try about 3× the rate, or a higher lora.alpha.")
     return Note("no_progress", "1", text)

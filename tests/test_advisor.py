@@ -80,12 +80,18 @@ def test_validation_rising_with_the_training_loss_is_not_called_overfitting() ->
 
 def test_no_progress_after_warm_up_points_at_the_learning_rate() -> None:
     rng = random.Random(2)
-    flat = MetricsSeries([_step(s, _noisy(0.12, s, rng)) for s in range(1, 301)])
+    flat = MetricsSeries([_step(s, _noisy(0.12, s, rng)) for s in range(1, 301)],
+                         [_val(s, 0.15 + 0.0001 * (s % 3)) for s in range(50, 301, 50)])
     note = no_progress(flat, FACTS)
     assert note is not None and "too low" in note.text and "8/16" in note.text
     assert no_progress(healthy(), FACTS) is None
-    short = MetricsSeries(flat.steps[:100])  # too early to say
+    short = MetricsSeries(flat.steps[:100], flat.validations[:1])  # too early to say
     assert no_progress(short, FACTS) is None
+    # A flat training loss alone is normal for a LoRA: without validation the rule stays silent,
+    # and a validation loss that still falls clears it.
+    assert no_progress(MetricsSeries(flat.steps), FACTS) is None
+    improving = MetricsSeries(flat.steps, [_val(s, 0.2 - 0.0002 * s) for s in range(50, 301, 50)])
+    assert no_progress(improving, FACTS) is None
 
 
 def test_a_jump_after_warm_up_and_non_finite_steps_point_at_a_rate_too_high() -> None:
@@ -122,12 +128,16 @@ def test_a_run_over_its_time_budget_says_how_many_steps_fit() -> None:
 def test_the_advisor_says_each_note_once_and_not_again_after_a_resume() -> None:
     said: list[Advice] = []
     flat_rng = random.Random(4)
-    rows = [_step(s, _noisy(0.12, s, flat_rng)) for s in range(1, 301)]
+    rows: list = []
+    for s in range(1, 301):
+        rows.append(_step(s, _noisy(0.12, s, flat_rng)))
+        if s % 50 == 0:
+            rows.append(_val(s, 0.15))
     advisor = Advisor(FACTS, said.append)
     for row in rows:
         advisor(row)
     assert [a.rule for a in said] == ["no_progress"]
-    assert said[0].step % 10 == 0
+    assert said[0].step % 10 == 0 and said[0].step >= 150  # once the third validation is in
     resumed: list[Advice] = []
     again = Advisor(FACTS, resumed.append, history=list(rows))
     for s in range(301, 320):

@@ -133,8 +133,9 @@ def test_check_names_the_held_out_images(sample_project: Path, capsys) -> None:
 def test_headless_run_logs_and_prints_the_validation_loss(sample_project: Path, capsys) -> None:
     code = main(["train", str(sample_project), "--headless", "--max-steps", "6", "--set", "validation.split=0.15",
                  "--set", "validation.every_n_steps=3", "--set", "save.every_n_steps=0",
-                 "--set", "sample.every_n_steps=0"])
+                 "--set", "sample.every_n_steps=0", "--set", "logging.tensorboard=true"])
     assert code == 0
+    assert list((ProjectPaths(sample_project).logs / "tensorboard").glob("events.out.tfevents.*"))
     rows = [json.loads(line) for line in ProjectPaths(sample_project).metrics.read_text().splitlines()]
     validation = [r for r in rows if r["event"] == "validation"]
     assert [r["step"] for r in validation] == [3, 6]

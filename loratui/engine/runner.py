@@ -134,6 +134,7 @@ def run_training(project_dir: Path, *, emit: EventSink, commands: CommandChannel
     check_writable(paths)
     handler = file_logging(paths.log_file)
     metrics: MetricsWriter | None = None
+    board = None
     trainer: Trainer | None = None
     try:
         with RunLock(paths):
@@ -151,6 +152,14 @@ def run_training(project_dir: Path, *, emit: EventSink, commands: CommandChannel
                 from loratui.engine.contact_sheet import ContactSheets
 
                 fan.add(ContactSheets())
+                if cfg.logging.tensorboard:
+                    from loratui.engine.tensorboard_log import MISSING, open_tensorboard
+
+                    board = open_tensorboard(paths.logs / "tensorboard")
+                    if board is None:
+                        fan(Status(text=MISSING, level="warning"))
+                    else:
+                        fan.add(board)
                 if cfg.advisor.enabled:
                     from loratui.advisor import Advisor, facts_from_config, read_history
 
@@ -167,6 +176,8 @@ def run_training(project_dir: Path, *, emit: EventSink, commands: CommandChannel
             trainer.cleanup()
         if metrics is not None:
             metrics.close()
+        if board is not None:
+            board.close()
         if handler is not None:
             logging.getLogger("loratui").removeHandler(handler)
             handler.close()

@@ -95,6 +95,8 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
                 tooltip="Cancel the end-of-run command before its countdown runs out"),
         Binding("left_square_bracket", "browse_samples(-1)", "Older samples", show=False),
         Binding("right_square_bracket", "browse_samples(1)", "Newer samples", show=False),
+        Binding("v", "compare_samples", "Compare samples", show=False,
+                tooltip="One prompt's samples across steps side by side; again for the next prompt"),
     ]
 
     phase: reactive[str] = reactive("idle")
@@ -472,6 +474,11 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
     def action_browse_samples(self, delta: int) -> None:
         gallery = self.query_one("#samples", SampleGallery)
         gallery.browse(delta)
+        self.query_one("#sample-pane").border_title = gallery.caption()
+
+    def action_compare_samples(self) -> None:
+        gallery = self.query_one("#samples", SampleGallery)
+        gallery.compare_next()
         self.query_one("#sample-pane").border_title = gallery.caption()
 
     def action_log(self) -> None:

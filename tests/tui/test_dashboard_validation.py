@@ -9,6 +9,7 @@ from loratui.events import Advice
 from loratui.tui.dashboard import DashboardScreen
 from loratui.tui.widgets.checkpoint_list import BEST_MARK, CheckpointList
 from loratui.tui.widgets.loss_plot import LossPlot
+from loratui.tui.widgets.sample_gallery import SampleCard, SampleGallery
 
 from .conftest import settle, text_of, wait_until
 from .fake_engine import FakeEngine
@@ -72,3 +73,30 @@ async def test_reopening_the_project_shows_the_validation_curve_and_best_checkpo
         assert screen.state.best_step == 20
         best_row = next(line for line in text_of(screen.query_one(CheckpointList)).splitlines() if BEST_MARK in line)
         assert best_row.strip().startswith("step 20")
+
+
+async def test_the_gallery_compares_one_prompt_across_steps(make_app, project):
+    engine = FakeEngine(40, sample_every=5, prompts=("a red ball", "a blue cube"))
+    app = make_app(engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        await pilot.press("t")
+        await wait_until(pilot, lambda: screen.state.phase == "finished")
+        await settle(pilot, screen)
+        gallery = screen.query_one(SampleGallery)
+        assert {s.step for s in gallery.samples} == {40}
+        await pilot.press("v")
+        await settle(pilot, screen)
+        assert [(s.prompt, s.step) for s in gallery.samples] == [("a red ball", step) for step in (25, 30, 35, 40)]
+        assert "across steps 25–40" in screen.query_one("#sample-pane").border_title
+        await wait_until(pilot, lambda: len(screen.query(SampleCard)) == 4)
+        await pilot.press("left_square_bracket")
+        await settle(pilot, screen)
+        assert [s.step for s in gallery.samples] == [20, 25, 30, 35]
+        await pilot.press("v")
+        await settle(pilot, screen)
+        assert {s.prompt for s in gallery.samples} == {"a blue cube"}
+        assert [s.step for s in gallery.samples] == [25, 30, 35, 40]
+        await pilot.press("v")  # past the last prompt: back to one step's samples
+        await settle(pilot, screen)
+        assert gallery.comparing is None and {s.step for s in gallery.samples} == {40}

@@ -1,4 +1,5 @@
-"""The newest sample images side by side, each with its prompt and step."""
+"""The newest sample images side by side, each with its prompt and step; or one prompt's images
+across steps side by side, which is how "is it still getting better?" is answered."""
 
 from __future__ import annotations
 
@@ -66,13 +67,17 @@ class SampleGallery(Vertical):
     """
 
     samples: reactive[tuple[SampleReady, ...]] = reactive((), recompose=True)
-    """The samples on show (all from one step)."""
+    """The samples on show (all from one step, or one prompt's over steps when comparing)."""
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self._all: list[SampleReady] = []
         self._pinned: int | None = None
         """The step chosen with [ and ]; None follows the newest."""
+        self.comparing: int | None = None
+        """Index into :attr:`prompts` while one prompt is shown across steps; None shows one step."""
+        self._compare_end: int | None = None
+        """While comparing: the newest step on show, moved with [ and ]; None follows the newest."""
 
     def compose(self) -> ComposeResult:
         if not self.samples:
@@ -99,8 +104,40 @@ class SampleGallery(Vertical):
             self._all = list(samples)
             self._show_step()
 
+    @property
+    def prompts(self) -> list[tuple[str, int]]:
+        """Each distinct (prompt, seed), in the order they first appeared."""
+        return list(dict.fromkeys((s.prompt, s.seed) for s in self._all))
+
+    def compare_next(self) -> None:
+        """Show the next prompt across steps; after the last prompt, back to one step's samples."""
+        count = len(self.prompts)
+        if not count:
+            return
+        nxt = 0 if self.comparing is None else self.comparing + 1
+        self.comparing = nxt if nxt < count else None
+        self._compare_end = None
+        self._show_step()
+
+    def _compared(self) -> list[SampleReady]:
+        """The compared prompt's samples, one per step, oldest first."""
+        if self.comparing is None or self.comparing >= len(self.prompts):
+            return []
+        key = self.prompts[self.comparing]
+        by_step = {s.step: s for s in self._all if (s.prompt, s.seed) == key}
+        return [by_step[step] for step in sorted(by_step)]
+
     def browse(self, delta: int) -> None:
         """Step to an older (-1) or newer (+1) set of samples."""
+        if self.comparing is not None:
+            steps = [s.step for s in self._compared()]
+            if not steps:
+                return
+            end = steps.index(self._compare_end) if self._compare_end in steps else len(steps) - 1
+            end = min(max(end + delta, min(MAX_SHOWN, len(steps)) - 1), len(steps) - 1)
+            self._compare_end = None if end == len(steps) - 1 else steps[end]
+            self._show_step()
+            return
         steps, current = self.steps, self.shown_step
         if current is None:
             return
@@ -109,6 +146,11 @@ class SampleGallery(Vertical):
         self._show_step()
 
     def caption(self) -> str:
+        if self.comparing is not None and self.samples:
+            prompt = self.samples[-1].prompt
+            short = prompt if len(prompt) <= 30 else prompt[:29] + "…"
+            return (f"Samples · {short!r} across steps {self.samples[0].step}–{self.samples[-1].step} · "
+                    "[ ] older/newer · v next prompt")
         steps, current = self.steps, self.shown_step
         if current is None:
             return "Samples"
@@ -118,6 +160,14 @@ class SampleGallery(Vertical):
         return f"Samples · step {current} ({where} of {len(steps)}) · [ older · ] newer"
 
     def _show_step(self) -> None:
+        if self.comparing is not None:
+            compared = self._compared()
+            steps = [s.step for s in compared]
+            end = steps.index(self._compare_end) + 1 if self._compare_end in steps else len(compared)
+            new = tuple(compared[max(0, end - MAX_SHOWN):end])
+            if new != self.samples:
+                self.samples = new
+            return
         step = self.shown_step
         new = tuple(s for s in self._all if s.step == step)[-MAX_SHOWN:]
         if new != self.samples:

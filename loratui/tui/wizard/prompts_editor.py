@@ -71,6 +71,13 @@ class PromptsEditor(Vertical):
             return [Option("(no prompts yet: add one below to get samples while training)", disabled=True)]
         return [prompt_label(i, p) for i, p in enumerate(self.prompts, start=1)]
 
+    def show(self, prompts: list[SamplePrompt]) -> None:
+        """Take prompts set elsewhere (Review's "keep these") without reporting them back as an edit."""
+        self.prompts = [SamplePrompt(p.prompt, p.negative, p.seed, p.steps, p.guidance) for p in prompts]
+        options = self.query_one("#prompt-list", OptionList)
+        options.clear_options()
+        options.add_options(self._labels())
+
     def _refill(self, highlight: int | None = None) -> None:
         options = self.query_one("#prompt-list", OptionList)
         options.clear_options()

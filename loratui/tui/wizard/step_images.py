@@ -55,6 +55,16 @@ def summary_text(report: ScanReport, batch_size: int) -> str:
     return "\n".join(filter(None, [line, per_epoch, f"repeats: {repeats}" if repeats else ""]))
 
 
+def holdout_text(report: ScanReport, cfg: Any) -> str:
+    """Which images validation holds out (validation.split / .folder); empty when it is off."""
+    from loratui.data.holdout import plan_holdout
+
+    v = cfg.validation
+    if v.folder:
+        return f"validation: the images in {v.folder}, never trained on"
+    return plan_holdout(report.usable, cfg).note if v.split > 0 else ""
+
+
 def histogram_text(report: ScanReport) -> str:
     buckets = report.bucket_histogram
     if not buckets:
@@ -158,7 +168,8 @@ class ImagesStep(WizardStep):
             self._await_enter()
         elif path in _SCAN_INPUTS:
             self.debounce(_SCAN_DELAY, self._scan_if_due)
-        elif path == "train.batch_size" and self.state.report is not None and not self.scanning:
+        elif (path in ("train.batch_size", "validation.split", "validation.folder", "train.seed")
+              and self.state.report is not None and not self.scanning):
             self._show(self.state.report)
 
     def _await_enter(self) -> None:
@@ -239,7 +250,8 @@ class ImagesStep(WizardStep):
         if report.error:
             summary.update(report.error)
         else:
-            summary.update(summary_text(report, self.state.cfg.train.batch_size))
+            summary.update("\n".join(filter(None, [summary_text(report, self.state.cfg.train.batch_size),
+                                                    holdout_text(report, self.state.cfg)])))
         for record in report.records:
             table.add_row(*record_cells(record), key=record.rel)
         self.query_one("#scan-histogram", Static).update(histogram_text(report))

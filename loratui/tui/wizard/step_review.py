@@ -16,7 +16,7 @@ from textual.message import Message
 from textual.widgets import Button, Static
 
 from loratui.config import CONFIG_NAME, SECTIONS, ProjectConfig, field_specs
-from loratui.tui.wizard.base import WizardStep
+from loratui.tui.wizard.base import ConfigEdited, WizardStep
 from loratui.tui.wizard.services import Estimate
 from loratui.tui.wizard.step_training import planned_steps
 
@@ -95,6 +95,8 @@ class ReviewStep(WizardStep):
                 yield Button("Start training", id="review-start", variant="success", compact=True,
                              tooltip="ctrl+n")
                 yield Button("Measure a step", id="review-measure", compact=True, tooltip="ctrl+e")
+                yield Button("Keep these sample prompts", id="review-keep-prompts", compact=True,
+                             tooltip="Save the proposed prompts as [[sample.prompts]]")
             yield Static(f"{CONFIG_NAME} · name = {json.dumps(self.state.cfg.name)} · changed values in bold",
                          classes="form-heading", markup=False)
             with Grid(id="review-config"):
@@ -119,6 +121,7 @@ class ReviewStep(WizardStep):
         else:
             verdict.update("Ready. Start (ctrl+n) saves and opens the training dashboard.")
         self.query_one("#review-run", Static).update(self._run_text())
+        self.query_one("#review-keep-prompts", Button).display = bool(self._proposed_prompts().prompts)
         for section in SECTIONS:
             self.query_one(f"#review-{section}", Static).update(section_listing(self.state.cfg, section))
 
@@ -133,9 +136,34 @@ class ReviewStep(WizardStep):
             lines.append(f"checkpoint every {cfg.save.every_n_steps} steps, keeping {cfg.save.keep}")
         if cfg.sample.every_n_steps and cfg.sample.prompts:
             lines.append(f"{len(cfg.sample.prompts)} sample prompt(s) every {cfg.sample.every_n_steps} steps")
-        elif cfg.sample.every_n_steps:
-            lines.append("sampling is on but there are no sample prompts (step 5)")
+        proposed = self._proposed_prompts()
+        if proposed.prompts:
+            when = f"every {cfg.sample.every_n_steps} steps and on s" if cfg.sample.every_n_steps else "on s"
+            lines.append(f"no sample prompts: samples ({when}) will draw "
+                         + "; ".join(f"{p.prompt!r} ({src})" for p, src in zip(proposed.prompts, proposed.sources)))
+        if report is not None and report.usable and (cfg.validation.split > 0 or cfg.validation.folder):
+            from loratui.tui.wizard.step_images import holdout_text
+
+            lines.append(holdout_text(report, cfg))
         return "\n".join(lines)
+
+    def _proposed_prompts(self) -> Any:
+        """The prompts a run without [[sample.prompts]] will draw (none when some are set)."""
+        from loratui.data.holdout import plan_holdout
+        from loratui.engine.sample_prompts import ProposedPrompts, propose_prompts
+
+        cfg, report = self.state.cfg, self.state.report
+        if cfg.sample.prompts or report is None or not report.usable:
+            return ProposedPrompts()
+        trained = plan_holdout(report.usable, cfg).trained if cfg.validation.split > 0 else report.usable
+        return propose_prompts([(r.rel, r.caption) for r in trained], trigger_word=cfg.data.trigger_word,
+                               seed=cfg.train.seed)
+
+    @on(Button.Pressed, "#review-keep-prompts")
+    def _keep_prompts(self) -> None:
+        self.state.cfg.sample.prompts = list(self._proposed_prompts().prompts)
+        self.post_message(ConfigEdited("sample.prompts"))
+        self.refresh_review()
 
     # -- estimate -------------------------------------------------------------
 

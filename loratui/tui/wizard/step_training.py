@@ -29,7 +29,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 # Set on the Images and Captions steps.
 ELSEWHERE = {"data.images", "data.caption_extension", "data.trigger_word"}
-MORE: list[str] = unlisted(("data", "train", "save", "sample"),
+MORE: list[str] = unlisted(("data", "train", "save", "sample", "validation", "advisor", "logging"),
                            ELSEWHERE | {path for _, paths in GROUPS for path in paths})
 LABELS = {
     "data.resolution": "resolution", "train.batch_size": "batch size", "train.grad_accum": "grad accumulation",
@@ -104,6 +104,10 @@ class TrainingStep(WizardStep):
     def config_changed(self, path: str) -> None:
         if path.startswith("train.") or path.startswith("data."):
             self._show_length()
+        elif path == "sample.prompts":
+            editor = self.query_one("#prompts-editor", PromptsEditor)
+            if editor.prompts != self.state.cfg.sample.prompts:
+                editor.show(self.state.cfg.sample.prompts)
 
     def _show_length(self) -> None:
         note = batch_note(self.state.cfg, self.state.report)

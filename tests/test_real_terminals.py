@@ -142,9 +142,9 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def loratui_command(project: Path, typescript: Path, env: dict[str, str]) -> str:
+def loratui_command(project: Path, typescript: Path, env: dict[str, str], command: str = "open") -> str:
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    inner = f"env {exports} {shlex.quote(sys.executable)} -m loratui open {shlex.quote(str(project))}"
+    inner = f"env {exports} {shlex.quote(sys.executable)} -m loratui {command} {shlex.quote(str(project))}"
     # script records every byte the terminal receives; -f so it is on disk while the app runs
     return f"script -q -f -c {shlex.quote(inner)} {shlex.quote(str(typescript))}"
 
@@ -293,3 +293,37 @@ def test_foot_under_weston_shows_the_samples_in_sixel(display, gallery_project, 
             if process is not None:
                 process.terminate()
                 process.wait(timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("xdotool") is None, reason="needs xdotool to press keys")
+def test_xterm_caption_preview_of_a_3_2_picture(display, sample_project, tmp_path):
+    # One 3:2 training image: the caption step previews it beside its caption.
+    images = sample_project / "images"
+    shutil.rmtree(images)
+    images.mkdir()
+    made = sample_pictures(tmp_path)["wide"]
+    with Image.open(made) as img:
+        img.resize((384, 256), Image.Resampling.NEAREST).save(images / "wide.png")
+    (images / "wide.txt").write_text("zxc toy, a gradient", encoding="utf-8")
+    typescript = tmp_path / "caption.typescript"
+    inner = loratui_command(sample_project, typescript, app_env(tmp_path), command="new")
+    term = run_in_xterm(display, inner)
+    try:
+        def wizard_ready() -> bool | None:
+            return (typescript.exists() and b"usable" in typescript.read_bytes()) or None
+
+        wait_for(wizard_ready, 90, "the wizard's image scan")
+        time.sleep(2)
+        env = {**os.environ, "DISPLAY": display.name}
+        subprocess.run(["xdotool", "mousemove", "200", "200", "key", "ctrl+n"], env=env, check=True, timeout=10)
+        shot = wait_for(lambda: (lambda s: s if find_mark(s, MARKS["wide"][1]) else None)(
+            display.screenshot(tmp_path / "caption.png")), 60, "the caption preview")
+        time.sleep(2)
+        shot = display.screenshot(tmp_path / "caption.png")
+        keep(tmp_path / "caption.png", "xterm-caption-sixel.png")
+        mean, band, box = picture_difference(shot, images / "wide.png")
+        assert mean < MEAN_BOUND and band < BAND_BOUND, (mean, band)
+        assert len(SIXEL.findall(typescript.read_bytes())) == 1
+    finally:
+        term.terminate()
+        term.wait(timeout=10)

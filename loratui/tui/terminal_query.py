@@ -72,8 +72,12 @@ def version_of(answers: Answers, name: str) -> tuple[int, ...] | None:
     return tuple(int(part) for part in m.group(1).strip(".").split(".") if part)
 
 
-def ask(stdin_fd: int, stdout_fd: int, timeout: float = 1.0) -> Answers:
-    """Send the questions and read the answers, the terminal in raw mode meanwhile."""
+def ask(stdin_fd: int, stdout_fd: int, timeout: float = 2.0) -> Answers:
+    """Send the questions and read the answers, the terminal in raw mode meanwhile.
+
+    Only a terminal that ignores DA1 makes this wait the whole ``timeout``; it is long
+    enough for a slow SSH link, whose late answers would otherwise arrive as keys.
+    """
     import termios
     import tty
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
 import re
 import subprocess
 import sys
@@ -369,3 +370,30 @@ async def test_halfblock_is_the_default_and_draws_here(pictures):
         assert view.method == "halfblock" and not view.children
         assert isinstance(view.render(), HalfBlockImage)
         assert "▀" in drawn(app)
+
+
+def test_ask_reads_a_real_pty_up_to_the_da1_answer():
+    import pty
+    import threading
+    import time
+
+    from loratui.tui.terminal_query import ask
+
+    master, slave = pty.openpty()
+    seen = bytearray()
+
+    def terminal() -> None:
+        while not seen.endswith(DA1.encode()):
+            seen.extend(os.read(master, 100))
+        os.write(master, b"\x1bP>|XTerm(379)\x1b\\\x1b[6;20;10t\x1b[?63;1;2;4c")
+
+    threading.Thread(target=terminal, daemon=True).start()
+    started = time.monotonic()
+    answers = ask(slave, slave, timeout=10)
+    assert time.monotonic() - started < 5  # DA1 ends the wait, not the timeout
+    assert bytes(seen) == QUESTIONS.encode()
+    assert answers.version == "XTerm(379)" and answers.sixel and answers.cell == (10, 20)
+    silent_master, silent = pty.openpty()
+    assert ask(silent, silent, timeout=0.2) == Answers()  # a terminal that answers nothing: plain
+    for fd in (master, slave, silent_master, silent):
+        os.close(fd)

@@ -13,7 +13,6 @@ import torch
 
 from loratui.data.captions import build_caption
 from loratui.engine.dataset import Batch
-from loratui.engine.step import diffusion_loss
 
 if TYPE_CHECKING:
     from loratui.engine.session import TrainingSession
@@ -41,9 +40,7 @@ def fixed_eval_loss(session: TrainingSession, *, seed: int = 1234) -> float:
                 for t in EVAL_TIMESTEPS:
                     gen = torch.Generator("cpu").manual_seed(seed * 1_000_003 + index * 1009 + t)
                     noise = torch.randn(latents.shape, generator=gen)
-                    loss = diffusion_loss(unet, session.noise_scheduler, latents, cond, gen,
-                                          prediction_type=session.model.prediction_type,
-                                          timesteps=torch.tensor([t]), noise=noise, unet_dtype=session.weight_dtype)
+                    loss = session.loss(latents, cond, gen, timesteps=torch.tensor([t]), noise=noise)
                     losses.append(float(loss))
     finally:
         if was_training:

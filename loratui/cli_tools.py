@@ -145,7 +145,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from loratui.lora.fileformat import convert_lora_file
 
     result = convert_lora_file(args.src, args.dst, args.to, family=args.family)
-    console.print(f"wrote {args.dst}: {args.to} format, {len(result.modules)} modules, family {result.family}")
+    note = ""
+    if result.format != args.to:
+        # SD3 has one layout every loader reads (transformer. keys); it is written whatever was asked.
+        note = f" (asked for {args.to}; {result.family} files are always written in this layout)"
+    console.print(f"wrote {args.dst}: {result.format} format{note}, {len(result.modules)} modules, "
+                  f"family {result.family}")
     return 0
 
 

@@ -422,6 +422,9 @@ def test_schnell_style_model_refuses_a_training_guidance(tmp_path: Path) -> None
     cfg.data.bucket_step = 24
     with pytest.raises(ConfigError, match="multiples of 16"):
         _check_flow_settings(cfg, model)
+    cfg.data.bucket_step, cfg.train.guidance_scale, cfg.train.min_snr_gamma = 64, 1.0, 5.0
+    with pytest.raises(ConfigError, match="min_snr_gamma = 5.*flow matching"):
+        _check_flow_settings(cfg, model)
 
 
 def test_merged_flux_folder_and_file_hold_the_lora(tmp_path: Path) -> None:
@@ -507,8 +510,12 @@ def test_text_encoder_lora_trains_the_clip_encoders_only(tmp_path: Path) -> None
     train(flux, 2)
     with safe_open(str(ProjectPaths(flux).output / "zxc_toy.safetensors"), "pt") as f:
         te = [k for k in f.keys() if k.startswith("lora_te")]
-        # sd-scripts' names for FLUX's CLIP-L; T5 gets none.
-        assert te and all(k.startswith("lora_te1_text_model_encoder_layers_") for k in te)
+        # sd-scripts' names for FLUX's CLIP-L; T5 gets none. ComfyUI's model_lora_keys_clip maps
+        # lora_te1_text_model_encoder_layers_{b}_{LORA_CLIP_MAP value} onto clip_l for every layer.
+        clip_map = ("mlp_fc1", "mlp_fc2", "self_attn_k_proj", "self_attn_q_proj", "self_attn_v_proj",
+                    "self_attn_out_proj")
+        comfy = {f"lora_te1_text_model_encoder_layers_{b}_{c}" for b in range(32) for c in clip_map}
+        assert te and {k.split(".")[0] for k in te} <= comfy
         assert any(f.get_tensor(k).abs().sum() > 0 for k in te if k.endswith("lora_up.weight"))
 
     sd3 = make_project(tmp_path / "s", "builtin:tiny-sd3", "lora.train_text_encoder=true", "lora.alpha=4")

@@ -381,6 +381,11 @@ def _check_flow_settings(cfg: ProjectConfig, model: LoadedModel) -> None:
             f"data.bucket_step ({cfg.data.bucket_step}) and data.resolution ({cfg.data.resolution}) must be "
             f"multiples of 16 for {model.family}: its transformer takes 2x2 patches of the 8x-downsampled latents. "
             "Set data.bucket_step = 64 (or 16, 32, 48...).")
+    for name, value in (("min_snr_gamma", cfg.train.min_snr_gamma), ("noise_offset", cfg.train.noise_offset)):
+        if value:
+            raise ConfigError(
+                f"train.{name} = {value:g} belongs to the UNets' noise schedule; {model.family} is trained with flow "
+                f"matching, where it has no meaning. Set train.{name} = 0 (σ is chosen by train.timestep_sampling).")
     if model.family == "flux" and not model.unet.config.get("guidance_embeds") and cfg.train.guidance_scale != 1.0:
         raise ConfigError(
             f"train.guidance_scale = {cfg.train.guidance_scale:g} is set, but {cfg.model.base} has no guidance "

@@ -136,11 +136,12 @@ def test_training_lowers_a_fixed_noise_fixed_sigma_evaluation_loss(sample_projec
     assert after < before * 0.95
 
 
-def test_flux_resume_gives_the_same_weights_bit_for_bit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3"])
+def test_resume_gives_the_same_weights_bit_for_bit(tmp_path: Path, name: str) -> None:
     from safetensors.torch import load_file
 
-    straight = make_project(tmp_path / "a", "builtin:tiny-flux", "train.batch_size=3")
-    resumed = make_project(tmp_path / "b", "builtin:tiny-flux", "train.batch_size=3", "save.every_n_steps=2")
+    straight = make_project(tmp_path / "a", f"builtin:{name}", "train.batch_size=3")
+    resumed = make_project(tmp_path / "b", f"builtin:{name}", "train.batch_size=3", "save.every_n_steps=2")
     train(straight, 4)
     train(resumed, 2)
     shutil.rmtree(ProjectPaths(resumed).output)
@@ -395,6 +396,17 @@ def test_a_flux_file_in_black_forest_labs_layout_loads_with_its_config_source(tm
     assert (loaded.family, loaded.prediction_type) == ("flux", "flow")
     again = loaded.unet.state_dict()
     assert again.keys() == state.keys() and all(torch.equal(again[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("name, family, text", [("tiny-flux", "flux", "guidance-distilled"),
+                                                ("tiny-sd3", "sd3", "flow matching")])
+def test_diffusers_folders_are_detected_by_their_transformer(name: str, family: str, text: str) -> None:
+    from loratui.models.builtin import ensure_builtin
+    from loratui.models.probe import probe_model
+
+    info = probe_model(str(ensure_builtin(name)))
+    assert (info.source_kind, info.family, info.prediction_type) == ("folder", family, "flow")
+    assert text in info.description
 
 
 def test_an_sd3_file_without_config_source_names_its_size(tmp_path: Path) -> None:

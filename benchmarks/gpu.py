@@ -1,4 +1,9 @@
-"""LoRA training steps on real SD1.5 and SDXL UNet shapes, on one CUDA GPU.
+"""LoRA training steps on real SD1.5, SDXL, SD3.5-Medium and FLUX.1-dev shapes, on one CUDA GPU.
+
+The transformers (SD3.5-Medium, FLUX.1-dev) are built and trained the same
+way with the flow-matching objective (``flow_matching_loss``, FLUX's
+resolution shift and guidance 1.0, SD3's shift 3), on text tokens of their
+real lengths (FLUX-dev 512 T5 tokens; SD3 77 CLIP + 256 T5).
 
 UNets are built from the published configs (JSON, random weights, no network)
 in bf16, with loratui's LoRA on the default preset (attention, rank 16) in
@@ -40,8 +45,12 @@ from typing import Any, Callable
 HERE = Path(__file__).resolve().parent
 CONFIG_DIRS = (HERE / "configs", HERE.parent / "tests" / "data" / "real_configs")
 # (name, config file, pixels); SDXL's pooled text size follows from its config.
-REAL_MODELS = (("SD1.5", "sd15_unet.json", 512), ("SDXL", "sdxl_unet.json", 1024))
-SMOKE_MODELS = (("tiny-sd", "tiny_sd_unet.json", 64), ("tiny-sdxl", "tiny_sdxl_unet.json", 64))
+REAL_MODELS = (("SD1.5", "sd15_unet.json", 512), ("SDXL", "sdxl_unet.json", 1024),
+               ("SD3.5-M", "sd35_medium_transformer.json", 1024), ("FLUX-dev", "flux_dev_transformer.json", 1024))
+SMOKE_MODELS = (("tiny-sd", "tiny_sd_unet.json", 64), ("tiny-sdxl", "tiny_sdxl_unet.json", 64),
+                ("tiny-sd3", "tiny_sd3_transformer.json", 64), ("tiny-flux", "tiny_flux_transformer.json", 64))
+# Text tokens the transformers attend to: FLUX-dev's T5 length; SD3's 77 CLIP tokens + 256 T5.
+TEXT_TOKENS = {"flux": 512, "sd3": 77 + 256}
 BATCHES = (1, 4, 16)
 SMOKE_BATCHES = (1, 2)
 # Commonly quoted dense bf16 tensor-core peaks, TFLOP/s (not sparse); the first match on the device name wins.
@@ -50,7 +59,7 @@ PEAK_TFLOPS: tuple[tuple[str, float | None], ...] = (
     ("H100 PCIe", 756.0), ("H100 NVL", None), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0),
     ("L40S", 362.0), ("4090", 165.0))
 # First compile of a UNet, before one has been measured on this machine (seconds).
-COMPILE_GUESS_S = {"SD1.5": 120.0, "SDXL": 240.0}
+COMPILE_GUESS_S = {"SD1.5": 120.0, "SDXL": 240.0, "SD3.5-M": 240.0, "FLUX-dev": 300.0}
 MEMORY_HEADROOM = 0.90  # skip a case projected to use more of the GPU than this
 
 
@@ -78,6 +87,7 @@ class Model:
     scheduler: Any
     hidden_dim: int
     pooled_dim: int | None
+    family: str = "sd1"
     flops_per_sample: float | None = None
     compile_s: float | None = None
     # Memory one more sample adds (batch-1 peak over what was resident), by gradient checkpointing.
@@ -87,6 +97,10 @@ class Model:
     @property
     def latent(self) -> int:
         return self.pixels // 8
+
+    @property
+    def is_flow(self) -> bool:
+        return self.family in TEXT_TOKENS
 
 
 @dataclass
@@ -127,6 +141,8 @@ class Bench:
         from loratui.lora.inject import inject_lora
 
         config = json.loads(find_config(config_file).read_text())
+        if config.get("_class_name") in ("FluxTransformer2DModel", "SD3Transformer2DModel"):
+            return self.build_transformer(name, config, pixels)
         torch.manual_seed(0)
         # Built directly on the device: a 2.6 B-parameter SDXL UNet initialises in seconds there.
         with torch.device(self.device):
@@ -145,12 +161,42 @@ class Bench:
             pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
         return Model(name, pixels, unet, params, optimizer, scheduler, config["cross_attention_dim"], pooled)
 
+    def build_transformer(self, name: str, config: dict[str, Any], pixels: int) -> Model:
+        import torch
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
+
+        from loratui.lora.inject import inject_lora
+
+        flux = config["_class_name"] == "FluxTransformer2DModel"
+        cls = FluxTransformer2DModel if flux else SD3Transformer2DModel
+        torch.manual_seed(0)
+        with torch.device(self.device):
+            model = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        model.to(self.dtype).requires_grad_(False).train()
+        family = "flux" if flux else "sd3"
+        net = inject_lora(model, component="unet", family=family, preset="attention", rank=16, alpha=16.0,
+                          generator=torch.Generator("cpu").manual_seed(0))
+        params = list(net.parameters())
+        optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=self.device.type in ("cuda", "cpu"))
+        # FLUX.1-dev's and SD3's published scheduler settings, which the σ sampling reads.
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=flux, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+            max_image_seq_len=4096)
+        return Model(name, pixels, model, params, optimizer, scheduler, config["joint_attention_dim"],
+                     config["pooled_projection_dim"], family)
+
     def inputs(self, model: Model, batch: int) -> tuple[Any, Any]:
         import torch
 
         from loratui.engine.step import Conditioning
 
         g = torch.Generator("cpu").manual_seed(batch)
+        if model.is_flow:
+            latents = torch.randn(batch, 16, model.latent, model.latent, generator=g).to(self.device)
+            tokens = TEXT_TOKENS[model.family] if not self.smoke else 16
+            hidden = torch.randn(batch, tokens, model.hidden_dim, generator=g).to(self.device, self.dtype)
+            pooled = torch.randn(batch, model.pooled_dim, generator=g).to(self.device, self.dtype)
+            return latents, Conditioning(hidden, pooled)
         latents = torch.randn(batch, 4, model.latent, model.latent, generator=g).to(self.device)
         hidden = torch.randn(batch, 77, model.hidden_dim, generator=g).to(self.device, self.dtype)
         if model.pooled_dim is None:
@@ -170,11 +216,22 @@ class Bench:
         counter = iter(range(10**9))
         self.grads_seen.clear()
 
+        def loss_of(gen: Any) -> Any:
+            if not model.is_flow:
+                return diffusion_loss(unet, model.scheduler, latents, cond, gen, prediction_type="epsilon",
+                                      unet_dtype=self.dtype)
+            from loratui.engine.flow import flow_matching_loss
+            from loratui.models.text import family_module
+
+            return flow_matching_loss(
+                family_module(model.family), unet, latents, cond, gen,
+                sampling="flux_shift" if model.family == "flux" else "shift", sigmoid_scale=1.0, shift=3.0,
+                scheduler_config=model.scheduler.config, guidance=1.0, dtype=self.dtype)
+
         def step() -> None:
             gen = step_generator(0, next(counter))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
-                loss = diffusion_loss(unet, model.scheduler, latents, cond, gen, prediction_type="epsilon",
-                                      unet_dtype=self.dtype)
+                loss = loss_of(gen)
             loss.backward()
             if "ok" not in self.grads_seen:  # once per case: checkpointing or compile must not lose them
                 self.grads_seen["ok"] = any(p.grad is not None and bool(p.grad.abs().sum() > 0)
@@ -395,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{', given on the command line' if args.peak_tflops else ''})" if peak else
                  "no peak known for this device: MFU not computed (pass --peak-tflops)")
     weights = "fp32 (smoke)" if smoke else "bf16"
-    print(f"LoRA attention preset, rank 16, fp32 factors on a {weights} UNet, fused AdamW, {bench.steps} timed steps "
+    print(f"LoRA attention preset, rank 16, fp32 factors on a {weights} UNet or transformer, fused AdamW, {bench.steps} timed steps "
           f"per case after 3 untimed; {peak_note}; finished in {bench.elapsed():.0f} s\n")
     print(format_rows(rows, peak))
     if device.type == "cuda":

@@ -87,7 +87,9 @@ def _load_for_inference(project_dir: Path, lora: Path | None, *, use_lora: bool)
         if not lora.is_file():
             raise ConfigError(f"no LoRA file at {lora}: train the project first, pass --lora FILE, or use --no-lora.")
         # Wrap exactly the layers the file has, with its own ranks: any kohya or diffusers LoRA works.
-        names = ["te"] if len(model.text_encoders) == 1 else ["te1", "te2"]
+        from loratui.lora.naming import components_for
+
+        names = components_for(model.family)[1:]  # CLIP encoders only; SD3's and FLUX's T5 come last
         roots = {"unet": model.unet, **dict(zip(names, model.text_encoders))}
         networks = inject_from_file(load_lora_file(lora, family=model.family), roots)
     return cfg, model, networks, device, dtype
@@ -124,6 +126,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise ConfigError("give either --lora FILE or --checkpoint DIR to merge, not both.")
         folder, single = export_merged(args.dir, scale=args.scale, lora=args.lora or args.checkpoint,
                                        out_dir=args.out)
+        if single is None:
+            console.print(f"wrote {folder}/ (diffusers folder), LoRA scale {args.scale:g}")
+            return 0
         console.print(f"wrote {folder}/ (diffusers folder) and {single} (one checkpoint), LoRA scale {args.scale:g}")
         console.print(f"  diffusers: from_pretrained(\"{folder}\"); A1111/Forge: copy {single.name} to "
                       "models/Stable-diffusion/; ComfyUI: to models/checkpoints/")
@@ -219,8 +224,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from loratui.lora.fileformat import convert_lora_file
 
     result = convert_lora_file(args.src, args.dst, args.to, family=args.family)
-    console.print(f"wrote {args.dst}: {args.to} format, {len(result.modules)} modules, family {result.family}")
-    if args.to == "diffusers":
+    note = ""
+    if result.format != args.to:
+        # SD3 has one layout every loader reads (transformer. keys); it is written whatever was asked.
+        note = f" (asked for {args.to}; {result.family} files are always written in this layout)"
+    console.print(f"wrote {args.dst}: {result.format} format{note}, {len(result.modules)} modules, "
+                  f"family {result.family}")
+    if result.format == "diffusers":
         _warn_diffusers_format(Path(args.dst))
     return 0
 

@@ -112,10 +112,10 @@ def with_diffusers_lora(pipe, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _spy_on_loss(monkeypatch) -> list[dict]:
-    import loratui.engine.trainer as trainer
+    import loratui.engine.session as session
 
     calls: list[dict] = []
-    real = trainer.diffusion_loss
+    real = session.diffusion_loss
 
     def spy(unet, noise_scheduler, latents, cond, generator, **kwargs):
         seen: dict = {"prediction_type": kwargs["prediction_type"], "cond": cond, "latents": latents,
@@ -131,7 +131,7 @@ def _spy_on_loss(monkeypatch) -> list[dict]:
             handle.remove()
             calls.append(seen)
 
-    monkeypatch.setattr(trainer, "diffusion_loss", spy)
+    monkeypatch.setattr(session, "diffusion_loss", spy)
     return calls
 
 

@@ -105,7 +105,7 @@ def test_interrupted_build_leaves_nothing_behind(tmp_path: Path, monkeypatch: py
 
 def test_unknown_builtin_names_the_choices(cache_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match="builtin:tiny-sdxl"):
-        probe_model("builtin:tiny-sd3")
+        probe_model("builtin:tiny-sd4")
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))

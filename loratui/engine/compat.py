@@ -16,13 +16,15 @@ BREAKING = (
     "train.batch_size", "train.grad_accum", "train.seed", "train.optimizer", "train.lr_scheduler",
     "train.warmup_steps", "train.learning_rate", "train.text_encoder_lr", "train.weight_decay",
     "train.min_snr_gamma", "train.noise_offset", "validation.split",
+    "model.t5_max_length", "train.timestep_sampling", "train.sigmoid_scale", "train.flow_shift",
+    "train.guidance_scale",
 )
 # Schedules that depend on the run's length make the total steps breaking too.
 LENGTH_DEPENDENT = ("linear", "cosine", "cosine_with_restarts", "polynomial")
 HARMLESS = (
     "train.max_steps", "train.epochs", "train.precision", "train.gradient_checkpointing",
     "train.gradient_checkpointing_every", "train.compile", "train.compile_mode",
-    "train.channels_last", "train.max_grad_norm",
+    "train.channels_last", "train.max_grad_norm", "model.base_weights",
     "save.every_n_steps", "save.keep", "save.output_name", "save.precision", "save.format",
     "sample.every_n_steps", "sample.steps", "sample.guidance", "sample.width", "sample.height", "sample.prompts",
     "save.keep_best", "validation.folder", "validation.every_n_steps", "advisor.enabled", "advisor.budget_hours",

@@ -85,7 +85,7 @@ class PreparedDataset:
 
 
 def encode_image_latent(vae: torch.nn.Module, scaling_factor: float, path: Path,
-                        bucket: tuple[int, int], flip: bool) -> CachedLatent:
+                        bucket: tuple[int, int], flip: bool, shift_factor: float = 0.0) -> CachedLatent:
     loaded = load_image(path)
     cropped = resize_and_crop(loaded.image, bucket, flip=flip)
     pixels = image_to_tensor(cropped.image).unsqueeze(0)
@@ -93,7 +93,9 @@ def encode_image_latent(vae: torch.nn.Module, scaling_factor: float, path: Path,
     dtype = next(vae.parameters()).dtype
     with torch.no_grad():
         dist = vae.encode(pixels.to(device, dtype)).latent_dist
-        mean = (dist.mean.float() * scaling_factor)[0].cpu()
+        # FLUX's and SD3's VAEs centre the latents (shift) before scaling them; a shifted posterior
+        # keeps its spread, so only the mean moves.
+        mean = ((dist.mean.float() - shift_factor) * scaling_factor)[0].cpu()
         std = (dist.std.float() * scaling_factor)[0].cpu()
     if not torch.isfinite(mean).all():
         raise ImageProblem(path, "the VAE produced NaN latents for it (an fp16 VAE overflow?); skipped")
@@ -101,6 +103,7 @@ def encode_image_latent(vae: torch.nn.Module, scaling_factor: float, path: Path,
 
 
 def prepare_dataset(records: list, *, vae: torch.nn.Module, scaling_factor: float, cache: LatentCache | None,
+                    shift_factor: float = 0.0,
                     batch_size: int, seed: int, flip: bool,
                     progress: Callable[[int, int, str], None] | None = None) -> PreparedDataset:
     """Encode (or load from cache) every usable record of a scan report."""
@@ -114,7 +117,7 @@ def prepare_dataset(records: list, *, vae: torch.nn.Module, scaling_factor: floa
         try:
             for variant in ((False, True) if flip else (False,)):
                 def compute(variant: bool = variant) -> CachedLatent:
-                    return encode_image_latent(vae, scaling_factor, rec.path, rec.bucket, variant)
+                    return encode_image_latent(vae, scaling_factor, rec.path, rec.bucket, variant, shift_factor)
 
                 if cache is None:
                     latents[variant] = compute()

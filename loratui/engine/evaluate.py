@@ -22,7 +22,7 @@ import torch
 
 from loratui.data.captions import build_caption
 from loratui.engine.dataset import Batch, Item
-from loratui.engine.step import Conditioning, diffusion_loss
+from loratui.engine.step import Conditioning
 
 if TYPE_CHECKING:
     from loratui.engine.session import TrainingSession
@@ -103,10 +103,9 @@ def evaluate_items(session: TrainingSession, items: Sequence[Item], *, seed: int
                     gen = torch.Generator("cpu").manual_seed(_noise_seed(seed, item, b))
                     noise = torch.randn((n, *latents.shape[1:]), generator=gen)
                     with acc.autocast():
-                        loss = diffusion_loss(unet, schedule, latents.expand(n, *latents.shape[1:]),
-                                              _repeat(cond, n), gen, prediction_type=session.model.prediction_type,
-                                              timesteps=torch.tensor(ts), noise=noise,
-                                              unet_dtype=session.weight_dtype)
+                        # The family's own objective (a flow model reads timestep t as sigma t/1000).
+                        loss = session.loss(latents.expand(n, *latents.shape[1:]), _repeat(cond, n), gen,
+                                            timesteps=torch.tensor(ts), noise=noise)
                     sums[b] += float(loss)
     finally:
         if was_training:

@@ -22,11 +22,18 @@ _BASE_VERSION = {
     ("sd1", "epsilon"): "sd_v1", ("sd1", "v_prediction"): "sd_v1_v",
     ("sd2", "epsilon"): "sd_v2", ("sd2", "v_prediction"): "sd_v2_v",
     ("sdxl", "epsilon"): "sdxl_base_v1-0", ("sdxl", "v_prediction"): "sdxl_base_v1-0",
+    ("sd3", "flow"): "sd3", ("flux", "flow"): "flux1",
 }
 _ARCHITECTURE = {
     "sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
     "sdxl": "stable-diffusion-xl-v1-base/lora",
+    "sd3": "stable-diffusion-v3-medium/lora", "flux": "flux-1-dev/lora",
 }
+
+
+_IMPLEMENTATION = {"sdxl": "https://github.com/Stability-AI/generative-models",
+                   "sd3": "https://github.com/Stability-AI/sd3.5",
+                   "flux": "https://github.com/black-forest-labs/flux"}
 
 
 def base_model_version(family: str, prediction_type: str) -> str:
@@ -81,11 +88,10 @@ def training_metadata(cfg: ProjectConfig, *, family: str, prediction_type: str, 
         "ss_training_comment": f"trained with loratui {loratui.__version__}",
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": architecture,
-        "modelspec.implementation": ("https://github.com/Stability-AI/generative-models" if family == "sdxl"
-                                     else "diffusers"),
+        "modelspec.implementation": _IMPLEMENTATION.get(family, "diffusers"),
         "modelspec.title": cfg.output_name,
         "modelspec.resolution": f"{res}x{res}",
-        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
+        "modelspec.prediction_type": {"v_prediction": "v", "flow": "flow"}.get(prediction_type, "epsilon"),
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)),
     }
     if cfg.model.clip_skip > 1:

@@ -83,7 +83,7 @@ def _finish_folder(folder: Path, base: Path | None) -> None:
     vocab.json/merges.txt that older transformers releases need.
     """
     if base is not None:
-        for sub in ("tokenizer", "tokenizer_2"):
+        for sub in ("tokenizer", "tokenizer_2", "tokenizer_3"):
             if (base / sub).is_dir() and (folder / sub).is_dir():
                 shutil.rmtree(folder / sub)
                 shutil.copytree(base / sub, folder / sub)
@@ -110,7 +110,9 @@ def merge_into_model(model: Any, lora: Any, scale: float) -> None:
     from loratui.lora.inject import inject_from_file
     from loratui.lora.merge import bake_networks
 
-    names = ["te"] if len(model.text_encoders) == 1 else ["te1", "te2"]
+    from loratui.lora.naming import components_for
+
+    names = components_for(model.family)[1:]  # the CLIP encoders; SD3's and FLUX's T5 come last, untouched
     roots = {"unet": model.unet, **dict(zip(names, model.text_encoders))}
     try:
         networks = inject_from_file(lora, roots)
@@ -119,6 +121,21 @@ def merge_into_model(model: Any, lora: Any, scale: float) -> None:
         raise ConfigError(f"cannot merge: {exc}") from None
     # bake_networks sums in float32 and removes the wrappers: plain modules with plain keys.
     bake_networks(networks, scale)
+
+
+def _save_flow_single_file(single: Path, model: Any, dtype: torch.dtype, meta: dict[str, str]) -> Path | None:
+    """FLUX: the merged transformer alone in Black Forest Labs' layout, as FLUX checkpoints are published.
+    SD3: no single file yet (the folder holds the whole model)."""
+    if model.family != "flux":
+        single.unlink(missing_ok=True)
+        return None
+    from loratui.lora.fileformat import write_atomic
+    from loratui.models.flux_checkpoint import flux_to_bfl
+    from safetensors.torch import save
+
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.unet.state_dict().items()}
+    write_atomic(single, save(flux_to_bfl(state), {k: v for k, v in meta.items() if isinstance(v, str)}))
+    return single
 
 
 def export_merged(project_dir: str | os.PathLike[str], *, scale: float = 1.0,
@@ -164,6 +181,8 @@ def export_merged(project_dir: str | os.PathLike[str], *, scale: float = 1.0,
                                resolution=cfg.data.resolution)
     meta.update({"loratui.merged_lora": source.name, "loratui.merge_scale": f"{scale:g}",
                  "loratui.base_model": cfg.model.base})
+    if model.is_flow:
+        return folder, _save_flow_single_file(single, model, dtype, meta)
     save_single_file(single, unet=model.unet, vae=model.vae, text_encoders=model.text_encoders,
                      family=model.family, prediction_type=model.prediction_type, dtype=dtype, metadata=meta)
     return folder, single

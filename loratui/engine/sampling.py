@@ -38,6 +38,10 @@ def render(model: LoadedModel, networks: dict[str, LoRANetwork], prompts: list[S
         net.set_multiplier(scale)
     vae_device = next(model.vae.parameters()).device
     model.vae.to(device)
+    # Text encoders may wait on the CPU after their captions were cached (SD3, FLUX).
+    te_devices = [next(te.parameters()).device for te in model.text_encoders]
+    for te in model.text_encoders:
+        te.to(device)
     pipe = model.make_pipeline()
     was_training = model.unet.training
     model.unet.eval()
@@ -48,15 +52,16 @@ def render(model: LoadedModel, networks: dict[str, LoRANetwork], prompts: list[S
             with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype,
                                                  enabled=autocast_dtype != torch.float32):
                 image = pipe(
-                    **_prompt_kwargs(model, p, cfg.model.clip_skip, device), width=width, height=height,
+                    **_prompt_kwargs(model, p, cfg, device), width=width, height=height,
                     num_inference_steps=p.steps or cfg.sample.steps, guidance_scale=p.guidance or cfg.sample.guidance,
                     generator=gen, output_type="pil").images[0]
             path = out_dir / f"{i:02d}-seed{p.seed}.png"
             tmp = path.with_suffix(".png.tmp")
             image.save(tmp, format="PNG")
             os.replace(tmp, path)
+            negative = "(FLUX takes none)" if model.family == "flux" else p.negative
             path.with_suffix(".txt").write_text(
-                f"prompt: {p.prompt}\nnegative: {p.negative}\nseed: {p.seed}\n"
+                f"prompt: {p.prompt}\nnegative: {negative}\nseed: {p.seed}\n"
                 f"steps: {p.steps or cfg.sample.steps}\nguidance: {p.guidance or cfg.sample.guidance}\n"
                 f"size: {width}x{height}\nlora scale: {scale}\n", encoding="utf-8")
             yield SampleResult(path, p.prompt, p.seed)
@@ -64,12 +69,24 @@ def render(model: LoadedModel, networks: dict[str, LoRANetwork], prompts: list[S
         for net in networks.values():
             net.set_multiplier(1.0)
         model.vae.to(vae_device)
+        for te, te_device in zip(model.text_encoders, te_devices):
+            te.to(te_device)
         if was_training:
             model.unet.train()
 
 
-def _prompt_kwargs(model: LoadedModel, p: SamplePrompt, clip_skip: int, device: torch.device) -> dict:
-    """Prompts as the training saw them, clip skip included."""
+def _prompt_kwargs(model: LoadedModel, p: SamplePrompt, cfg: ProjectConfig, device: torch.device) -> dict:
+    """Prompts as the training saw them, clip skip (UNets) and T5 length (SD3, FLUX) included."""
+    clip_skip = cfg.model.clip_skip
+    if model.is_flow:
+        from loratui.models.text import t5_length
+
+        kwargs = {"prompt": p.prompt, "max_sequence_length": t5_length(model, cfg.model.t5_max_length)}
+        # FLUX-dev is guidance-distilled: guidance_scale feeds its guidance embedding and there is no
+        # negative prompt; SD3 uses classifier-free guidance with one.
+        if model.family == "sd3":
+            kwargs["negative_prompt"] = p.negative or None
+        return kwargs
     if clip_skip <= 1:
         return {"prompt": p.prompt, "negative_prompt": p.negative or None}
     if model.family == "sdxl":

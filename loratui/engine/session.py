@@ -20,12 +20,12 @@ from loratui.data.holdout import project_holdout
 from loratui.engine.dataset import Batch, Item, PreparedDataset, prepare_dataset
 from loratui.engine.grad_checkpoint import enable_unet_checkpointing
 from loratui.engine.latent_cache import CachedText, LatentCache, TextCache
-from loratui.engine.step import Conditioning, to_device
+from loratui.engine.step import Conditioning, diffusion_loss, to_device
 from loratui.errors import UserError
 from loratui.lora.inject import inject_lora
 from loratui.lora.layer import LoRANetwork
 from loratui.models.loader import LoadedModel, load_model
-from loratui.models.text import encode_tokens, sdxl_add_time_ids, tokenize
+from loratui.models.text import encode_flow_captions, encode_tokens, sdxl_add_time_ids, t5_length, tokenize
 from loratui.project import ProjectPaths
 
 log = logging.getLogger("loratui")
@@ -82,9 +82,32 @@ class TrainingSession:
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    # ------------------------------------------------------------ objective
+    def loss(self, latents: torch.Tensor, cond: Conditioning, generator: torch.Generator, *,
+             timesteps: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The family's training loss for one micro-batch; ``timesteps`` (0..999) and ``noise`` fixed only by
+        evaluation (a flow model reads a timestep t as σ = t / 1000)."""
+        t = self.cfg.train
+        if self.model.is_flow:
+            from loratui.engine.flow import flow_matching_loss, resolve_sampling
+            from loratui.models.text import family_module
+
+            return flow_matching_loss(
+                family_module(self.model.family), self.unet, latents, cond, generator,
+                sampling=resolve_sampling(t.timestep_sampling, self.model.family), sigmoid_scale=t.sigmoid_scale,
+                shift=t.flow_shift, scheduler_config=self.noise_scheduler.config, guidance=t.guidance_scale,
+                dtype=self.weight_dtype, sigmas=None if timesteps is None else timesteps.float() / 1000,
+                noise=noise)
+        return diffusion_loss(self.unet, self.noise_scheduler, latents, cond, generator,
+                              prediction_type=self.model.prediction_type, noise_offset=t.noise_offset,
+                              min_snr_gamma=t.min_snr_gamma, timesteps=timesteps, noise=noise,
+                              unet_dtype=self.weight_dtype)
+
     # ------------------------------------------------------------ conditioning
     def conditioning(self, batch: Batch) -> Conditioning:
         device = self.accelerator.device
+        if self.model.is_flow:
+            return self._flow_conditioning(batch.captions)
         if self.text_cache is None:
             emb = encode_tokens(self.model, tokenize(self.model, batch.captions), clip_skip=self.cfg.model.clip_skip)
             hidden, pooled = emb.hidden.to(device), emb.pooled
@@ -100,9 +123,23 @@ class TrainingSession:
             pooled = to_device(pooled, device)
         return Conditioning(hidden.to(self.weight_dtype), pooled, time_ids)
 
+    def _flow_conditioning(self, captions: list[str]) -> Conditioning:
+        device = self.accelerator.device
+        if self.text_cache is None:
+            emb = encode_flow_captions(self.model, captions, t5_max_length=self.cfg.model.t5_max_length)
+            hidden, pooled = emb.hidden, emb.pooled
+        else:
+            cached = self.text_cache.get_many(captions, self._encode_for_cache)
+            hidden = to_device(torch.stack([c.hidden for c in cached]), device)
+            pooled = to_device(torch.stack([c.pooled for c in cached]), device)
+        return Conditioning(hidden.to(device, self.weight_dtype), pooled.to(device, self.weight_dtype))
+
     def _encode_for_cache(self, captions: list[str]) -> list[CachedText]:
         with torch.no_grad():
-            emb = encode_tokens(self.model, tokenize(self.model, captions), clip_skip=self.cfg.model.clip_skip)
+            if self.model.is_flow:
+                emb = encode_flow_captions(self.model, captions, t5_max_length=self.cfg.model.t5_max_length)
+            else:
+                emb = encode_tokens(self.model, tokenize(self.model, captions), clip_skip=self.cfg.model.clip_skip)
         hidden = emb.hidden.float().cpu()
         pooled = emb.pooled.float().cpu() if emb.pooled is not None else None
         return [CachedText(hidden[i], pooled[i] if pooled is not None else None) for i in range(len(captions))]
@@ -237,6 +274,8 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
 
     status(f"loading {cfg.model.base}")
     model = load_project_model(paths, cfg, dtype=weight_dtype, device=device)
+    if model.is_flow:
+        _check_flow_settings(cfg, model)
     for module in [model.unet, model.vae, *model.text_encoders]:
         module.requires_grad_(False)
     # The SDXL VAE overflows in fp16; latents are made once, so fp32 costs little.
@@ -249,7 +288,8 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
         if n and (i == n or i % max(1, n // 20) == 0):
             status(f"encoding images {i}/{n}", progress=i / n)
 
-    dataset = prepare_dataset(holdout.trained, vae=model.vae, scaling_factor=model.vae_scaling_factor, cache=cache,
+    dataset = prepare_dataset(holdout.trained, vae=model.vae, scaling_factor=model.vae_scaling_factor,
+                              shift_factor=model.vae_shift_factor, cache=cache,
                               batch_size=cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip,
                               progress=progress)
     for line in dataset.skipped:
@@ -261,6 +301,8 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
     if cache is not None:
         status(f"latents: {cache.hits} from cache, {cache.misses} encoded")
     model.vae.to("cpu")  # not needed until sampling; frees GPU memory for the UNet
+    if cfg.model.base_weights == "float8":
+        _store_float8(cfg, model, status)
 
     networks, groups, trained_tes = _inject(cfg, model, paths)
     unet = model.unet
@@ -268,7 +310,7 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
         enable_unet_checkpointing(unet, cfg.train.gradient_checkpointing_every)
         for te in trained_tes:
             te.gradient_checkpointing_enable()
-    if device.type == "cuda" and cfg.train.channels_last:
+    if device.type == "cuda" and cfg.train.channels_last and not model.is_flow:
         unet.to(memory_format=torch.channels_last)
     for te in model.text_encoders:
         te.to(device)
@@ -283,10 +325,81 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
         trained_tes = wrapped
     if cfg.train.compile and device.type == "cuda":
         model.unet = torch.compile(model.unet, mode=cfg.train.compile_mode)
-    text_cache = None if cfg.lora.train_text_encoder else TextCache(paths.cache, model.fingerprint, cfg.model.clip_skip)
+    # The T5 length changes a flow model's text tokens, so it is part of their cache identity.
+    text_key = f"{model.fingerprint}-t5-{t5_length(model, cfg.model.t5_max_length)}" if model.is_flow \
+        else model.fingerprint
+    text_cache = None if cfg.lora.train_text_encoder else TextCache(paths.cache, text_key, cfg.model.clip_skip)
+    if text_cache is not None and model.is_flow and not cfg.data.shuffle_tags:
+        _cache_all_captions(cfg, model, dataset, text_cache, status)
     return TrainingSession(cfg=cfg, accelerator=acc, model=model, networks=networks, dataset=dataset, scan=scan,
                            weight_dtype=weight_dtype, text_cache=text_cache, optimizer=optimizer,
                            trained_text_encoders=trained_tes, held_out=held_out, holdout_note=holdout.note)
+
+
+def _cache_all_captions(cfg: ProjectConfig, model: LoadedModel, dataset: PreparedDataset, cache: TextCache,
+                        status: StatusFn) -> None:
+    """Encode every caption training can draw now, then move the text encoders off the GPU.
+
+    Without tag shuffling the captions are known in advance: each image's with the trigger word, and the
+    empty one caption dropout uses. FLUX's and SD3's T5-XXL alone takes 9.5 GB in bf16; once every caption
+    is cached it is not needed until sampling.
+    """
+    import random
+
+    from loratui.data.captions import build_caption
+
+    captions = sorted({build_caption(item.caption, trigger_word=cfg.data.trigger_word, rng=random.Random(0))
+                       for item in dataset.items} | ({""} if cfg.data.caption_dropout > 0 else set()))
+    status(f"encoding {len(captions)} captions (cached in .cache/)")
+    session_like = _CaptionEncoder(cfg, model)
+    for start in range(0, len(captions), 16):
+        cache.get_many(captions[start:start + 16], session_like)
+    for te in model.text_encoders:
+        te.to("cpu")  # sampling brings them back for its prompts
+
+
+class _CaptionEncoder:
+    """The cache's compute function for a model and config (what TrainingSession._encode_for_cache does)."""
+
+    def __init__(self, cfg: ProjectConfig, model: LoadedModel) -> None:
+        self.cfg, self.model = cfg, model
+
+    def __call__(self, captions: list[str]) -> list[CachedText]:
+        with torch.no_grad():
+            emb = encode_flow_captions(self.model, captions, t5_max_length=self.cfg.model.t5_max_length)
+        hidden, pooled = emb.hidden.float().cpu(), emb.pooled.float().cpu()
+        return [CachedText(hidden[i], pooled[i]) for i in range(len(captions))]
+
+
+def _store_float8(cfg: ProjectConfig, model: LoadedModel, status: StatusFn) -> None:
+    from loratui.config import ConfigError
+    from loratui.engine.float8 import store_blocks_in_float8
+
+    if not model.is_flow:
+        raise ConfigError(f"model.base_weights = \"float8\" is for SD3 and FLUX transformers; {cfg.model.base} is "
+                          f"{model.family}. Set it to \"auto\".")
+    saved = store_blocks_in_float8(model.unet)
+    status(f"transformer blocks stored in float8, computed in bf16 ({saved / 2**30:.2f} GiB saved)")
+
+
+def _check_flow_settings(cfg: ProjectConfig, model: LoadedModel) -> None:
+    from loratui.config import ConfigError
+
+    if cfg.data.bucket_step % 16 or cfg.data.resolution % 16:
+        raise ConfigError(
+            f"data.bucket_step ({cfg.data.bucket_step}) and data.resolution ({cfg.data.resolution}) must be "
+            f"multiples of 16 for {model.family}: its transformer takes 2x2 patches of the 8x-downsampled latents. "
+            "Set data.bucket_step = 64 (or 16, 32, 48...).")
+    for name, value in (("min_snr_gamma", cfg.train.min_snr_gamma), ("noise_offset", cfg.train.noise_offset)):
+        if value:
+            raise ConfigError(
+                f"train.{name} = {value:g} belongs to the UNets' noise schedule; {model.family} is trained with flow "
+                f"matching, where it has no meaning. Set train.{name} = 0 (σ is chosen by train.timestep_sampling).")
+    if model.family == "flux" and not model.unet.config.get("guidance_embeds") and cfg.train.guidance_scale != 1.0:
+        raise ConfigError(
+            f"train.guidance_scale = {cfg.train.guidance_scale:g} is set, but {cfg.model.base} has no guidance "
+            "embedding (a FLUX.1-schnell style model, which was never trained with a guidance value); remove "
+            "train.guidance_scale or set it to 1.0.")
 
 
 def _inject(cfg: ProjectConfig, model: LoadedModel,
@@ -298,7 +411,10 @@ def _inject(cfg: ProjectConfig, model: LoadedModel,
                                     rank=lc.rank, alpha=lc.alpha, generator=gen, **kind)}
     trained_tes = []
     if lc.train_text_encoder:
-        names = ["te"] if len(model.text_encoders) == 1 else ["te1", "te2"]
+        from loratui.lora.naming import components_for
+
+        # Only the CLIP encoders get LoRA; FLUX's and SD3's T5 come last and stay frozen.
+        names = list(components_for(model.family)[1:])
         for name, te in zip(names, model.text_encoders):
             networks[name] = inject_lora(te, component=name, family=model.family, preset=lc.preset,
                                          rank=lc.rank, alpha=lc.alpha, generator=gen, **kind)

@@ -27,7 +27,7 @@ from loratui.engine.batches import total_optimizer_steps
 from loratui.engine.compat import config_digest, describe_differences
 from loratui.engine.memory import memory_snapshot
 from loratui.engine.session import TrainingSession, build_session
-from loratui.engine.step import diffusion_loss, step_generator, to_device
+from loratui.engine.step import step_generator, to_device
 from loratui.engine.validation import Validation
 from loratui.errors import UserError
 from loratui.events import CheckpointSaved, EventSink, Finished, Paused, Resumed, SampleReady, Started, \
@@ -267,9 +267,7 @@ class Trainer:
             t1 = time.perf_counter()
             with acc.autocast():
                 cond = s.conditioning(batch)
-                loss = diffusion_loss(
-                    s.unet, s.noise_scheduler, latents, cond, gen, prediction_type=s.model.prediction_type,
-                    noise_offset=cfg.noise_offset, min_snr_gamma=cfg.min_snr_gamma, unet_dtype=s.weight_dtype)
+                loss = s.loss(latents, cond, gen)
             # Only the last micro-batch synchronises gradients across GPUs.
             if k < cfg.grad_accum - 1 and acc.num_processes > 1:
                 with acc.no_sync(s.unet):

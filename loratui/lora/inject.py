@@ -25,6 +25,7 @@ from loratui.lora.layer import AdapterModule, LoRANetwork
 from loratui.lora.naming import (
     COMPONENTS,
     TE_TARGETS,
+    TRANSFORMER_FAMILIES,
     UNetLayout,
     components_for,
     kohya_to_module_path,
@@ -35,6 +36,8 @@ from loratui.lora.naming import (
     unet_kohya_name,
 )
 from loratui.lora.variants import adapter_for_tensors, make_adapter
+
+from loratui.lora.transformer_names import expected_transformer_count, internal_name, transformer_targets
 
 if TYPE_CHECKING:
     from loratui.lora.fileformat import LoRAFile
@@ -167,7 +170,9 @@ def inject_lora(
     if component == "unet" and preset not in UNET_PRESETS:
         raise ValueError(f"unknown LoRA layer preset {preset!r}; expected one of {', '.join(UNET_PRESETS)}")
 
-    if component == "unet":
+    if component == "unet" and family in TRANSFORMER_FAMILIES:
+        targets = [(internal_name(p), p, p, m) for p, m in transformer_targets(root, preset)]
+    elif component == "unet":
         layout = UNetLayout.from_config(root.config) if hasattr(root, "config") else UNetLayout.for_family(family)
         targets = [
             (unet_kohya_name(_strip_wrapper(p), family, layout), _strip_wrapper(p), p, m)
@@ -177,7 +182,10 @@ def inject_lora(
         targets = [(te_kohya_name(component, i, sub), te_module_path(i, sub), p, m) for i, sub, p, m in _te_targets(root)]
 
     if check_count:
-        expected = expected_module_count(root, component, preset)
+        if component == "unet" and family in TRANSFORMER_FAMILIES:
+            expected = expected_transformer_count(getattr(root, "config", None), family, preset)
+        else:
+            expected = expected_module_count(root, component, preset)
         if expected is not None and expected != len(targets):
             raise RuntimeError(
                 f"found {len(targets)} {component} layers for the {preset!r} preset, but the model config implies "

@@ -13,7 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("sd1", "sd2", "sdxl")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
+# Flow-matching transformers: their denoiser is named by loratui.lora.transformer_names.
+TRANSFORMER_FAMILIES = ("sd3", "flux")
 COMPONENTS = ("unet", "te", "te1", "te2")
 
 KOHYA_PREFIX = {"unet": "lora_unet", "te": "lora_te", "te1": "lora_te1", "te2": "lora_te2"}
@@ -27,6 +29,9 @@ _FAMILY_ALIASES = {
     "sd1": "sd1", "sd15": "sd1", "sd1.5": "sd1", "sd_v1": "sd1", "sd_v1_v": "sd1", "v1": "sd1", "sd": "sd1",
     "sd2": "sd2", "sd21": "sd2", "sd2.1": "sd2", "sd_v2": "sd2", "sd_v2_v": "sd2", "v2": "sd2",
     "sdxl": "sdxl", "sdxl_base_v1-0": "sdxl", "xl": "sdxl",
+    "sd3": "sd3", "sd3.5": "sd3", "sd35": "sd3", "sd3_medium": "sd3", "sd3_large": "sd3", "sd3.5_medium": "sd3",
+    "sd3.5_large": "sd3",
+    "flux": "flux", "flux1": "flux", "flux.1": "flux", "flux1_dev": "flux", "flux1_schnell": "flux",
 }  # fmt: skip
 
 
@@ -37,13 +42,19 @@ def normalize_family(family: str) -> str:
     if key is None and text.startswith("sdxl"):
         key = "sdxl"
     if key is None:
-        raise ValueError(f"unknown model family {family!r}; expected one of sd1, sd2, sdxl")
+        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
     return key
 
 
 def components_for(family: str) -> tuple[str, ...]:
-    """The component names a family's pipeline has (``te`` for SD1/SD2, ``te1``/``te2`` for SDXL)."""
-    return ("unet", "te1", "te2") if normalize_family(family) == "sdxl" else ("unet", "te")
+    """The component names a family's pipeline has (``te`` for SD1/SD2, ``te1``/``te2`` for SDXL).
+
+    FLUX's CLIP-L is ``te1`` (sd-scripts' ``lora_te1_``), SD3's CLIP-L and CLIP-G ``te1``/``te2``; T5 gets no LoRA.
+    """
+    family = normalize_family(family)
+    if family in ("sdxl", "sd3"):
+        return ("unet", "te1", "te2")
+    return ("unet", "te1") if family == "flux" else ("unet", "te")
 
 
 @dataclass(frozen=True)
@@ -249,6 +260,10 @@ def split_kohya_name(name: str) -> tuple[str, str]:
 def kohya_to_module_path(name: str, family: str, layout: UNetLayout | None = None) -> tuple[str, str]:
     """kohya name -> (component, diffusers/PEFT module path); SGM names are mapped back for SDXL."""
     component, rest = split_kohya_name(name)
+    if component == "unet" and normalize_family(family) in TRANSFORMER_FAMILIES:
+        from loratui.lora.transformer_names import path_from_internal
+
+        return component, path_from_internal(name)
     path = underscore_to_path(rest)
     if component == "unet" and path.split(".", 1)[0] in ("input_blocks", "middle_block", "output_blocks", "out",
                                                           "time_embed", "label_emb"):  # fmt: skip
@@ -258,6 +273,10 @@ def kohya_to_module_path(name: str, family: str, layout: UNetLayout | None = Non
 
 def module_path_to_kohya(component: str, path: str, family: str, layout: UNetLayout | None = None) -> str:
     """Inverse of :func:`kohya_to_module_path` for canonical paths."""
+    if component == "unet" and normalize_family(family) in TRANSFORMER_FAMILIES:
+        from loratui.lora.transformer_names import internal_name
+
+        return internal_name(path)
     if component == "unet":
         return unet_kohya_name(path, family, layout)
     m = re.fullmatch(r"(?:text_model\.)?encoder\.layers\.(\d+)\.(.+)", path)
@@ -274,11 +293,17 @@ def base_model_version(family: str, v_prediction: bool = False) -> str:
     family = normalize_family(family)
     if family == "sdxl":
         return "sdxl_base_v1-0"
+    if family in TRANSFORMER_FAMILIES:
+        return "flux1" if family == "flux" else "sd3"  # sd-scripts' spellings
     return ("sd_v2" if family == "sd2" else "sd_v1") + ("_v" if v_prediction else "")
 
 
 def family_from_metadata(metadata: dict[str, str]) -> str | None:
     version = metadata.get("ss_base_model_version", "")
+    if version.startswith("flux"):
+        return "flux"
+    if version.startswith("sd3"):
+        return "sd3"
     if version.startswith("sdxl"):
         return "sdxl"
     if version.startswith("sd_v2") or metadata.get("ss_v2") == "True":
@@ -286,6 +311,10 @@ def family_from_metadata(metadata: dict[str, str]) -> str | None:
     if version.startswith("sd_v1"):
         return "sd1"
     arch = metadata.get("modelspec.architecture", "")
+    if arch.startswith("flux"):
+        return "flux"
+    if arch.startswith("stable-diffusion-v3"):
+        return "sd3"
     if "stable-diffusion-xl" in arch:
         return "sdxl"
     if "stable-diffusion-v2" in arch:

@@ -29,6 +29,8 @@ BUILTIN_MODELS: dict[str, str] = {
     "tiny-sd": "tiny random SD 1.5 layout (epsilon, 128 px) for trying loratui without a download",
     "tiny-sd2": "tiny random SD 2.x layout (v-prediction, OpenCLIP-style text encoder, 128 px)",
     "tiny-sdxl": "tiny random SDXL layout (two text encoders, size conditioning, 128 px)",
+    "tiny-sd3": "tiny random SD3.5 layout (joint transformer blocks, CLIP-L + CLIP-G + T5, flow matching, 128 px)",
+    "tiny-flux": "tiny random FLUX.1-dev layout (double and single blocks, CLIP-L + T5, guidance, flow matching, 128 px)",
 }
 
 # (family, prediction type) of each built-in, known without building it.
@@ -36,6 +38,8 @@ BUILTIN_FAMILIES: dict[str, tuple[str, str]] = {
     "tiny-sd": ("sd1", "epsilon"),
     "tiny-sd2": ("sd2", "v_prediction"),
     "tiny-sdxl": ("sdxl", "epsilon"),
+    "tiny-sd3": ("sd3", "flow"),
+    "tiny-flux": ("flux", "flow"),
 }
 
 # One seed per component, so building a component never depends on what was
@@ -226,6 +230,10 @@ def build_pipeline(name: str, work_dir: Path) -> Any:
     from loratui.models import tokenizer as chartok
 
     name = _check_name(name)
+    if BUILTIN_FAMILIES[name][1] == "flow":
+        from loratui.models.builtin_flow import build_flow_pipeline
+
+        return build_flow_pipeline(name, work_dir)
     eos = chartok.eos_token_id()
     bang = chartok.char_vocab()["!"]
     if name == "tiny-sd":
@@ -290,7 +298,8 @@ def ensure_builtin(name: str) -> Path:
             # tokenizer.json; with them the folder loads with slow and fast
             # CLIP tokenizers alike, whichever transformers is installed.
             for saved in tmp.glob("tokenizer*"):
-                if saved.is_dir():
+                # The T5 tokenizers (Flux, SD3) are whole in their tokenizer.json.
+                if saved.is_dir() and "T5" not in (saved / "tokenizer_config.json").read_text(encoding="utf-8"):
                     chartok.write_char_tokenizer_files(saved)
         if target.exists() and not (target / "model_index.json").is_file():
             # A half folder without model_index.json (not ours: ours are

@@ -9,14 +9,31 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-FAMILIES = ("sd1", "sd2", "sdxl")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
+# The flow-matching transformers (SD3.x, FLUX.1) always predict the flow ε − x.
+FLOW_FAMILIES = ("sd3", "flux")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
 
-FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "Stable Diffusion XL"}
+FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "Stable Diffusion XL",
+                "sd3": "Stable Diffusion 3.x", "flux": "FLUX.1"}
 
 # Native training resolution of the published models, used when a model's
 # own config does not say (single files without a sample_size).
-NATIVE_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024}
+NATIVE_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024}
+
+# The denoiser class of each transformer family in a diffusers folder's transformer/config.json.
+TRANSFORMER_CLASSES = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
+
+
+def family_from_transformer_config(transformer_config: Mapping[str, Any]) -> str:
+    """sd3 or flux from a diffusers folder's transformer/config.json."""
+    name = str(transformer_config.get("_class_name", ""))
+    if name in TRANSFORMER_CLASSES:
+        return TRANSFORMER_CLASSES[name]
+    raise FamilyError(
+        f"its transformer is a {name or 'model of unknown class'}; loratui trains the transformers of "
+        "Stable Diffusion 3.x (SD3Transformer2DModel) and FLUX.1 (FluxTransformer2DModel)"
+    )
 
 
 class FamilyError(ValueError):
@@ -78,6 +95,9 @@ _SDXL_KEYS = ("conditioner.embedders.1.",)
 _SD2_KEYS = ("cond_stage_model.model.transformer.", "cond_stage_model.model.token_embedding")
 _SD1_KEYS = ("cond_stage_model.transformer.",)
 _UNET_KEYS = ("model.diffusion_model.",)
+# SD3's MMDiT and Black Forest Labs' FLUX layout, bare or under ComfyUI's model.diffusion_model.
+_SD3_KEYS = ("joint_blocks.", "model.diffusion_model.joint_blocks.")
+_FLUX_KEYS = ("double_blocks.", "single_blocks.", "model.diffusion_model.double_blocks.")
 
 
 def _channels_message(channels: object) -> str:
@@ -99,6 +119,10 @@ def family_from_keys(keys: Iterable[str], shapes: Mapping[str, Any] | None = Non
     def has(prefixes: tuple[str, ...]) -> bool:
         return any(k.startswith(prefixes) for k in key_list)
 
+    if has(_FLUX_KEYS):
+        return "flux"
+    if has(_SD3_KEYS):
+        return "sd3"
     if has(_SDXL_KEYS):
         return "sdxl"
     if has(_SD2_KEYS):
@@ -130,6 +154,8 @@ def prediction_from_keys(keys: Iterable[str], family: str) -> str:
     because the 768 px 2.0/2.1 models most SD2 files derive from are; SD1
     and SDXL as epsilon. The user can override either in the config.
     """
+    if family in FLOW_FAMILIES:
+        return "flow"
     if has_v_pred_marker(keys):
         return "v_prediction"
     return "v_prediction" if family == "sd2" else "epsilon"
@@ -166,3 +192,22 @@ def check_prediction_type(value: str) -> str:
     if value not in PREDICTION_TYPES:
         raise FamilyError(f"prediction_type {value!r} is not known; use one of {', '.join(PREDICTION_TYPES)}")
     return value
+
+
+_PUBLISHED = {
+    "flux": "black-forest-labs/FLUX.1-dev (or FLUX.1-schnell)",
+    "sd3": "stabilityai/stable-diffusion-3.5-medium (24 joint blocks) or -3.5-large (38)",
+}
+
+
+def single_file_advice(path: object, family: str, joint_blocks: int | None = None) -> str:
+    """What to set when a FLUX/SD3 single file comes without the parts loratui needs besides it."""
+    size = ""
+    if family == "sd3" and joint_blocks is not None:
+        known = {24: "SD3 Medium / SD3.5 Medium", 38: "SD3.5 Large"}
+        size = (f" Its {joint_blocks} joint blocks are {known[joint_blocks]}'s." if joint_blocks in known
+                else f" Its size ({joint_blocks} joint blocks) is not one of the published SD3 models, so the "
+                     "architecture must come from a folder made for it.")
+    return (f"{path} holds a {FAMILY_NAMES[family]} transformer; its text encoders (CLIP, T5), VAE and "
+            "configs come from elsewhere. Set model.config_source to a diffusers folder or hub id of the same "
+            f"model, e.g. {_PUBLISHED[family]}.{size}")

@@ -15,7 +15,13 @@ from typing import Any
 import torch
 
 from loratui.models import builtin
-from loratui.models.family import FamilyError, check_family, check_prediction_type, native_resolution
+from loratui.models.family import (
+    FLOW_FAMILIES,
+    FamilyError,
+    check_family,
+    check_prediction_type,
+    native_resolution,
+)
 from loratui.models.probe import (
     ModelInfo,
     ModelLoadError,
@@ -48,11 +54,20 @@ class LoadedModel:
     # The scheduler the model ships for sampling (DDIM, Euler, PNDM, ...).
     sample_scheduler: Any = None
     pipeline_config: dict[str, Any] = field(default_factory=dict)
+    # Subtracted from VAE latents before scaling (FLUX and SD3 VAEs; 0 for the UNet families).
+    vae_shift_factor: float = 0.0
+
+    @property
+    def is_flow(self) -> bool:
+        """A flow-matching transformer (SD3, FLUX); ``unet`` then holds the transformer."""
+        return self.family in FLOW_FAMILIES
 
     def make_pipeline(self, scheduler: Any = None) -> Any:
         """A diffusers pipeline over these same components (no safety checker)."""
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+        if self.is_flow:
+            return self._make_flow_pipeline(scheduler)
         parts: dict[str, Any] = {
             "vae": self.vae,
             "text_encoder": self.text_encoders[0],
@@ -71,6 +86,21 @@ class LoadedModel:
                 **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
             )
         # tqdm bars would scribble over the dashboard.
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _make_flow_pipeline(self, scheduler: Any) -> Any:
+        import diffusers
+
+        from loratui.models.text import family_module
+
+        fam = family_module(self.family)
+        parts: dict[str, Any] = {"vae": self.vae, "transformer": self.unet,
+                                 "scheduler": scheduler if scheduler is not None else self.sample_scheduler}
+        for suffix, encoder, tokenizer in zip(fam.TEXT_SUFFIXES, self.text_encoders, self.tokenizers):
+            parts[f"text_encoder{suffix}"] = encoder
+            parts[f"tokenizer{suffix}"] = tokenizer
+        pipe = getattr(diffusers, fam.PIPELINE)(**parts)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -107,6 +137,13 @@ def load_model(
         pred = check_prediction_type(prediction_type) if prediction_type else info.prediction_type
     except FamilyError as exc:
         raise ModelLoadError(f"model settings: {exc}") from None
+    if (fam in FLOW_FAMILIES) != (pred == "flow"):
+        if prediction_type:
+            raise ModelLoadError(
+                f"model settings: prediction_type {pred} does not fit a {fam} model; SD3 and FLUX are trained "
+                "with flow matching and the UNet families with epsilon or v_prediction, so set "
+                "model.prediction_type = \"auto\"")
+        pred = "flow" if fam in FLOW_FAMILIES else "epsilon"
 
     try:
         pipe = _load_pipeline(kind, where, fam, config_source, dtype)
@@ -119,29 +156,35 @@ def load_model(
         ) from None
     # Moved one by one: pipe.to() warns about fp16 on CPU, which is fine here
     # (the trainer casts what runs on CPU).
-    for module in [pipe.unet, pipe.vae, *text_encoders]:
+    denoiser = pipe.transformer if fam in FLOW_FAMILIES else pipe.unet
+    for module in [denoiser, pipe.vae, *text_encoders]:
         module.to(device)
     sample_scheduler = pipe.scheduler
-    if sample_scheduler.config.get("prediction_type") != pred:
+    if pred != "flow" and sample_scheduler.config.get("prediction_type") != pred:
         sample_scheduler = type(sample_scheduler).from_config(sample_scheduler.config, prediction_type=pred)
     # Frozen unless the trainer says otherwise: a base model is never trained
     # whole, and eval mode turns off the text encoders' dropout.
-    for module in [pipe.unet, pipe.vae, *text_encoders]:
+    for module in [denoiser, pipe.vae, *text_encoders]:
         module.requires_grad_(False)
         module.eval()
+    if kind == "builtin":
+        resolution = builtin.BUILTIN_RESOLUTION
+    else:
+        resolution = native_resolution(fam, pred, dict(denoiser.config))
     return LoadedModel(
         spec=spec,
         source_kind=info.source_kind,
         family=fam,
         prediction_type=pred,
-        unet=pipe.unet,
+        unet=denoiser,
         vae=pipe.vae,
         text_encoders=text_encoders,
         tokenizers=tokenizers,
         noise_scheduler=make_noise_scheduler(pipe.scheduler.config, pred),
         fingerprint=_fingerprint(kind, where, config_source),
-        resolution=native_resolution(fam, pred, dict(pipe.unet.config)),
+        resolution=resolution,
         vae_scaling_factor=float(pipe.vae.config.get("scaling_factor", 0.18215)),
+        vae_shift_factor=float(pipe.vae.config.get("shift_factor") or 0.0),
         sample_scheduler=sample_scheduler,
         # The pipeline's own flags (e.g. SDXL's force_zeros_for_empty_prompt),
         # not its component entries, for make_pipeline to pass on.
@@ -150,19 +193,38 @@ def load_model(
 
 
 def _text_components(pipe: Any, family: str, spec: str) -> tuple[list[Any], list[Any]]:
-    names = ["", "_2"] if family == "sdxl" else [""]
+    if family in FLOW_FAMILIES:
+        from loratui.models.text import family_module
+
+        names = list(family_module(family).TEXT_SUFFIXES)
+        denoiser = getattr(pipe, "transformer", None)
+    else:
+        names = ["", "_2"] if family == "sdxl" else [""]
+        denoiser = pipe.unet
     encoders = [getattr(pipe, f"text_encoder{n}", None) for n in names]
     tokenizers = [getattr(pipe, f"tokenizer{n}", None) for n in names]
-    if any(m is None for m in encoders + tokenizers) or pipe.unet is None or pipe.vae is None:
-        raise ModelLoadError(f"{spec} is missing a UNet, VAE, text encoder or tokenizer; loratui needs all of them")
+    if family in FLOW_FAMILIES and (encoders[-1] is None or tokenizers[-1] is None):
+        raise ModelLoadError(
+            f"{spec} has no T5 text encoder (text_encoder{names[-1]}/tokenizer{names[-1]}); {family} models "
+            "condition on T5, so loratui needs it: use a complete diffusers folder, or for one file set "
+            "model.config_source to a diffusers folder or hub id of the same model that has it")
+    if any(m is None for m in encoders + tokenizers) or denoiser is None or pipe.vae is None:
+        what = "transformer" if family in FLOW_FAMILIES else "UNet"
+        raise ModelLoadError(f"{spec} is missing a {what}, VAE, text encoder or tokenizer; loratui needs all of them")
     return encoders, tokenizers
 
 
 def make_noise_scheduler(scheduler_config: Any, prediction_type: str) -> Any:
-    """A DDPM scheduler over the model's betas, for adding noise in training."""
+    """A DDPM scheduler over the model's betas, for adding noise in training.
+
+    Flow-matching models keep their own flow scheduler, whose config (shift) the objective reads.
+    """
     import inspect
 
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    if prediction_type == "flow":
+        return FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config))
 
     accepted = set(inspect.signature(DDPMScheduler.__init__).parameters) - {"self"}
     config = {k: v for k, v in dict(scheduler_config).items() if k in accepted}
@@ -175,6 +237,12 @@ def make_noise_scheduler(scheduler_config: Any, prediction_type: str) -> Any:
 def _pipeline_class(family: str) -> Any:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    if family in FLOW_FAMILIES:
+        import diffusers
+
+        from loratui.models.text import family_module
+
+        return getattr(diffusers, family_module(family).PIPELINE)
     return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
 
 
@@ -183,7 +251,7 @@ def _load_pipeline(kind: str, where: Path | str, family: str, config_source: str
     # Image encoders and feature extractors serve IP-adapters and the safety
     # checker; training never uses them, so they are not loaded.
     extra: dict[str, Any] = {"feature_extractor": None, "image_encoder": None}
-    if family != "sdxl":
+    if family not in ("sdxl", *FLOW_FAMILIES):
         extra.update(safety_checker=None, requires_safety_checker=False)
     extra.update(_dtype_kwarg(dtype))
     try:
@@ -193,6 +261,8 @@ def _load_pipeline(kind: str, where: Path | str, family: str, config_source: str
                 return cls.from_pretrained(str(where), local_files_only=True, **extra)
             if kind == "hub":
                 return cls.from_pretrained(str(where), **extra)
+            if family in FLOW_FAMILIES:
+                return _flow_single_file(Path(where), family, config_source, cls, extra, dtype)
             single: dict[str, Any] = {}
             if config_source:
                 cfg = Path(config_source).expanduser()
@@ -202,6 +272,53 @@ def _load_pipeline(kind: str, where: Path | str, family: str, config_source: str
         raise
     except Exception as exc:  # noqa: BLE001 - diffusers raises many types for bad input
         raise ModelLoadError(_explain_failure(kind, where, config_source, exc)) from exc
+
+
+def _flow_single_file(path: Path, family: str, config_source: str | None, cls: Any, extra: dict[str, Any],
+                      dtype: torch.dtype) -> Any:
+    """An SD3 or FLUX transformer file with the rest of the pipeline (and its configs) from config_source.
+
+    FLUX and SD3.5 checkpoints are published as the transformer alone, without text encoders or VAE.
+    A FLUX file is converted here from Black Forest Labs' layout with the widths its config names
+    (diffusers' own converter assumes FLUX.1's); an SD3 file goes through diffusers' converter.
+    """
+    from loratui.models.family import single_file_advice
+
+    if not config_source:
+        blocks = None
+        if family == "sd3":
+            import re
+
+            found = {m.group(1) for k in read_safetensors_header(path) if (m := re.search(r"joint_blocks\.(\d+)\.", k))}
+            blocks = len(found)
+        raise ModelLoadError(single_file_advice(path, family, blocks))
+    folder = Path(config_source).expanduser()
+    local: dict[str, Any] = {"local_files_only": True} if folder.is_dir() else {}
+    source = str(folder) if folder.is_dir() else config_source
+    if family == "flux":
+        from diffusers import FluxTransformer2DModel
+        from safetensors.torch import load_file
+
+        from loratui.models.flux_checkpoint import bfl_to_flux
+
+        config = FluxTransformer2DModel.load_config(source, subfolder="transformer", **local)
+        with torch.device("meta"):
+            transformer = FluxTransformer2DModel.from_config(config)
+        try:
+            state = bfl_to_flux(load_file(str(path)), config)
+            transformer.load_state_dict(state, strict=True, assign=True)
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"{path} does not fit the FLUX transformer config of {config_source} ({str(exc).splitlines()[0]}); "
+                "set model.config_source to the diffusers folder or hub id of the model this file was made "
+                "from (FLUX.1-dev and FLUX.1-schnell differ in their guidance embedding)") from None
+        transformer.to(dtype)
+    else:
+        from diffusers import SD3Transformer2DModel
+
+        transformer = SD3Transformer2DModel.from_single_file(str(path), config=source, subfolder="transformer",
+                                                             **_dtype_kwarg(dtype), **local)
+    return cls.from_pretrained(source, transformer=transformer, **extra, **local)
 
 
 def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:

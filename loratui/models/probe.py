@@ -23,6 +23,7 @@ from loratui.models.family import (
     FamilyError,
     family_from_configs,
     family_from_keys,
+    family_from_transformer_config,
     has_v_pred_marker,
     native_resolution,
     prediction_from_keys,
@@ -136,6 +137,8 @@ def _configs_info(
 ) -> ModelInfo:
     """ModelInfo from a diffusers layout's JSON files, whatever reads them."""
     index, unet_cfg = read("model_index.json"), read("unet/config.json")
+    if not unet_cfg and "transformer" in index:
+        return _transformer_info(spec, kind, label, read, path)
     if not unet_cfg:
         raise ModelLoadError(
             f"{label} has no unet/config.json; only whole Stable Diffusion pipelines "
@@ -150,12 +153,30 @@ def _configs_info(
     return ModelInfo(spec, kind, family, pred, _describe(family, pred, res, label), path, res)
 
 
+def _transformer_info(
+    spec: str, kind: str, label: str, read: Callable[[str], dict[str, Any]], path: Path | None
+) -> ModelInfo:
+    """ModelInfo of an SD3 or FLUX folder: the family from transformer/config.json."""
+    config = read("transformer/config.json")
+    try:
+        family = family_from_transformer_config(config)
+    except FamilyError as exc:
+        raise ModelLoadError(f"{label}: {exc}") from None
+    res = native_resolution(family, "flow", config)
+    kind_text = ""
+    if family == "flux":
+        kind_text = "guidance-distilled, like FLUX.1-dev" if config.get("guidance_embeds") else \
+            "no guidance embedding, like FLUX.1-schnell"
+    where = f"{label}; {kind_text}" if kind_text else label
+    return ModelInfo(spec, kind, family, "flow", _describe(family, "flow", res, where), path, res)
+
+
 def folder_info(spec: str, kind: str, folder: Path) -> ModelInfo:
     return _configs_info(spec, kind, f"diffusers folder {folder}", lambda name: read_json(folder / name), folder)
 
 
 def _describe(family: str, pred: str, resolution: int, where: str) -> str:
-    pred_text = "v-prediction" if pred == "v_prediction" else "epsilon"
+    pred_text = {"v_prediction": "v-prediction", "flow": "flow matching"}.get(pred, "epsilon")
     return f"{FAMILY_NAMES[family]}, {pred_text}, {resolution} px ({where})"
 
 
@@ -200,8 +221,8 @@ def _single_file_info(spec: str, path: Path, config_source: str | None, allow_pi
         family = family_from_keys(keys, keys)
         pred = prediction_from_keys(keys, family)
         unet_cfg = read_json(cfg_dir / "unet" / "config.json") if cfg_dir else {}
-        if has_v_pred_marker(keys):
-            pass  # the file's own marker beats any config
+        if has_v_pred_marker(keys) or pred == "flow":
+            pass  # the file's own marker beats any config; flow models have no prediction_type
         elif cfg_dir and (sched := read_json(cfg_dir / "scheduler" / "scheduler_config.json")):
             pred = prediction_from_scheduler_config(sched)
         elif family == "sd2" and extras.get("global_step") == 875000:

@@ -37,7 +37,8 @@ VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = {"sd1": "cond_stage_model.transformer.", "sdxl": "conditioner.embedders.0.transformer."}
 OPENCLIP_PREFIX = {"sd2": "cond_stage_model.model.", "sdxl": "conditioner.embedders.1.model."}
 
-_ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-v1-base"}
+_ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-v1-base", "flux": "flux-1-dev",
+                 "sd3": "stable-diffusion-v3-medium"}
 
 
 class SingleFileError(ValueError):
@@ -239,7 +240,7 @@ def checkpoint_metadata(family: str, prediction_type: str, *, title: str, resolu
                                      else "https://github.com/Stability-AI/stablediffusion"),
         "modelspec.title": title,
         "modelspec.resolution": f"{resolution}x{resolution}",
-        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
+        "modelspec.prediction_type": {"v_prediction": "v", "flow": "flow"}.get(prediction_type, "epsilon"),
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 

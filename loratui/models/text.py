@@ -140,3 +140,38 @@ def sdxl_added_cond_kwargs(pooled: torch.Tensor, time_ids: torch.Tensor) -> dict
     if time_ids.dim() == 1:
         time_ids = time_ids.unsqueeze(0).expand(pooled.shape[0], -1)
     return {"text_embeds": pooled, "time_ids": time_ids.to(device=pooled.device, dtype=pooled.dtype)}
+
+
+def clip_token_ids(tokenizer: Any, captions: list[str]) -> torch.Tensor:
+    """CLIP ids [B, 77], padded and truncated as every pipeline does."""
+    return tokenizer(list(captions), padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def t5_token_ids(tokenizer: Any, captions: list[str], length: int) -> torch.Tensor:
+    """T5 ids [B, length]; the FLUX and SD3 pipelines pad to the full length, so training does too."""
+    return tokenizer(list(captions), padding="max_length", max_length=length, truncation=True,
+                     add_special_tokens=True, return_tensors="pt").input_ids
+
+
+def family_module(family: str) -> Any:
+    """The module that knows a flow-matching family's conditioning and transformer call (flux, sd3)."""
+    if family == "flux":
+        from loratui.models import flux
+
+        return flux
+    if family == "sd3":
+        from loratui.models import sd3
+
+        return sd3
+    raise ValueError(f"{family} is not a flow-matching transformer family")
+
+
+def t5_length(model: LoadedModel, configured: int) -> int:
+    """model.t5_max_length, or the family's own length when it is 0."""
+    return configured if configured > 0 else family_module(model.family).default_t5_length(model)
+
+
+def encode_flow_captions(model: LoadedModel, captions: list[str], *, t5_max_length: int = 0) -> TextEmbedding:
+    """Text tokens and pooled vector of a FLUX or SD3 model for each caption."""
+    return family_module(model.family).encode(model, captions, t5_length(model, t5_max_length))

@@ -85,3 +85,29 @@ def bos_token_id() -> int:
 
 def eos_token_id() -> int:
     return char_vocab()[EOS_TOKEN]
+
+
+# T5's special tokens, in the ids real T5 gives them: pad 0, end 1, unknown 2.
+T5_SPECIALS = ("<pad>", "</s>", "<unk>")
+
+
+def build_char_t5_tokenizer(*, model_max_length: int) -> object:
+    """A T5 tokenizer over single characters, made in code (no sentencepiece model, no download).
+
+    It is transformers' own T5 tokenizer class built from a unigram vocabulary:
+    the three specials at T5's ids, the word-start marker, then every printable
+    character, so any caption splits into characters and ends with ``</s>``.
+    """
+    import string
+
+    from transformers import T5Tokenizer
+
+    vocab = [(tok, 0.0) for tok in T5_SPECIALS] + [("\u2581", -1.0)]
+    vocab += [(c, -2.0) for c in string.printable if not c.isspace()]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
+def t5_vocab_size() -> int:
+    import string
+
+    return len(T5_SPECIALS) + 1 + sum(1 for c in string.printable if not c.isspace())

@@ -17,8 +17,14 @@ from loratui.tui.wizard.dir_picker import PathPicker
 from loratui.tui.wizard.fields import ConfigField
 
 BUILTINS = ("builtin:tiny-sd", "builtin:tiny-sd2", "builtin:tiny-sdxl")
-FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-NATIVE_SIDE = {"sd1": 512, "sd2": 512, "sdxl": 1024}
+FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD 3.x", "flux": "FLUX.1"}
+NATIVE_SIDE = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024}
+# What the peers start a LoRA on these transformers with, shown once the family is known.
+FAMILY_ADVICE = {
+    "flux": "FLUX: 1024 px, learning rate 1e-4, preset all (sd-scripts' default), bf16 with gradient "
+            "checkpointing; FLUX-dev needs about 24 GB for its bf16 weights alone",
+    "sd3": "SD3: 1024 px, learning rate 1e-4, preset attention+ff, bf16 with gradient checkpointing",
+}
 # Probing a folder reads a few JSON files, a single file its header; wait for typing to pause.
 _PROBE_DELAY = 0.4
 _PROBE_INPUTS = ("model.base", "model.config_source", "model.allow_pickle")
@@ -57,6 +63,7 @@ class ModelStep(WizardStep):
         yield self.field("model.family", label="family")
         yield self.field("model.prediction_type", label="prediction type")
         yield self.field("model.clip_skip", label="clip skip")
+        yield self.field("model.t5_max_length", label="T5 length")
         yield self.field("model.config_source", long=True, label="config source",
                          placeholder="only for a single file: a diffusers folder or hub id")
         yield self.field("model.allow_pickle", label="allow pickle files")
@@ -147,6 +154,8 @@ class ModelStep(WizardStep):
                          "(change it in step 5)")
         elif side and side != chosen:
             lines.append(f"this model was trained at {side} px; training resolution is {chosen} (step 5)")
+        if info.family in FAMILY_ADVICE:
+            lines.append(FAMILY_ADVICE[info.family])
         result.update("\n".join(lines))
 
     def _propose_resolution(self, side: int | None) -> None:

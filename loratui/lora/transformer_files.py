@@ -1,0 +1,234 @@
+"""LoRA files of the flow-matching transformers: which keys each family is written with, and reading them back.
+
+Which layout loads where (read from each program's loader):
+
+- FLUX, ``lora_unet_`` + Black Forest Labs module path, fused ``qkv`` /
+  ``linear1`` (sd-scripts' layout): ComfyUI and Forge map ``lora_unet_`` +
+  every weight of their BFL-layout model; diffusers' FLUX loader converts it
+  (``_convert_kohya_flux_lora_to_diffusers``), splitting a fused module back
+  into q, k, v. This is the default for FLUX. CLIP-L is ``lora_te1_``.
+- SD3, ``transformer.`` PEFT keys: diffusers' SD3 loader reads no other
+  layout, and ComfyUI maps ``transformer.`` keys onto its MMDiT. Forge does
+  not run SD3. So SD3 files are always written this way; CLIP-L and CLIP-G
+  are ``text_encoder.`` / ``text_encoder_2.``.
+- FLUX with ``save.format = "diffusers"``: ``transformer.`` PEFT keys, read
+  by diffusers, ComfyUI and Forge alike.
+
+PEFT keys carry no alpha that ComfyUI reads, so those files have each
+module's alpha / rank folded into its up matrix (alpha = rank everywhere),
+which every loader then applies with scale 1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from loratui.lora.naming import DIFFUSERS_PREFIX, te_kohya_name
+from loratui.lora.transformer_names import (
+    bfl_from_underscores,
+    flux_bfl_module,
+    flux_diffusers_parts,
+    flux_fused_dims,
+    internal_name,
+)
+
+TRANSFORMER_PREFIX = "transformer"
+_TE_PREFIX = {"text_encoder": "te1", "text_encoder_2": "te2"}
+
+
+def _baked_up(weights: Any) -> torch.Tensor:
+    return weights.up.float() * (weights.alpha / weights.rank)
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def flux_kohya_tensors(entries: list[Any], cast: Callable[[torch.Tensor], torch.Tensor],
+                       alpha_tensor: Callable[[float], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """sd-scripts' FLUX layout: BFL module names, the layers diffusers keeps apart fused into one module."""
+    tensors: dict[str, torch.Tensor] = {}
+    groups: dict[str, dict[int, Any]] = {}
+    for e in entries:
+        if e.component != "unet":
+            tensors[f"{e.name}.lora_down.weight"] = cast(e.weights.down)
+            tensors[f"{e.name}.lora_up.weight"] = cast(e.weights.up)
+            tensors[f"{e.name}.alpha"] = alpha_tensor(e.weights.alpha)
+            continue
+        module, part, _ = flux_bfl_module(e.path)
+        groups.setdefault(module, {})[part] = e.weights
+    for module, parts in groups.items():
+        down, up, alpha = fuse(module, parts)
+        name = "lora_unet_" + module.replace(".", "_")
+        tensors[f"{name}.lora_down.weight"] = cast(down)
+        tensors[f"{name}.lora_up.weight"] = cast(up)
+        tensors[f"{name}.alpha"] = alpha_tensor(alpha)
+    return tensors
+
+
+def fuse(module: str, parts: Mapping[int, Any]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One LoRA equal to the sum of the parts' LoRAs on a fused weight: stacked downs, block-diagonal up.
+
+    The fused alpha keeps the first part's scale (alpha / rank) for the fused rank; a part with another
+    scale has the ratio folded into its block of the up matrix.
+    """
+    if len(flux_diffusers_parts(module)) == 1:
+        (w,) = parts.values()
+        return w.down.float(), w.up.float(), float(w.alpha)
+    present = sorted(parts)
+    first = parts[present[0]]
+    width = first.up.shape[0] if present[0] < 3 else first.up.shape[0] // 4
+    dims = flux_fused_dims(module, width)
+    rank = sum(parts[p].rank for p in present)
+    scale = first.alpha / first.rank
+    down = torch.cat([parts[p].down.float() for p in present], dim=0)
+    up = torch.zeros(sum(dims), rank)
+    row_starts = [sum(dims[:i]) for i in range(len(dims))]
+    col = 0
+    for p in present:
+        w = parts[p]
+        ratio = (w.alpha / w.rank) / scale
+        up[row_starts[p]:row_starts[p] + dims[p], col:col + w.rank] = w.up.float() * ratio
+        col += w.rank
+    return down, up, scale * rank
+
+
+def transformer_diffusers_tensors(entries: list[Any], cast: Callable[[torch.Tensor], torch.Tensor]
+                                  ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``transformer.`` / ``text_encoder(_2).`` PEFT keys, scale folded in (see the module docstring)."""
+    tensors: dict[str, torch.Tensor] = {}
+    adapter: dict[str, Any] = {}
+    ranks: dict[str, dict[str, int]] = {}
+    for e in entries:
+        prefix = TRANSFORMER_PREFIX if e.component == "unet" else DIFFUSERS_PREFIX[e.component]
+        path = e.path if e.component == "unet" else e.path.removeprefix("text_model.")
+        key = f"{prefix}.{e.path}"
+        tensors[f"{key}.lora_A.weight"] = cast(e.weights.down)
+        tensors[f"{key}.lora_B.weight"] = cast(_baked_up(e.weights))
+        ranks.setdefault(prefix, {})[path] = e.weights.rank
+    for prefix, by_path in ranks.items():
+        common = max(set(by_path.values()), key=list(by_path.values()).count)
+        odd = {p: r for p, r in by_path.items() if r != common}
+        adapter.update({f"{prefix}.r": common, f"{prefix}.lora_alpha": common,
+                        f"{prefix}.target_modules": sorted(by_path), f"{prefix}.rank_pattern": odd,
+                        f"{prefix}.alpha_pattern": odd})
+    return tensors, {"format": "pt", "lora_adapter_metadata": json.dumps(adapter, indent=2, sort_keys=True)}
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def guess_transformer_family(keys: list[str]) -> str | None:
+    if any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in keys):
+        return "flux"
+    if any(k.startswith("transformer.single_transformer_blocks.") for k in keys):
+        return "flux"
+    if any(k.startswith(("transformer.transformer_blocks.", "lora_unet_joint_blocks_")) for k in keys):
+        return "sd3"
+    return None
+
+
+def read_transformer_file(tensors: dict[str, torch.Tensor], metadata: Mapping[str, str], family: str,
+                          make_weights: Callable[[torch.Tensor, torch.Tensor, float], Any], where: str
+                          ) -> tuple[dict[str, Any], str]:
+    """Modules keyed by loratui's names (``lora_unet_<diffusers path>``, ``lora_te1_…``) and the format."""
+    from loratui.lora.fileformat import LoRAFileError
+
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        m = re.fullmatch(r"(.+?)\.(lora_down\.weight|lora_up\.weight|lora_A\.weight|lora_B\.weight|alpha)", key)
+        if m is None:
+            raise LoRAFileError(f"LoRA file {where} has a key loratui cannot read: {key!r}; only plain LoRA is "
+                                "supported (not LoHa/LoKr/DoRA)")
+        part = {"lora_down.weight": "down", "lora_A.weight": "down", "lora_up.weight": "up",
+                "lora_B.weight": "up"}.get(m.group(2), "alpha")
+        groups.setdefault(m.group(1), {})[part] = tensor
+    adapter = json.loads(metadata.get("lora_adapter_metadata") or "{}")
+    modules: dict[str, Any] = {}
+    fmt = "kohya"
+    for module, parts in groups.items():
+        if "down" not in parts or "up" not in parts:
+            raise LoRAFileError(f"LoRA file {where}: module {module!r} has no "
+                                f"{'up' if 'down' in parts else 'down'} weight")
+        down, up = parts["down"], parts["up"]
+        rank = int(down.shape[0])
+        if module.startswith(("lora_te1_", "lora_te2_", "lora_te_")):
+            name = re.sub(r"^lora_te_", "lora_te1_", module)
+            modules[name] = make_weights(down, up, _alpha(parts, rank))
+        elif module.startswith(f"{TRANSFORMER_PREFIX}."):
+            fmt = "diffusers"
+            path = module[len(TRANSFORMER_PREFIX) + 1:]
+            modules[internal_name(path)] = make_weights(down, up, _peft_alpha(adapter, TRANSFORMER_PREFIX, path, rank))
+        elif module.split(".", 1)[0] in _TE_PREFIX:
+            fmt = "diffusers"
+            prefix, _, path = module.partition(".")
+            m = re.fullmatch(r"(?:text_model\.)?encoder\.layers\.(\d+)\.(.+)", path)
+            if m is None:
+                raise LoRAFileError(f"LoRA file {where}: {module!r} is not a CLIP encoder layer loratui knows")
+            name = te_kohya_name(_TE_PREFIX[prefix], int(m.group(1)), m.group(2))
+            modules[name] = make_weights(down, up, _peft_alpha(adapter, prefix, path.removeprefix("text_model."),
+                                                               rank))
+        elif module.startswith(("lora_unet_transformer_blocks_", "lora_unet_single_transformer_blocks_")):
+            # loratui's own names, as checkpoints hold them.
+            modules[module] = make_weights(down, up, _alpha(parts, rank))
+        elif family == "flux" and module.startswith("lora_unet_"):
+            for path, (d, u, a) in unfuse(bfl_from_underscores(module[len("lora_unet_"):]), down, up,
+                                          _alpha(parts, rank), where).items():
+                modules[internal_name(path)] = make_weights(d, u, a)
+        else:
+            raise LoRAFileError(
+                f"LoRA file {where}: {module!r} is not a {family} module in a layout loratui reads "
+                "(FLUX: lora_unet_ + Black Forest Labs names or transformer. keys; SD3: transformer. keys)")
+    return modules, fmt
+
+
+def _alpha(parts: Mapping[str, torch.Tensor], rank: int) -> float:
+    return float(parts["alpha"].float().reshape(-1)[0]) if "alpha" in parts else float(rank)
+
+
+def _peft_alpha(adapter: Mapping[str, Any], prefix: str, path: str, rank: int) -> float:
+    for pattern, value in dict(adapter.get(f"{prefix}.alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({re.escape(pattern)})$", path):
+            return float(value)
+    alpha = adapter.get(f"{prefix}.lora_alpha")
+    return float(alpha) if alpha is not None else float(rank)
+
+
+def unfuse(module: str, down: torch.Tensor, up: torch.Tensor, alpha: float, where: str
+           ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """A BFL module's LoRA as LoRAs of the diffusers layers fused into it.
+
+    Parts whose rows of the up matrix are all zero are left out. When the up matrix is block-diagonal
+    (as loratui writes it) each part gets back its own rank; otherwise (a LoRA trained on the fused
+    weight, as sd-scripts trains) every part shares the whole down matrix and its slice of the up rows.
+    """
+    from loratui.lora.fileformat import LoRAFileError
+
+    try:
+        paths = flux_diffusers_parts(module)
+    except ValueError as exc:
+        raise LoRAFileError(f"LoRA file {where}: {exc}") from None
+    rank = int(down.shape[0])
+    if len(paths) == 1:
+        return {paths[0]: (down, up, alpha)}
+    width = up.shape[0] // (3 if module.endswith(".qkv") else 7)
+    dims = flux_fused_dims(module, width)
+    if sum(dims) != up.shape[0]:
+        raise LoRAFileError(f"LoRA file {where}: {module} has {up.shape[0]} output rows, not the {sum(dims)} "
+                            "a FLUX block fuses there")
+    starts = [sum(dims[:i]) for i in range(len(dims))]
+    rows = {i: up[starts[i]:starts[i] + dims[i]] for i in range(len(dims))}
+    present = [i for i in rows if bool(rows[i].abs().sum() > 0)] or list(rows)
+    scale = alpha / rank
+    if rank % len(present) == 0:
+        r = rank // len(present)
+        diagonal = all(bool((rows[i][:, k * r:(k + 1) * r] == 0).all())
+                       for j, i in enumerate(present) for k in range(len(present)) if k != j)
+        if diagonal:
+            return {paths[i]: (down[j * r:(j + 1) * r], rows[i][:, j * r:(j + 1) * r].contiguous(), scale * r)
+                    for j, i in enumerate(present)}
+    return {paths[i]: (down, rows[i].contiguous(), alpha) for i in present}

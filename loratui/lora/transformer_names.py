@@ -1,0 +1,193 @@
+"""LoRA targets and file names of the flow-matching transformers (SD3.x, FLUX.1).
+
+Presets mean what they mean on the UNets:
+
+- ``attention``: the attention projections of every block: q, k, v and the
+  output of the image stream and of the text stream (``add_*_proj``,
+  ``to_add_out``), SD3's second self-attention (``attn2``), and in FLUX's
+  single blocks q, k, v and ``proj_out`` (the output they share with the MLP).
+- ``attention+ff``: those plus both streams' feed-forward layers (and the
+  single blocks' ``proj_mlp``).
+- ``all``: every linear layer inside the blocks, the adaptive-norm
+  modulation included; this is what sd-scripts trains on FLUX by default.
+
+Inside loratui a module is named ``lora_unet_`` + its diffusers path with
+underscores. FLUX files are written in Black Forest Labs' module layout, as
+sd-scripts writes them and ComfyUI, Forge and diffusers read them: diffusers'
+separate q, k, v (and the single blocks' q, k, v, MLP-in) become one fused
+``qkv`` (``linear1``) module whose down matrices are stacked and whose up
+matrix is block-diagonal, which is exactly the sum of the separate LoRAs.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+INTERNAL_PREFIX = "lora_unet_"
+BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
+
+_ATTENTION = re.compile(
+    r"attn2?\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)$|^proj_out$"
+)
+_FEED_FORWARD = re.compile(r"(ff|ff_context)\.net\.(0\.proj|2)$|^proj_mlp$")
+
+
+def internal_name(path: str) -> str:
+    return INTERNAL_PREFIX + path.replace(".", "_")
+
+
+def _in_preset(sub_path: str, preset: str) -> bool:
+    if preset == "all":
+        return True
+    if _ATTENTION.search(sub_path):
+        return True
+    return preset == "attention+ff" and bool(_FEED_FORWARD.search(sub_path))
+
+
+def transformer_targets(root: nn.Module, preset: str) -> list[tuple[str, nn.Module]]:
+    """(path, Linear) of every layer the preset trains, in module order; paths relative to ``root``."""
+    found = []
+    for list_name in BLOCK_LISTS:
+        blocks = getattr(_unwrap(root), list_name, None)
+        if blocks is None:
+            continue
+        for index, block in enumerate(blocks):
+            for sub_path, module in block.named_modules():
+                if not isinstance(module, nn.Linear) or "lora_down" in sub_path or "lora_up" in sub_path:
+                    continue
+                if sub_path.endswith(".base"):
+                    continue
+                if _in_preset(sub_path, preset):
+                    found.append((f"{list_name}.{index}.{sub_path}", module))
+    return found
+
+
+def _unwrap(root: nn.Module) -> nn.Module:
+    while True:
+        inner = getattr(root, "module", None) or getattr(root, "_orig_mod", None)
+        if inner is None:
+            return root
+        root = inner
+
+
+def expected_transformer_count(config: object, family: str, preset: str) -> int | None:
+    """Layers a preset wraps, from the transformer's config alone (None for an unknown layout)."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    layers = get("num_layers")
+    if not isinstance(layers, int):
+        return None
+    ff = preset in ("attention+ff", "all")
+    mod = preset == "all"
+    if family == "flux":
+        single = get("num_single_layers", 0)
+        double_each = 8 + (4 if ff else 0) + (2 if mod else 0)
+        single_each = 4 + (1 if ff else 0) + (1 if mod else 0)
+        return layers * double_each + int(single) * single_each
+    if family == "sd3":
+        dual = len(get("dual_attention_layers", ()) or ())
+        # The last joint block reads the text but writes none back: no to_add_out, no
+        # ff_context, and its context norm is a plain AdaLayerNormContinuous (one linear).
+        full = 8 + (4 if ff else 0) + (2 if mod else 0)
+        last = 7 + (2 if ff else 0) + (2 if mod else 0)
+        return (layers - 1) * full + last + 4 * dual
+    return None
+
+
+# -- FLUX: diffusers paths <-> Black Forest Labs modules ---------------------------------------
+
+# Within a double block: diffusers sub-path -> (BFL sub-module, part, parts).
+_FLUX_DOUBLE = {
+    "attn.to_q": ("img_attn.qkv", 0, 3), "attn.to_k": ("img_attn.qkv", 1, 3), "attn.to_v": ("img_attn.qkv", 2, 3),
+    "attn.add_q_proj": ("txt_attn.qkv", 0, 3), "attn.add_k_proj": ("txt_attn.qkv", 1, 3),
+    "attn.add_v_proj": ("txt_attn.qkv", 2, 3),
+    "attn.to_out.0": ("img_attn.proj", 0, 1), "attn.to_add_out": ("txt_attn.proj", 0, 1),
+    "ff.net.0.proj": ("img_mlp.0", 0, 1), "ff.net.2": ("img_mlp.2", 0, 1),
+    "ff_context.net.0.proj": ("txt_mlp.0", 0, 1), "ff_context.net.2": ("txt_mlp.2", 0, 1),
+    "norm1.linear": ("img_mod.lin", 0, 1), "norm1_context.linear": ("txt_mod.lin", 0, 1),
+}  # fmt: skip
+_FLUX_SINGLE = {
+    "attn.to_q": ("linear1", 0, 4), "attn.to_k": ("linear1", 1, 4), "attn.to_v": ("linear1", 2, 4),
+    "proj_mlp": ("linear1", 3, 4), "proj_out": ("linear2", 0, 1), "norm.linear": ("modulation.lin", 0, 1),
+}  # fmt: skip
+_FLUX_TOP = {"double": ("transformer_blocks", _FLUX_DOUBLE), "single": ("single_transformer_blocks", _FLUX_SINGLE)}
+
+
+def flux_bfl_module(path: str) -> tuple[str, int, int]:
+    """``transformer_blocks.3.attn.to_k`` -> (``double_blocks.3.img_attn.qkv``, 1, 3): the BFL module, this
+    layer's place among the layers fused into it, and how many are fused."""
+    m = re.fullmatch(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)", path)
+    if m:
+        table = _FLUX_DOUBLE if m.group(1) == "transformer_blocks" else _FLUX_SINGLE
+        prefix = "double_blocks" if m.group(1) == "transformer_blocks" else "single_blocks"
+        if m.group(3) in table:
+            sub, part, parts = table[m.group(3)]
+            return f"{prefix}.{m.group(2)}.{sub}", part, parts
+    raise ValueError(f"no FLUX (Black Forest Labs) module for transformer layer {path!r}")
+
+
+def flux_diffusers_parts(bfl_module: str) -> list[str]:
+    """The diffusers layers fused into a BFL module, in their order inside its weight."""
+    m = re.fullmatch(r"(double|single)_blocks\.(\d+)\.(.+)", bfl_module)
+    if m:
+        list_name, table = _FLUX_TOP[m.group(1)]
+        parts = sorted(((part, sub) for sub, (bfl, part, _) in table.items() if bfl == m.group(3)))
+        if parts:
+            return [f"{list_name}.{m.group(2)}.{sub}" for _, sub in parts]
+    raise ValueError(f"not a FLUX block module this LoRA layout knows: {bfl_module!r}")
+
+
+_BFL_COMPOUND = ("double_blocks", "single_blocks", "img_attn", "txt_attn", "img_mlp", "txt_mlp", "img_mod",
+                 "txt_mod")
+
+
+def bfl_from_underscores(name: str) -> str:
+    """``double_blocks_0_img_attn_qkv`` -> ``double_blocks.0.img_attn.qkv``."""
+    tokens = name.split("_")
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        pair = "_".join(tokens[i:i + 2])
+        if pair in _BFL_COMPOUND:
+            out.append(pair)
+            i += 2
+        else:
+            out.append(tokens[i])
+            i += 1
+    return ".".join(out)
+
+
+def flux_fused_dims(bfl_module: str, part_out: int) -> list[int]:
+    """Output rows of each fused part, from one q/k/v part's width (FLUX's MLP is 4x wider)."""
+    if bfl_module.endswith(".linear1"):
+        return [part_out, part_out, part_out, 4 * part_out]
+    if bfl_module.endswith(".qkv"):
+        return [part_out] * 3
+    return [part_out]
+
+
+# Identifiers with "_" inside them in the transformers' diffusers paths, longest first.
+_TRANSFORMER_COMPOUND = sorted(
+    ["single_transformer_blocks", "transformer_blocks", "to_q", "to_k", "to_v", "to_out", "add_q_proj",
+     "add_k_proj", "add_v_proj", "to_add_out", "ff_context", "norm1_context", "proj_mlp", "proj_out"],
+    key=lambda s: -s.count("_"),
+)
+
+
+def path_from_internal(name: str) -> str:
+    """``lora_unet_transformer_blocks_0_attn_add_q_proj`` -> ``transformer_blocks.0.attn.add_q_proj``."""
+    tokens = name.removeprefix(INTERNAL_PREFIX).split("_")
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        for word in _TRANSFORMER_COMPOUND:
+            parts = word.split("_")
+            if tokens[i:i + len(parts)] == parts:
+                out.append(word)
+                i += len(parts)
+                break
+        else:
+            out.append(tokens[i])
+            i += 1
+    return ".".join(out)

@@ -197,7 +197,8 @@ def keep(shot: Path, name: str) -> None:
 
 
 XTERM = ["xterm", "-ti", "vt340", "-xrm", "XTerm*decTerminalID: vt340", "-xrm", "XTerm*numColorRegisters: 256",
-         "-xrm", "XTerm*sixelScrolling: true", "-b", "0", "-fa", "DejaVu Sans Mono", "-fs", "10", "-geometry", f"{COLS}x{ROWS}+0+0"]
+         "-xrm", "XTerm*sixelScrolling: true", "-b", "0", "-fa", "DejaVu Sans Mono", "-fs", "10",
+         "-geometry", f"{COLS}x{ROWS}+0+0"]
 
 
 def run_in_xterm(display: Display, command: str, env_term: str = "xterm") -> subprocess.Popen:

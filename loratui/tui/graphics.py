@@ -130,8 +130,9 @@ def _cell_from(environ: Mapping[str, str], stdout: TextIO) -> tuple[int, int] | 
         cell = window_cell_size(stdout.fileno())
     except (AttributeError, ValueError, OSError):
         cell = None
-    if cell is None and environ.get("TEXTUAL_CELL_WIDTH", "").isdigit() and environ.get("TEXTUAL_CELL_HEIGHT", "").isdigit():
-        cell = int(environ["TEXTUAL_CELL_WIDTH"]), int(environ["TEXTUAL_CELL_HEIGHT"])
+    width, height = environ.get("TEXTUAL_CELL_WIDTH", ""), environ.get("TEXTUAL_CELL_HEIGHT", "")
+    if cell is None and width.isdigit() and height.isdigit():
+        cell = int(width), int(height)  # what textual-serve sets for a browser terminal
     return cell if cell and all(cell) else None
 
 

@@ -171,11 +171,11 @@ class ImageView(Widget):
         self.method: Method = method or image_method()
         """kitty draws through a textual-image widget inside this one; sixel and halfblock draw here."""
         self._problem = ""
-        """Why the picture cannot be shown (kitty and sixel only; halfblock finds out as it draws)."""
+        """Why the picture cannot be shown (kitty only; sixel and halfblock find out as they draw)."""
         self._encoding: set[SixelKey] = set()
         """Sixel pictures being encoded in a worker thread."""
         self._graphic: Any = None
-        """textual-image's widget (kitty and sixel only)."""
+        """textual-image's widget (kitty only)."""
 
     def compose(self) -> ComposeResult:
         if self.method == "kitty":

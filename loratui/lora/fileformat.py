@@ -40,7 +40,7 @@ from loratui.lora.naming import (
 from loratui.lora.safetensors_io import LoRAFileError, read_validated_bytes, safetensors_hashes, write_atomic
 from loratui.lora.variants import KNOWN_SUFFIXES, UNSUPPORTED_HINT, kind_of_suffixes, rank_of
 
-from loratui.lora.transformer_files import guess_transformer_family, read_transformer_file
+from loratui.lora.transformer_files import guess_transformer_family, read_transformer_file, transformer_tensors
 
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 _KOHYA_PREFIXES = tuple(p + "_" for p in KOHYA_PREFIX.values())
@@ -219,21 +219,12 @@ def _write(path: Path, entries: list[_Entry], family: str, metadata: Mapping[str
     if not entries:
         raise ValueError(f"there are no LoRA modules to save to {path}")
     if family in TRANSFORMER_FAMILIES:
-        tensors, extra = _transformer_tensors(entries, family, dtype, fmt)
+        tensors, extra = transformer_tensors(entries, family, fmt, lambda t: _cast(t, dtype),
+                                             lambda a: _alpha_tensor(a, dtype))
     else:
         tensors, extra = (_kohya_tensors if fmt == "kohya" else _diffusers_tensors)(entries, dtype)
     meta = {**_default_metadata(entries, family), **_stringify(metadata), **extra}
     write_atomic(Path(path), _serialise_with_hashes(tensors, meta))
-
-
-def _transformer_tensors(entries: list[_Entry], family: str, dtype: torch.dtype | None,
-                         fmt: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """FLUX: sd-scripts' layout by default; SD3 always, FLUX on request: PEFT keys (see transformer_files)."""
-    from loratui.lora.transformer_files import flux_kohya_tensors, transformer_diffusers_tensors
-
-    if family == "flux" and fmt == "kohya":
-        return flux_kohya_tensors(entries, lambda t: _cast(t, dtype), lambda a: _alpha_tensor(a, dtype)), {}
-    return transformer_diffusers_tensors(entries, lambda t: _cast(t, dtype))
 
 
 def save_kohya(path: str | os.PathLike[str], networks: Mapping[str, LoRANetwork], metadata: Mapping[str, object],

@@ -48,6 +48,15 @@ def _baked_up(weights: Any) -> torch.Tensor:
 # -- writing ---------------------------------------------------------------------------------------
 
 
+def transformer_tensors(entries: list[Any], family: str, fmt: str, cast: Callable[[torch.Tensor], torch.Tensor],
+                        alpha_tensor: Callable[[float], torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors (and extra metadata) of a file for this family: FLUX in sd-scripts' layout by default;
+    SD3 always, and FLUX on request, as PEFT keys."""
+    if family == "flux" and fmt == "kohya":
+        return flux_kohya_tensors(entries, cast, alpha_tensor), {}
+    return transformer_diffusers_tensors(entries, cast)
+
+
 def flux_kohya_tensors(entries: list[Any], cast: Callable[[torch.Tensor], torch.Tensor],
                        alpha_tensor: Callable[[float], torch.Tensor]) -> dict[str, torch.Tensor]:
     """sd-scripts' FLUX layout: BFL module names, the layers diffusers keeps apart fused into one module."""

@@ -68,7 +68,9 @@ def test_written_file_loads_with_from_single_file_and_is_detected(tmp_path: Path
         theirs = getattr(loaded, component).state_dict()
         assert theirs.keys() == ours.state_dict().keys()
         assert all(torch.equal(theirs[k], v) for k, v in ours.state_dict().items()), component
-    torch.testing.assert_close(_unet_output(loaded), _unet_output(pipe), rtol=0, atol=0)
+    # Every weight is equal to the bit (above); the outputs up to summation order, because the converted
+    # tensors may sit in memory with other strides, which picks other CPU kernels.
+    torch.testing.assert_close(_unet_output(loaded), _unet_output(pipe), rtol=1e-5, atol=1e-5)
     assert loaded.scheduler.config.prediction_type == pred
 
     # Family from the file's keys alone; SD2's v-prediction from its v_pred marker.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -84,12 +85,21 @@ class HeadlessConsole:
 
 
 class SignalBridge:
-    """Turns SIGINT/SIGTERM into engine commands; remembers which one asked to stop."""
+    """Turns SIGINT/SIGTERM into engine commands; remembers which one asked to stop.
 
-    def __init__(self, commands: CommandChannel, console: Console) -> None:
+    Under a multi-process launcher (torchrun, accelerate launch) one Ctrl+C reaches each process twice:
+    from the terminal and passed on by the launcher a moment later. A repeat within ``repeat_s`` is that
+    same request, not a second Ctrl+C; and only rank 0 speaks (it decides for the whole run).
+    """
+
+    def __init__(self, commands: CommandChannel, console: Console, *, repeat_s: float = 0.0,
+                 quiet: bool = False) -> None:
         self.commands = commands
         self.console = console
         self.stop_signal: int | None = None
+        self.repeat_s = repeat_s
+        self.quiet = quiet
+        self._first_at = 0.0
         self._old: dict[int, object] = {}
 
     def install(self) -> None:
@@ -104,23 +114,30 @@ class SignalBridge:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.stop_signal is not None:
+            if time.monotonic() - self._first_at < self.repeat_s:
+                return
             # Second request: leave now. Files are written by rename, so none is left half-written.
-            self.console.print("\nstopped without saving.")
+            if not self.quiet:
+                self.console.print("\nstopped without saving.")
             os._exit(EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
         self.stop_signal = signum
-        self.console.print("\nstopping after this step and saving a checkpoint… (Ctrl+C again to quit at once)")
+        self._first_at = time.monotonic()
+        if not self.quiet:
+            self.console.print("\nstopping after this step and saving a checkpoint… (Ctrl+C again to quit at once)")
         self.commands.send(Command.STOP)
 
 
 def run_headless(project_dir: Path, *, resume: bool = False, overrides: Sequence[str] = (),
                  max_steps: int | None = None, console: Console | None = None) -> int:
+    from loratui.engine.distributed import is_main_process, launched_distributed
     from loratui.engine.runner import run_training
 
     # soft_wrap: long paths stay on one line, so a resume command can be copied as printed.
     console = console or Console(soft_wrap=True)
     commands = CommandChannel()
     view = HeadlessConsole(console)
-    bridge = SignalBridge(commands, console)
+    main = is_main_process()
+    bridge = SignalBridge(commands, console, repeat_s=1.0 if launched_distributed() else 0.0, quiet=not main)
     bridge.install()
     try:
         lora = run_training(project_dir, emit=view, commands=commands, resume=resume, overrides=overrides,
@@ -131,6 +148,8 @@ def run_headless(project_dir: Path, *, resume: bool = False, overrides: Sequence
     finally:
         view.close()
         bridge.restore()
+    if not main:
+        return 0  # rank 0 speaks for the run
     if bridge.stop_signal is not None:
         console.print(f"stopped at step {view.finished.step if view.finished else '?'}; checkpoint saved. "
                       f"Resume with: loratui train {project_dir} --headless --resume")

@@ -171,6 +171,8 @@ def run_training(project_dir: Path, *, emit: EventSink, commands: CommandChannel
     except Exception as exc:
         step = trainer.step if trainer is not None else None
         reported = ranks.explain(exc)
+        if isinstance(reported, distributed.PeerLost) and ranks.is_main:
+            reported = distributed.PeerLost(f"{reported}{_resume_hint(paths)}")
         if reported is exc:
             log.exception("training failed")
         else:
@@ -202,17 +204,22 @@ def _failures_only(emit: EventSink) -> EventSink:
 
 def _report_lost(message: str, emit: EventSink, paths: ProjectPaths, lock: RunLock | None, trainer) -> str:
     """A peer rank is gone and this process leaves at once: say so, and where the run can go on from."""
-    from loratui.engine.checkpoint import latest_checkpoint
-
-    latest = latest_checkpoint(paths.checkpoints)
     if lock is not None:
-        if latest is not None:
-            message += (f" The newest complete checkpoint is {latest}; continue with `loratui train {paths.root} "
-                        "--headless --resume` (with any number of processes).")
+        message += _resume_hint(paths)
         emit(Failed(message=message, log_path=str(paths.log_file),
                     step=trainer.step if trainer is not None else None))
         lock.release()
     return message
+
+
+def _resume_hint(paths: ProjectPaths) -> str:
+    from loratui.engine.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(paths.checkpoints)
+    if latest is None:
+        return " No checkpoint was written yet; start again."
+    return (f" The newest complete checkpoint is {latest}; continue with `loratui train {paths.root} --headless "
+            "--resume` (with any number of processes).")
 
 
 def failure_message(exc: BaseException) -> str:

@@ -130,10 +130,20 @@ class SignalBridge:
 def run_headless(project_dir: Path, *, resume: bool = False, overrides: Sequence[str] = (),
                  max_steps: int | None = None, console: Console | None = None) -> int:
     from loratui.engine.distributed import is_main_process, launched_distributed
-    from loratui.engine.runner import run_training
+    from loratui.engine.runner import prepare_config, run_training
 
     # soft_wrap: long paths stay on one line, so a resume command can be copied as printed.
     console = console or Console(soft_wrap=True)
+    if not launched_distributed():
+        processes = _processes_to_start(prepare_config(Path(project_dir), overrides))
+        if processes > 1:
+            from loratui.engine.distributed import launch
+
+            args = ["train", str(project_dir), "--headless", *(["--resume"] if resume else []),
+                    *(["--max-steps", str(max_steps)] if max_steps is not None else [])]
+            for item in overrides:
+                args += ["--set", item]
+            return launch(processes, args, echo=lambda line: console.print(line, highlight=False))
     commands = CommandChannel()
     view = HeadlessConsole(console)
     main = is_main_process()
@@ -158,3 +168,12 @@ def run_headless(project_dir: Path, *, resume: bool = False, overrides: Sequence
     console.print(f"  diffusers: pipe.load_lora_weights(\"{lora}\")")
     console.print("  ComfyUI: copy it to ComfyUI/models/loras/; A1111/Forge: models/Lora/")
     return 0
+
+
+def _processes_to_start(cfg) -> int:
+    """train.num_processes resolved; an explicit 1 answers without importing torch."""
+    if cfg.train.num_processes == 1:
+        return 1
+    from loratui.engine.distributed import planned_processes
+
+    return planned_processes(cfg.train.num_processes)

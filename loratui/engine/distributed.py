@@ -63,6 +63,10 @@ class BarrierTimeout(UserError):
     pass
 
 
+class RanksDisagree(UserError):
+    """The ranks would not train the same run (e.g. they see different checkpoints)."""
+
+
 def env_rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 

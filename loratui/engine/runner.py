@@ -156,6 +156,7 @@ def run_training(project_dir: Path, *, emit: EventSink, commands: CommandChannel
         trainer = Trainer(project_dir, cfg, emit=fan, commands=distributed.command_channel(commands, ranks),
                           resume=resume, max_steps=max_steps, ranks=ranks)
         trainer.setup()
+        _check_same_start(ranks, trainer.step)
         if ranks.is_main:
             truncate_metrics(paths.metrics, trainer.step)
             metrics = MetricsWriter(paths.metrics)
@@ -192,6 +193,16 @@ def run_training(project_dir: Path, *, emit: EventSink, commands: CommandChannel
             lock.release()
         logging.getLogger("loratui").removeHandler(handler)
         handler.close()
+
+
+def _check_same_start(ranks: distributed.Ranks, step: int) -> None:
+    """Every rank must continue from the checkpoint rank 0 resumed from (a project folder that is not
+    shared between machines gives the others none, or an older one)."""
+    first = ranks.broadcast(step)
+    if step != first:
+        raise distributed.RanksDisagree(
+            f"rank {ranks.rank} would start at step {step} but rank 0 at step {first}: they do not see the same "
+            "checkpoints. On several machines the project folder must be on storage they all share.")
 
 
 def _failures_only(emit: EventSink) -> EventSink:

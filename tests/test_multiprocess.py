@@ -197,3 +197,43 @@ def test_resume_check_names_a_change_in_the_number_of_processes() -> None:
     old_checkpoint = config_digest(cfg, "x")
     del old_checkpoint["processes"]
     assert describe_differences(old_checkpoint, config_digest(cfg, "x")) == ([], [])
+
+
+def test_a_frozen_rank_is_noticed_by_its_silence(sample_project: Path) -> None:
+    """SIGSTOP leaves the process alive and its sockets open, as a hung GPU or lost machine would: no
+    collective fails, so only the heartbeat can tell. Rank 0 must leave with a message, not wait."""
+    from loratui.engine.distributed import EXIT_PEER_LOST, PEER_SILENT_S
+
+    launcher = subprocess.Popen(_torchrun("-m", "loratui", "train", str(sample_project), "--headless",
+                                          "--max-steps", "50", *_sets("save.every_n_steps=2")),
+                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    frozen = None
+    try:
+        deadline = time.monotonic() + 400
+        while len(_metrics(sample_project)) < 2:
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.stdout.read()[-3000:]
+            time.sleep(0.2)
+        rank0, frozen = _rank_pid(launcher.pid, 0), _rank_pid(launcher.pid, 1)
+        assert rank0 is not None and frozen is not None
+        os.kill(frozen, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        while _alive(rank0) and time.monotonic() - frozen_at < 90:
+            time.sleep(0.2)
+        took = time.monotonic() - frozen_at
+    finally:
+        if frozen is not None:
+            os.kill(frozen, signal.SIGKILL)
+        out, _ = launcher.communicate(timeout=120)
+    assert took < 60, f"rank 0 took {took:.0f} s to leave"
+    assert took > PEER_SILENT_S - 1  # it waited for the silence, not a failed collective
+    assert f"rank 1 (process {frozen} on " in out and "has not answered" in out, out[-3000:]
+    assert f"exitcode  : {EXIT_PEER_LOST}" in out  # torchrun's summary of rank 0
+    assert not _alive_lock(ProjectPaths(sample_project))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

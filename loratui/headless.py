@@ -135,10 +135,10 @@ def run_headless(project_dir: Path, *, resume: bool = False, overrides: Sequence
     # soft_wrap: long paths stay on one line, so a resume command can be copied as printed.
     console = console or Console(soft_wrap=True)
     if not launched_distributed():
-        processes = _processes_to_start(prepare_config(Path(project_dir), overrides))
-        if processes > 1:
-            from loratui.engine.distributed import launch
+        from loratui.engine.launch import launch, processes_to_start
 
+        processes = processes_to_start(prepare_config(Path(project_dir), overrides))
+        if processes > 1:
             args = ["train", str(project_dir), "--headless", *(["--resume"] if resume else []),
                     *(["--max-steps", str(max_steps)] if max_steps is not None else [])]
             for item in overrides:
@@ -169,11 +169,3 @@ def run_headless(project_dir: Path, *, resume: bool = False, overrides: Sequence
     console.print("  ComfyUI: copy it to ComfyUI/models/loras/; A1111/Forge: models/Lora/")
     return 0
 
-
-def _processes_to_start(cfg) -> int:
-    """train.num_processes resolved; an explicit 1 answers without importing torch."""
-    if cfg.train.num_processes == 1:
-        return 1
-    from loratui.engine.distributed import planned_processes
-
-    return planned_processes(cfg.train.num_processes)

@@ -237,3 +237,35 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def test_the_dashboard_starts_two_processes_and_steers_them(sample_project: Path) -> None:
+    """The dashboard's path: its training process starts the ranks itself and relays rank 0's events;
+    pause, resume and stop sent to it reach both ranks."""
+    from loratui.commands import Command, CommandChannel
+    from loratui.engine.child import run_in_child
+    from loratui.events import Event, Finished, Paused, Resumed, Status, StepDone
+
+    commands = CommandChannel()
+    seen: list[Event] = []
+
+    def emit(event: Event) -> None:
+        seen.append(event)
+        if isinstance(event, StepDone) and event.step == 1:
+            commands.send(Command.PAUSE)
+        elif isinstance(event, Paused):
+            commands.send(Command.RESUME)
+        elif isinstance(event, Resumed):
+            commands.send(Command.STOP)
+
+    run_in_child(sample_project, emit=emit, commands=commands, max_steps=50,
+                 overrides=[*FAST, "train.num_processes=2", "save.every_n_steps=0"])
+    assert any(isinstance(e, Status) and e.text.startswith("2 processes:") for e in seen)
+    steps = [e.step for e in seen if isinstance(e, StepDone)]
+    pause = [e.step for e in seen if isinstance(e, (Paused, Resumed))]
+    # Commands travel through pipes while the run goes on, so they land a step or two later.
+    assert len(pause) == 2 and pause[0] == pause[1] and steps == list(range(1, len(steps) + 1)) and len(steps) < 6
+    finished = [e for e in seen if isinstance(e, Finished)]
+    assert len(finished) == 1 and finished[0].step == steps[-1] and finished[0].stopped_early
+    assert [p.name for p in ProjectPaths(sample_project).checkpoints.iterdir()] == [f"step-{steps[-1]:06d}"]
+    assert not list(ProjectPaths(sample_project).logs.glob(".events-*"))

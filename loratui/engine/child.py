@@ -176,18 +176,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loratui.engine.child",
                                  description="Train a project for the TUI (it starts this itself).")
     ap.add_argument("project_dir", type=Path)
-    ap.add_argument("--events-fd", type=int, required=True)
+    ap.add_argument("--events-fd", type=int)
+    ap.add_argument("--events-fifo", type=Path, help=argparse.SUPPRESS)  # rank 0 of several processes
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--max-steps", type=int)
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the TUI sends Stop or Abort; keys never reach here
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    from loratui.engine.runner import run_training
+    from loratui.engine.distributed import is_main_process, launched_distributed
+    from loratui.engine.runner import prepare_config, run_training
 
+    if not launched_distributed():
+        from loratui.engine.launch import launch_for_child, processes_to_start
+
+        try:
+            processes = processes_to_start(prepare_config(args.project_dir, args.overrides))
+        except Exception:  # noqa: BLE001 - run_training below reports a bad config as usual
+            processes = 1
+        if processes > 1:
+            child_args = [str(args.project_dir), *(["--resume"] if args.resume else []),
+                          *(["--max-steps", str(args.max_steps)] if args.max_steps is not None else [])]
+            for item in args.overrides:
+                child_args += ["--set", item]
+            fifo = ProjectPaths(args.project_dir).logs / f".events-{os.getpid()}.fifo"
+            return launch_for_child(processes, child_args, args.events_fd, fifo,
+                                    echo=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.events_fd is None and args.events_fifo is None:
+        ap.error("--events-fd is required")
     commands = CommandChannel()
-    emit = _EventWriter(args.events_fd, commands)
-    threading.Thread(target=_read_commands, args=(commands,), name="loratui-commands", daemon=True).start()
+    if is_main_process():
+        fd = args.events_fd if args.events_fifo is None else os.open(args.events_fifo, os.O_WRONLY)
+        emit: Callable[[Event], None] = _EventWriter(fd, commands)
+        threading.Thread(target=_read_commands, args=(commands,), name="loratui-commands", daemon=True).start()
+    else:
+        def emit(event: Event) -> None:  # rank 0 speaks for the run; a failure here lands in the output log
+            if isinstance(event, Failed):
+                print(event.message, file=sys.stderr, flush=True)
     try:
         run_training(args.project_dir, emit=emit, commands=commands, resume=args.resume,
                      overrides=args.overrides, max_steps=args.max_steps)

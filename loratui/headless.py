@@ -163,6 +163,8 @@ def run_headless(project_dir: Path, *, resume: bool = False, overrides: Sequence
     if bridge.stop_signal is not None:
         console.print(f"stopped at step {view.finished.step if view.finished else '?'}; checkpoint saved. "
                       f"Resume with: loratui train {project_dir} --headless --resume")
+        if launched_distributed():
+            return 0  # a launcher reports any other code as a crash, with a traceback, after a clean stop
         return EXIT_SIGINT if bridge.stop_signal == signal.SIGINT else EXIT_SIGTERM
     console.print(f"[bold green]done[/]: {lora}")
     console.print(f"  diffusers: pipe.load_lora_weights(\"{lora}\")")

@@ -98,7 +98,8 @@ def _steps(project: Path, rank: int) -> list[dict]:
 
 
 def test_pause_resume_and_stop_reach_both_ranks(sample_project: Path) -> None:
-    script = json.dumps({"pause_after": 2, "pause_s": 4.0, "stop_after": 3})
+    # Paused longer than PAUSE_KEEPALIVE_S, so rank 1 waits through "still paused" broadcasts.
+    script = json.dumps({"pause_after": 2, "pause_s": 7.0, "stop_after": 3})
     done = subprocess.run(_torchrun(str(REPO / "tests" / "multiprocess_worker.py"), str(sample_project), script,
                                     *_sets("train.max_steps=8", "save.every_n_steps=0")),
                           env=_env(), capture_output=True, text=True, timeout=600)
@@ -107,7 +108,7 @@ def test_pause_resume_and_stop_reach_both_ranks(sample_project: Path) -> None:
               .read_text().splitlines()]
     paused = next(e for e in events if e["type"] == "Paused")
     resumed = next(e for e in events if e["type"] == "Resumed")
-    assert paused["step"] == resumed["step"] == 2 and resumed["t"] - paused["t"] >= 3.5
+    assert paused["step"] == resumed["step"] == 2 and resumed["t"] - paused["t"] >= 6.5
     for rank in (0, 1):
         steps = _steps(sample_project, rank)
         # The step counter held on both ranks while paused, and both stopped after step 3.

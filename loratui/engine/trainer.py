@@ -302,12 +302,11 @@ class Trainer:
         s = self._session()
         if not s.accelerator.is_main_process:
             return None
+        digest = config_digest(self.cfg, s.dataset.fingerprint(), processes=s.accelerator.num_processes)
         state = ckpt.TrainState(
             step=self.step, micro_batch=self.micro_batch,
             epoch=self.epoch, skipped_steps=self.skipped_steps,
-            loratui_version=loratui.__version__, config_digest=config_digest(self.cfg, s.dataset.fingerprint(),
-                                                                   processes=s.accelerator.num_processes),
-            saved_at=time.time())
+            loratui_version=loratui.__version__, config_digest=digest, saved_at=time.time())
         try:
             path = ckpt.write_checkpoint(
                 self.paths.checkpoints, state, lora=s.lora_state_dict(), optimizer=s.optimizer.state_dict(),

@@ -198,7 +198,8 @@ class Ranks:
                     return (f"rank {r}{where} has not answered for {now - last[1]:.0f} s: it died, hung or lost "
                             "its network connection.")
         except Exception as exc:  # noqa: BLE001 - the store lives with the launcher (or rank 0)
-            return f"the run's rendezvous store stopped answering ({exc.__class__.__name__}): rank 0 or the launcher is gone."
+            return (f"the run's rendezvous store stopped answering ({exc.__class__.__name__}): rank 0 or the "
+                    "launcher is gone.")
         return None
 
     def _peer(self, r: int) -> dict[str, Any] | None:

@@ -55,8 +55,6 @@ def _metrics(project: Path) -> list[dict]:
 
 def test_two_processes_train_to_the_end_like_one_process_with_double_accumulation(sample_project: Path,
                                                                                  tmp_path: Path, capfd) -> None:
-    one = tmp_path / "one"
-    shutil.copytree(sample_project, one)
     # train.num_processes = 2 makes `loratui train --headless` start the processes itself (torchrun on the
     # CPU, accelerate launch on GPUs).
     code = main(["train", str(sample_project), "--headless", "--max-steps", "5",
@@ -76,10 +74,15 @@ def test_two_processes_train_to_the_end_like_one_process_with_double_accumulatio
     assert out.count("done: ") == 1 and out.count("training 16 images") == 1, out  # rank 1 stays quiet
     assert "2 processes: each optimizer step takes batch 2 × accumulation 1 × 2 processes = 4 images" in out
 
+    # Each rank encoded half of the images and read the other half from the cache.
+    for log in (paths.log_file, paths.logs / "train-rank1.log"):
+        assert "latents: 8 from cache, 8 encoded" in log.read_text(), log
+    one = tmp_path / "one"
+    shutil.copytree(sample_project, one, ignore=shutil.ignore_patterns("output", "checkpoints", "logs"))
     code = main(["train", str(one), "--headless", "--max-steps", "5", *_sets("train.grad_accum=2",
                                                                             "save.every_n_steps=2")])
     assert code == 0
-    capfd.readouterr()
+    assert "latents: 16 from cache, 0 encoded" in capfd.readouterr().out  # the shared cache is complete
     two_procs = load_file(str(paths.output / "zxc_toy.safetensors"))
     one_proc = load_file(str(ProjectPaths(one).output / "zxc_toy.safetensors"))
     assert two_procs.keys() == one_proc.keys()

@@ -269,14 +269,16 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
         status("waiting for the other processes to finish encoding")
         ranks.barrier("encoding images", timeout_s=distributed.CACHE_BARRIER_TIMEOUT_S)
         progress = None
-        cache.hits = 0  # the count below then says what this rank read back and what it encoded itself
+        cache.hits = 0
     dataset = prepare_dataset(scan.usable, progress=progress, **prepare)
     for line in dataset.skipped:
         status(f"skipping {line}", "warning")
     if not dataset.items:
         raise DatasetEmpty(f"none of the images in {images_dir} could be encoded; see the messages above.")
     if cache is not None:
-        status(f"latents: {cache.hits} from cache, {cache.misses} encoded")
+        # Sharded, the second pass read back this rank's own share too: those were encoded, not found.
+        found = cache.hits - (cache.misses if ranks.distributed else 0)
+        status(f"latents: {found} from cache, {cache.misses} encoded")
     model.vae.to("cpu")  # not needed until sampling; frees GPU memory for the UNet
 
     networks, groups, trained_tes = _inject(cfg, model, paths)

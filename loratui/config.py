@@ -126,6 +126,8 @@ class TrainConfig:
                            "the host's cost per step (largest gain at batch 1); max-autotune searches kernels",
                            choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     channels_last: bool = _f(True, "channels_last memory layout for the UNet; faster convolutions on GPU")
+    num_processes: int = _f(0, "processes to train with, one per GPU, each taking its share of every step; "
+                            "0 uses every visible GPU (1 without a GPU)", min=0, max=1024)
 
 
 @dataclass

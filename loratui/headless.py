@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -104,12 +105,21 @@ def validation_line(event: ValidationDone) -> str:
 
 
 class SignalBridge:
-    """Turns SIGINT/SIGTERM into engine commands; remembers which one asked to stop."""
+    """Turns SIGINT/SIGTERM into engine commands; remembers which one asked to stop.
 
-    def __init__(self, commands: CommandChannel, console: Console) -> None:
+    Under a multi-process launcher (torchrun, accelerate launch) one Ctrl+C reaches each process twice:
+    from the terminal and passed on by the launcher a moment later. A repeat within ``repeat_s`` is that
+    same request, not a second Ctrl+C; and only rank 0 speaks (it decides for the whole run).
+    """
+
+    def __init__(self, commands: CommandChannel, console: Console, *, repeat_s: float = 0.0,
+                 quiet: bool = False) -> None:
         self.commands = commands
         self.console = console
         self.stop_signal: int | None = None
+        self.repeat_s = repeat_s
+        self.quiet = quiet
+        self._first_at = 0.0
         self._old: dict[int, object] = {}
 
     def install(self) -> None:
@@ -124,24 +134,42 @@ class SignalBridge:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.stop_signal is not None:
+            if time.monotonic() - self._first_at < self.repeat_s:
+                return
             # Second request: leave now. Files are written by rename, so none is left half-written.
-            self.console.print("\nstopped without saving.")
+            if not self.quiet:
+                self.console.print("\nstopped without saving.")
             os._exit(EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
         self.stop_signal = signum
-        self.console.print("\nstopping after this step and saving a checkpoint… (Ctrl+C again to quit at once)")
+        self._first_at = time.monotonic()
+        if not self.quiet:
+            self.console.print("\nstopping after this step and saving a checkpoint… (Ctrl+C again to quit at once)")
         self.commands.send(Command.STOP)
 
 
 def run_headless(project_dir: Path, *, resume: bool = False, overrides: Sequence[str] = (),
                  max_steps: int | None = None, console: Console | None = None) -> int:
-    # A headless run is a run service like any other: dashboards can attach to it.
+    from loratui.engine.distributed import is_main_process, launched_distributed
+    from loratui.engine.runner import prepare_config
+    # A headless run is a run service like any other: dashboards can attach to it (rank 0 serves).
     from loratui.run.service import serve_run
 
     # soft_wrap: long paths stay on one line, so a resume command can be copied as printed.
     console = console or Console(soft_wrap=True)
+    if not launched_distributed():
+        from loratui.engine.launch import launch, processes_to_start
+
+        processes = processes_to_start(prepare_config(Path(project_dir), overrides))
+        if processes > 1:
+            args = ["train", str(project_dir), "--headless", *(["--resume"] if resume else []),
+                    *(["--max-steps", str(max_steps)] if max_steps is not None else [])]
+            for item in overrides:
+                args += ["--set", item]
+            return launch(processes, args, echo=lambda line: console.print(line, highlight=False))
     commands = CommandChannel()
     view = HeadlessConsole(console)
-    bridge = SignalBridge(commands, console)
+    main = is_main_process()
+    bridge = SignalBridge(commands, console, repeat_s=1.0 if launched_distributed() else 0.0, quiet=not main)
     bridge.install()
     try:
         lora = serve_run(project_dir, emit=view, commands=commands, resume=resume, overrides=overrides,
@@ -154,9 +182,13 @@ def run_headless(project_dir: Path, *, resume: bool = False, overrides: Sequence
     finally:
         view.close()
         bridge.restore()
+    if not main:
+        return 0  # rank 0 speaks for the run
     if bridge.stop_signal is not None:
         console.print(f"stopped at step {view.finished.step if view.finished else '?'}; checkpoint saved. "
                       f"Resume with: loratui train {project_dir} --headless --resume")
+        if launched_distributed():
+            return 0  # a launcher reports any other code as a crash, with a traceback, after a clean stop
         return EXIT_SIGINT if bridge.stop_signal == signal.SIGINT else EXIT_SIGTERM
     outcome = view.finished.outcome if view.finished else "finished"
     if outcome == "aborted":
@@ -170,3 +202,4 @@ def run_headless(project_dir: Path, *, resume: bool = False, overrides: Sequence
     console.print(f"  diffusers: pipe.load_lora_weights(\"{lora}\")")
     console.print("  ComfyUI: copy it to ComfyUI/models/loras/; A1111/Forge: models/Lora/")
     return 0
+

@@ -40,9 +40,10 @@ def _get(cfg: ProjectConfig, path: str) -> Any:
     return value
 
 
-def config_digest(cfg: ProjectConfig, dataset_fingerprint: str) -> dict[str, Any]:
+def config_digest(cfg: ProjectConfig, dataset_fingerprint: str, *, processes: int = 1) -> dict[str, Any]:
     digest = {path: _get(cfg, path) for path in BREAKING + HARMLESS}
     digest["dataset"] = dataset_fingerprint
+    digest["processes"] = processes
     return digest
 
 
@@ -57,11 +58,22 @@ def describe_differences(saved: dict[str, Any], now: dict[str, Any]) -> tuple[li
     """(breaking, harmless) changes, one readable line each."""
     breaking, harmless = [], []
     length_matters = now.get("train.lr_scheduler") in LENGTH_DEPENDENT
+    saved = {"processes": 1, **saved}  # checkpoints from before multi-process runs were one process
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) == now.get(key):
             continue
         if key not in saved and _is_default(key, now.get(key)):
             continue  # a setting added after the checkpoint was written, left at its default: nothing changed
+        if key == "processes":
+            # The data position is one number, so any count of processes continues the same data order;
+            # only the number of images per optimizer step changes with it.
+            per_step = now.get("train.batch_size", 1) * now.get("train.grad_accum", 1)
+            before = saved.get(key, 1)  # checkpoints from before this was recorded had one process
+            if before == now.get(key, 1):
+                continue
+            harmless.append(f"processes: {before} → {now.get(key)} (each optimizer step now takes "
+                            f"{per_step * now.get(key, 1)} images instead of {per_step * before})")
+            continue
         if key == "dataset":
             breaking.append("the images or captions changed (a file was added, removed or edited)")
             continue
@@ -72,11 +84,3 @@ def describe_differences(saved: dict[str, Any], now: dict[str, Any]) -> tuple[li
             harmless.append(line)
     return breaking, harmless
 
-
-def _is_default(path: str, value: Any) -> bool:
-    from loratui.config import field_spec
-
-    try:
-        return field_spec(path).default == value
-    except KeyError:
-        return False

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from loratui.commands import CommandChannel
 from loratui.config import ConfigError, ProjectConfig, apply_override, load_config
+from loratui.engine import distributed
 from loratui.events import Event, EventFanout, EventSink, Failed, Status, StepDone, ValidationDone
 from loratui.project import ProjectPaths, RunLock
 
@@ -123,64 +124,146 @@ def _log_event(event: Event) -> None:
 
 def run_training(project_dir: Path, *, emit: EventSink, commands: CommandChannel, resume: bool = False,
                  overrides: Sequence[str] = (), max_steps: int | None = None) -> Path | None:
-    """Train the project until done, stopped or failed; returns the LoRA path."""
+    """Train the project until done, stopped or failed; returns the LoRA path.
+
+    Under a launcher with several processes every one of them calls this; rank 0 is the run (lock, events,
+    files) and the others only train their share, reporting nothing but failures.
+    """
     from loratui.engine.quiet import quiet_libraries
-    from loratui.engine.trainer import Trainer
+    from loratui.engine.trainer import StopTraining, Trainer
 
     quiet_libraries()
     project_dir = Path(project_dir)
     paths = ProjectPaths(project_dir)
     cfg = prepare_config(project_dir, overrides)
-    check_writable(paths)
-    handler = file_logging(paths.log_file)
+    ranks = distributed.start()
+    if ranks.is_main:
+        check_writable(paths)
+    else:
+        emit = _failures_only(emit)
+    handler = file_logging(paths.log_file if ranks.is_main else paths.logs / f"train-rank{ranks.rank}.log")
     metrics: MetricsWriter | None = None
     board = None
     trainer: Trainer | None = None
+    lock = RunLock(paths) if ranks.is_main else None
+    finished = False
     try:
-        with RunLock(paths):
+        if lock is not None:
+            lock.acquire()
             if not resume:  # a resume truncates the metrics once its checkpoint step is known, below
                 moved = archive_previous_run(paths)
                 if moved:
                     emit(Status(text=f"previous run's checkpoints kept in {moved}"))
-            fan = EventFanout(emit, _log_event)
-            trainer = Trainer(project_dir, cfg, emit=fan, commands=commands, resume=resume, max_steps=max_steps)
-            trainer.setup()
-            if trainer.session is not None and trainer.session.accelerator.is_main_process:
-                truncate_metrics(paths.metrics, trainer.step)
-                metrics = MetricsWriter(paths.metrics)
-                fan.add(metrics)
-                from loratui.engine.contact_sheet import ContactSheets
-
-                fan.add(ContactSheets())
-                if cfg.logging.tensorboard:
-                    from loratui.engine.tensorboard_log import MISSING, open_tensorboard
-
-                    board = open_tensorboard(paths.logs / "tensorboard")
-                    if board is None:
-                        fan(Status(text=MISSING, level="warning"))
-                    else:
-                        fan.add(board)
-                if cfg.advisor.enabled:
-                    from loratui.advisor import Advisor, facts_from_config, read_history
-
-                    history = read_history(paths.metrics) if resume else []
-                    fan.add(Advisor(facts_from_config(cfg, trainer.total_steps), fan, history))
-            return trainer.train()
+        # The other ranks start loading only once rank 0 holds the project (or has said why not).
+        ranks.barrier("taking the project lock", timeout_s=600)
+        ranks.on_lost = lambda message: _report_lost(message, emit, paths, lock, trainer)
+        fan = EventFanout(emit, _log_event)
+        trainer = Trainer(project_dir, cfg, emit=fan, commands=distributed.command_channel(commands, ranks),
+                          resume=resume, max_steps=max_steps, ranks=ranks)
+        trainer.setup()
+        _check_same_start(ranks, trainer.step)
+        if ranks.is_main:
+            truncate_metrics(paths.metrics, trainer.step)
+            metrics = MetricsWriter(paths.metrics)
+            fan.add(metrics)
+            board = _add_observers(fan, cfg, paths, trainer, resume)
+        if ranks.distributed:
+            t = cfg.train
+            emit(Status(text=f"{ranks.world_size} processes: each optimizer step takes batch {t.batch_size} × "
+                             f"accumulation {t.grad_accum} × {ranks.world_size} processes = "
+                             f"{t.batch_size * t.grad_accum * ranks.world_size} images"))
+        path = trainer.train()
+        finished = True
+        return path
     except Exception as exc:
         step = trainer.step if trainer is not None else None
-        log.exception("training failed")
-        emit(Failed(message=failure_message(exc), log_path=str(paths.log_file), step=step))
+        # An abort reaches every rank at the same step; it is nobody's failure to explain.
+        reported = exc if isinstance(exc, StopTraining) else ranks.explain(exc)
+        if isinstance(reported, distributed.PeerLost) and ranks.is_main:
+            reported = distributed.PeerLost(f"{reported}{_resume_hint(paths)}")
+        if reported is exc:
+            log.exception("training failed")
+        else:
+            log.error("%s", reported)
+        ranks.record_failure(failure_message(reported))
+        emit(Failed(message=failure_message(reported), log_path=str(paths.log_file), step=step))
+        if reported is not exc:
+            raise reported from None
         raise
     finally:
+        ranks.close(finished=finished)
         if trainer is not None:
             trainer.cleanup()
         if metrics is not None:
             metrics.close()
         if board is not None:
             board.close()
+        if lock is not None:
+            lock.release()
         if handler is not None:
             logging.getLogger("loratui").removeHandler(handler)
             handler.close()
+
+
+def _add_observers(fan: EventFanout, cfg: ProjectConfig, paths: ProjectPaths, trainer, resume: bool):
+    """Rank 0's readers of the event stream besides the metrics: contact sheets, TensorBoard, the advisor.
+    Returns the TensorBoard writer to close, if one was opened."""
+    from loratui.engine.contact_sheet import ContactSheets
+
+    fan.add(ContactSheets())
+    board = None
+    if cfg.logging.tensorboard:
+        from loratui.engine.tensorboard_log import MISSING, open_tensorboard
+
+        board = open_tensorboard(paths.logs / "tensorboard")
+        if board is None:
+            fan(Status(text=MISSING, level="warning"))
+        else:
+            fan.add(board)
+    if cfg.advisor.enabled:
+        from loratui.advisor import Advisor, facts_from_config, read_history
+
+        history = read_history(paths.metrics) if resume else []
+        fan.add(Advisor(facts_from_config(cfg, trainer.total_steps), fan, history))
+    return board
+
+
+def _check_same_start(ranks: distributed.Ranks, step: int) -> None:
+    """Every rank must continue from the checkpoint rank 0 resumed from (a project folder that is not
+    shared between machines gives the others none, or an older one)."""
+    first = ranks.broadcast(step)
+    if step != first:
+        raise distributed.RanksDisagree(
+            f"rank {ranks.rank} would start at step {step} but rank 0 at step {first}: they do not see the same "
+            "checkpoints. On several machines the project folder must be on storage they all share.")
+
+
+def _failures_only(emit: EventSink) -> EventSink:
+    """The sink of a rank other than 0: rank 0 speaks for the run; the others only say why they fail."""
+    def sink(event: Event) -> None:
+        if isinstance(event, Failed) or (isinstance(event, Status) and event.level == "error"):
+            emit(event)
+    return sink
+
+
+def _report_lost(message: str, emit: EventSink, paths: ProjectPaths, lock: RunLock | None, trainer) -> str:
+    """A peer rank is gone and this process leaves at once: say so, and where the run can go on from."""
+    if lock is not None:
+        message += _resume_hint(paths)
+        emit(Failed(message=message, log_path=str(paths.log_file),
+                    step=trainer.step if trainer is not None else None))
+        lock.release()
+    return message
+
+
+def _resume_hint(paths: ProjectPaths) -> str:
+    from loratui.engine.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(paths.checkpoints)
+    if latest is None:
+        return " No checkpoint was written yet; start again."
+    return (f" The newest complete checkpoint is {latest}; continue with `loratui train {paths.root} --headless "
+            "--resume` (with any number of processes).")
 
 
 def failure_message(exc: BaseException) -> str:

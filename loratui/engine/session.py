@@ -17,6 +17,7 @@ import torch
 from loratui.config import ProjectConfig
 from loratui.data.scan import ScanReport, scan_images
 from loratui.data.holdout import project_holdout
+from loratui.engine import distributed
 from loratui.engine.dataset import Batch, Item, PreparedDataset, prepare_dataset
 from loratui.engine.grad_checkpoint import enable_unet_checkpointing
 from loratui.engine.latent_cache import CachedText, LatentCache, TextCache
@@ -225,12 +226,21 @@ def _weight_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 def _make_accelerator(cfg: ProjectConfig) -> Any:
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     precision = cfg.train.precision
     if not torch.cuda.is_available() and precision != "no":
         log.info("precision %s needs a GPU; running fp32 on the CPU", precision)
         precision = "no"
-    return Accelerator(mixed_precision=precision)
+    handlers = [
+        # Explicit, not the library default: see distributed.PROCESS_GROUP_TIMEOUT (the runner has usually
+        # set the process group up already, with the same value).
+        InitProcessGroupKwargs(timeout=distributed.PROCESS_GROUP_TIMEOUT),
+        # The LoRA alpha buffers never change; re-sending them before every forward is a wasted collective.
+        DistributedDataParallelKwargs(broadcast_buffers=False),
+    ]
+    cpu = distributed.launched_distributed() and distributed.use_cpu()
+    return Accelerator(mixed_precision=precision, cpu=cpu, kwargs_handlers=handlers)
 
 
 def _make_optimizer(cfg: ProjectConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
@@ -249,7 +259,9 @@ def _make_optimizer(cfg: ProjectConfig, groups: list[dict[str, Any]]) -> torch.o
     return torch.optim.AdamW(groups, weight_decay=t.weight_decay, fused=True)
 
 
-def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) -> TrainingSession:
+def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
+                  ranks: distributed.Ranks | None = None) -> TrainingSession:
+    ranks = ranks or distributed.Ranks()
     acc = _make_accelerator(cfg)
     device = acc.device
     if device.type == "cuda":
@@ -273,6 +285,12 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
         status(holdout.note)
 
     status(f"loading {cfg.model.base}")
+    if ranks.distributed:
+        # A built-in model is built once, by rank 0, while the others wait: two processes building the
+        # same cache folder at once would remove each other's half-built copy.
+        if ranks.is_main:
+            base_model_folder(paths, cfg)
+        ranks.barrier("preparing the base model", timeout_s=distributed.CACHE_BARRIER_TIMEOUT_S)
     model = load_project_model(paths, cfg, dtype=weight_dtype, device=device)
     if model.is_flow:
         _check_flow_settings(cfg, model)
@@ -288,18 +306,29 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
         if n and (i == n or i % max(1, n // 20) == 0):
             status(f"encoding images {i}/{n}", progress=i / n)
 
-    dataset = prepare_dataset(holdout.trained, vae=model.vae, scaling_factor=model.vae_scaling_factor,
-                              shift_factor=model.vae_shift_factor, cache=cache,
-                              batch_size=cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip,
-                              progress=progress)
+    prepare = dict(vae=model.vae, scaling_factor=model.vae_scaling_factor, shift_factor=model.vae_shift_factor,
+                   cache=cache, batch_size=cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip)
+    trained = holdout.trained
+    if ranks.distributed and cache is not None:
+        # Each rank encodes its share into the cache; after the barrier every rank reads all of it from
+        # there, so all hold the very same latents (and a rank on another GPU model cannot drift).
+        prepare_dataset(trained[ranks.rank::ranks.world_size], progress=progress, **prepare)
+        status("waiting for the other processes to finish encoding")
+        ranks.barrier("encoding images", timeout_s=distributed.CACHE_BARRIER_TIMEOUT_S)
+        progress = None
+        cache.hits = 0
+    dataset = prepare_dataset(trained, progress=progress, **prepare)
     for line in dataset.skipped:
         status(f"skipping {line}", "warning")
     if not dataset.items:
         raise DatasetEmpty(f"none of the images in {images_dir} could be encoded; see the messages above.")
     held_out = prepare_dataset(holdout.held_out, vae=model.vae, scaling_factor=model.vae_scaling_factor,
-                               cache=cache, batch_size=1, seed=cfg.train.seed, flip=False).items
+                               shift_factor=model.vae_shift_factor, cache=cache, batch_size=1, seed=cfg.train.seed,
+                               flip=False).items
     if cache is not None:
-        status(f"latents: {cache.hits} from cache, {cache.misses} encoded")
+        # Sharded, the second pass read back this rank's own share too: those were encoded, not found.
+        found = cache.hits - (cache.misses if ranks.distributed else 0)
+        status(f"latents: {found} from cache, {cache.misses} encoded")
     model.vae.to("cpu")  # not needed until sampling; frees GPU memory for the UNet
     if cfg.model.base_weights == "float8":
         _store_float8(cfg, model, status)

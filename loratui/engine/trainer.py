@@ -25,6 +25,7 @@ from loratui.config import ProjectConfig
 from loratui.engine import checkpoint as ckpt
 from loratui.engine.batches import total_optimizer_steps
 from loratui.engine.compat import config_digest, describe_differences
+from loratui.engine.distributed import Ranks
 from loratui.engine.memory import memory_snapshot
 from loratui.engine.session import TrainingSession, build_session
 from loratui.engine.step import step_generator, to_device
@@ -63,8 +64,9 @@ MAX_BAD_STEPS = 10  # consecutive non-finite steps before the run is stopped
 
 class Trainer:
     def __init__(self, project_dir: Path, cfg: ProjectConfig, *, emit: EventSink, commands: CommandChannel,
-                 resume: bool = False, max_steps: int | None = None) -> None:
+                 resume: bool = False, max_steps: int | None = None, ranks: Ranks | None = None) -> None:
         self.paths = ProjectPaths(Path(project_dir))
+        self.ranks = ranks or Ranks()
         self.cfg = cfg
         self.emit = emit
         self.commands = commands
@@ -87,7 +89,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
-        self.session = s = build_session(self.paths, self.cfg, status=self._status)
+        self.session = s = build_session(self.paths, self.cfg, status=self._status, ranks=self.ranks)
         plan = s.dataset.plan
         self.total_steps = total_optimizer_steps(
             plan, epochs=self.cfg.train.epochs, max_steps=self.cfg.train.max_steps,
@@ -279,6 +281,9 @@ class Trainer:
             data_time += t1 - t0
             compute_time += t2 - t1
         self.micro_batch += cfg.grad_accum * acc.num_processes
+        if acc.num_processes > 1:
+            # The step's loss over every rank's micro-batches, as one process with their sum would report.
+            loss_sum = acc.reduce(loss_sum, reduction="mean")
         t_opt = time.perf_counter()
         found_inf = s.optimizer_step(cfg.max_grad_norm)
         t_end = time.perf_counter()
@@ -331,12 +336,12 @@ class Trainer:
         s = self._session()
         if not s.accelerator.is_main_process:
             return None
+        digest = config_digest(self.cfg, s.dataset.fingerprint(), processes=s.accelerator.num_processes)
         state = ckpt.TrainState(
             step=self.step, micro_batch=self.micro_batch,
             epoch=self.epoch, skipped_steps=self.skipped_steps,
-            loratui_version=loratui.__version__, config_digest=config_digest(self.cfg, s.dataset.fingerprint()),
-            saved_at=time.time(), best_step=self._best_step(),
-            best_val_loss=self.validation.best_loss if self.validation else None)
+            loratui_version=loratui.__version__, config_digest=digest, saved_at=time.time(),
+            best_step=self._best_step(), best_val_loss=self.validation.best_loss if self.validation else None)
         try:
             path = ckpt.write_checkpoint(
                 self.paths.checkpoints, state, lora=s.lora_state_dict(), optimizer=s.optimizer.state_dict(),
@@ -382,7 +387,7 @@ class Trainer:
         s = self._session()
         loaded = ckpt.load_checkpoint(path)
         saved = loaded.state.config_digest
-        now = config_digest(self.cfg, s.dataset.fingerprint())
+        now = config_digest(self.cfg, s.dataset.fingerprint(), processes=s.accelerator.num_processes)
         breaking, harmless = describe_differences(saved, now)
         if breaking:
             listing = "\n".join(f"  - {line}" for line in breaking)

@@ -310,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_ready(record: RunRecord) -> None:
         tell({"ready": True, "pid": record.pid, "socket": record.socket})
 
+    processes = _processes_wanted(args.project_dir, args.overrides)
+    if processes > 1:
+        return _launch_ranks(args, processes, tell)
     try:
         serve_run(args.project_dir, commands=commands, resume=args.resume, overrides=args.overrides,
                   max_steps=args.max_steps, on_ready=on_ready)
@@ -321,6 +324,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         tell({"ready": False, "message": f"{type(exc).__name__}: {exc}"})
         return 1
     return 0
+
+
+def _processes_wanted(project_dir: Path, overrides: Sequence[str]) -> int:
+    """How many processes this run is to start (``train.num_processes``); 1 once started by a launcher."""
+    from loratui.engine.distributed import launched_distributed
+
+    if launched_distributed():
+        return 1
+    from loratui.engine.launch import processes_to_start
+    from loratui.engine.runner import prepare_config
+
+    try:
+        return processes_to_start(prepare_config(Path(project_dir), overrides))
+    except Exception:  # noqa: BLE001 - serve_run reports a bad config in its own words
+        return 1
+
+
+def _launch_ranks(args: argparse.Namespace, processes: int, tell: Callable[[dict[str, Any]], None]) -> int:
+    """Start the ranks of a run with several processes and wait for them. Rank 0 is the service (its
+    socket and record); this process only says when that socket is up, or why the ranks ended first."""
+    from loratui.engine.launch import launch
+
+    project = Path(args.project_dir).expanduser().resolve()
+    rank_args = [str(project), *(["--resume"] if args.resume else []),
+                 *(["--max-steps", str(args.max_steps)] if args.max_steps is not None else [])]
+    for item in args.overrides:
+        rank_args += ["--set", item]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.2):
+            record = live_record(project)
+            if record is not None and record.pid != os.getpid():
+                tell({"ready": True, "pid": record.pid, "socket": record.socket})
+                return
+
+    threading.Thread(target=watch, name="loratui-ranks-ready", daemon=True).start()
+    try:
+        code = launch(processes, rank_args, echo=lambda line: print(line, flush=True), module="loratui.run.service")
+    finally:
+        done.set()
+    tell({"ready": False, "message": f"the {processes} training processes ended (exit code {code}) before the "
+                                     f"run was up; see {ProjectPaths(project).logs}"})
+    return code
 
 
 if __name__ == "__main__":

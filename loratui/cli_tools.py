@@ -14,18 +14,25 @@ console = Console()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from loratui.data.concepts import empty_concepts, scan_project
     from loratui.data.report import render_report
-    from loratui.data.scan import scan_images
 
     cfg = load_config(args.dir)
-    images = ProjectPaths(Path(args.dir)).images(cfg)
-    report = scan_images(images, resolution=cfg.data.resolution, caption_extension=cfg.data.caption_extension,
-                         bucket_step=cfg.data.bucket_step, trigger_word=cfg.data.trigger_word)
+    report = scan_project(cfg, Path(args.dir))
     console.print(render_report(report))
     if report.usable:
         console.print(f"steps per epoch at batch size {cfg.train.batch_size}: "
                       f"{report.steps_per_epoch(cfg.train.batch_size)}")
-    return report.exit_code
+    problems = empty_concepts(report) if cfg.data.concepts else []
+    for line in problems:
+        console.print(f"[bold red]{line}[/]")
+    return 2 if problems else report.exit_code
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from loratui.importers.command import run_import
+
+    return run_import(args.dir, kohya=args.kohya, dataset=args.dataset, force=args.force, console=console)
 
 
 def _load_for_inference(project_dir: Path, lora: Path | None, *, use_lora: bool):

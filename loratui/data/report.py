@@ -53,6 +53,31 @@ def summary_line(report: ScanReport) -> str:
     return ", ".join(parts)
 
 
+def _shows_concepts(report: ScanReport) -> bool:
+    return len(report.concepts) > 1 or any(c.is_reg for c in report.concepts)
+
+
+def concept_rows(report: ScanReport) -> list[tuple[str, str, int, int, int, str]]:
+    """(name, kind, usable images, repeats, images per epoch, share of the epoch) per concept."""
+    from loratui.data.concepts import concept_counts
+
+    rows = []
+    for count in concept_counts(report):
+        c = count.concept
+        kind = "reg" if c.is_reg else "train"
+        rows.append((c.name, kind, count.usable, c.repeats, count.per_epoch, f"{count.share:.0%}"))
+    return rows
+
+
+def concept_lines(report: ScanReport) -> list[str]:
+    if not _shows_concepts(report):
+        return []
+    lines = ["Concepts (images per epoch, repeats and regularization balancing included):"]
+    for name, kind, usable, repeats, per_epoch, share in concept_rows(report):
+        lines.append(f"  {display_name(name)} [{kind}] {usable} images × {repeats} repeats → {per_epoch}/epoch ({share})")
+    return lines
+
+
 def _size(r: ImageRecord) -> str:
     return f"{r.width}×{r.height}" if r.width else "—"
 
@@ -77,6 +102,7 @@ def report_lines(report: ScanReport) -> list[str]:
         lines.append(f"Error: {report.error}")
         return lines
     lines.append(summary_line(report))
+    lines.extend(concept_lines(report))
     problem_records = [r for r in report.records if r.problems or r.info]
     if problem_records:
         lines.append("Problems:")
@@ -116,6 +142,8 @@ def render_report(report: ScanReport) -> RenderableType:
     if report.error:
         return Group(title, Text(f"Error: {report.error}", style="bold red"))
     parts: list[RenderableType] = [title, Text(summary_line(report))]
+    if _shows_concepts(report):
+        parts.append(_concept_table(report))
     problems = _problem_table(report)
     if problems is not None:
         parts.append(problems)
@@ -131,6 +159,17 @@ def render_report(report: ScanReport) -> RenderableType:
     style = {0: "green", 1: "yellow", 2: "bold red"}[report.exit_code]
     parts.append(Text(_verdict(report), style=style))
     return Group(*parts)
+
+
+def _concept_table(report: ScanReport) -> Table:
+    table = Table(title="Concepts (images per epoch)", title_justify="left", box=None)
+    for name, justify in (("Concept", "left"), ("Kind", "left"), ("Images", "right"), ("Repeats", "right"),
+                          ("Per epoch", "right"), ("Share", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for name, kind, usable, repeats, per_epoch, share in concept_rows(report):
+        table.add_row(display_name(name), Text(kind, style="magenta" if kind == "reg" else ""), str(usable),
+                      str(repeats), str(per_epoch), share)
+    return table
 
 
 def _problem_table(report: ScanReport) -> Table | None:

@@ -11,18 +11,18 @@ from loratui.config import ProjectConfig
 BREAKING = (
     "model.base", "model.family", "model.prediction_type", "model.clip_skip",
     "data.resolution", "data.bucket_step", "data.flip", "data.trigger_word", "data.shuffle_tags",
-    "data.keep_tokens", "data.caption_dropout",
+    "data.keep_tokens", "data.caption_dropout", "data.concepts", "data.alpha_mask", "data.masks",
     "lora.rank", "lora.alpha", "lora.preset", "lora.train_text_encoder",
     "train.batch_size", "train.grad_accum", "train.seed", "train.optimizer", "train.lr_scheduler",
     "train.warmup_steps", "train.learning_rate", "train.text_encoder_lr", "train.weight_decay",
-    "train.min_snr_gamma", "train.noise_offset",
+    "train.min_snr_gamma", "train.noise_offset", "train.prior_loss_weight",
 )
 # Schedules that depend on the run's length make the total steps breaking too.
 LENGTH_DEPENDENT = ("linear", "cosine", "cosine_with_restarts", "polynomial")
 HARMLESS = (
     "train.max_steps", "train.epochs", "train.precision", "train.gradient_checkpointing",
     "train.gradient_checkpointing_every", "train.compile", "train.compile_mode",
-    "train.channels_last", "train.max_grad_norm",
+    "train.channels_last", "train.max_grad_norm", "train.ema_decay",
     "save.every_n_steps", "save.keep", "save.output_name", "save.precision", "save.format",
     "sample.every_n_steps", "sample.steps", "sample.guidance", "sample.width", "sample.height", "sample.prompts",
 )
@@ -34,6 +34,15 @@ def _get(cfg: ProjectConfig, path: str) -> Any:
     if isinstance(value, list):
         return [getattr(v, "__dict__", v) for v in value]
     return value
+
+
+def _default(path: str) -> Any:
+    from loratui.config import field_spec
+
+    try:
+        return field_spec(path).default
+    except KeyError:
+        return None
 
 
 def config_digest(cfg: ProjectConfig, dataset_fingerprint: str) -> dict[str, Any]:
@@ -49,6 +58,8 @@ def describe_differences(saved: dict[str, Any], now: dict[str, Any]) -> tuple[li
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) == now.get(key):
             continue
+        if key not in saved and key != "dataset" and now.get(key) == _default(key):
+            continue  # a setting newer than the checkpoint, left at its default: the same run
         if key == "dataset":
             breaking.append("the images or captions changed (a file was added, removed or edited)")
             continue

@@ -7,7 +7,9 @@ wizard's estimate can build the same session without running a whole loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,10 +17,14 @@ from typing import Any, Callable
 import torch
 
 from loratui.config import ProjectConfig
-from loratui.data.scan import ScanReport, scan_images
+from loratui.data.concepts import empty_concepts, scan_project
+from loratui.data.report import concept_lines
+from loratui.data.scan import ScanReport
 from loratui.engine.dataset import Batch, PreparedDataset, prepare_dataset
+from loratui.engine.ema import LoraEMA
 from loratui.engine.grad_checkpoint import enable_unet_checkpointing
 from loratui.engine.latent_cache import CachedText, LatentCache, TextCache
+from loratui.engine.optimizers import averaged_weights, build_optimizer, is_schedule_free, optimizer_advice
 from loratui.engine.step import Conditioning, to_device
 from loratui.errors import UserError
 from loratui.lora.inject import inject_lora
@@ -49,6 +55,7 @@ class TrainingSession:
     optimizer: torch.optim.Optimizer
     lr_scheduler: Any = None
     trained_text_encoders: list[torch.nn.Module] = field(default_factory=list)
+    ema: LoraEMA | None = None  # train.ema_decay > 0
 
     def __post_init__(self) -> None:
         self._params = self.lora_parameters()
@@ -72,6 +79,10 @@ class TrainingSession:
         from diffusers.optimization import get_scheduler
 
         t = self.cfg.train
+        if is_schedule_free(self.optimizer):
+            # Schedule-free has no schedule; it warms up inside the optimizer.
+            self.lr_scheduler = get_scheduler("constant", self.optimizer)
+            return
         self.lr_scheduler = get_scheduler(t.lr_scheduler, self.optimizer, num_warmup_steps=t.warmup_steps,
                                           num_training_steps=total_steps)
 
@@ -123,7 +134,26 @@ class TrainingSession:
             self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(found_inf)
         return found_inf
+
+    # ------------------------------------------------------------ which weights
+    @contextlib.contextmanager
+    def export_weights(self) -> Iterator[None]:
+        """The weights a file should hold: schedule-free's average, otherwise the trained ones."""
+        with averaged_weights(self.optimizer, self._params):
+            yield
+
+    @contextlib.contextmanager
+    def sampling_weights(self) -> Iterator[None]:
+        """The weights to draw samples with: the EMA when it is on, otherwise as ``export_weights``."""
+        with self.export_weights():
+            if self.ema is None:
+                yield
+            else:
+                with self.ema.applied():
+                    yield
 
     @property
     def _device_side_skip(self) -> bool:
@@ -194,6 +224,8 @@ def _make_accelerator(cfg: ProjectConfig) -> Any:
 
 def _make_optimizer(cfg: ProjectConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     t = cfg.train
+    if t.optimizer in ("prodigy", "adamw_schedulefree"):
+        return build_optimizer(cfg, groups)
     if t.optimizer == "adamw8bit":
         try:
             import bitsandbytes as bnb  # type: ignore[import-not-found]
@@ -218,13 +250,17 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
     weight_dtype = _weight_dtype(cfg.train.precision, device)
 
     images_dir = paths.images(cfg)
-    status(f"scanning {images_dir}")
-    scan = scan_images(images_dir, resolution=cfg.data.resolution, caption_extension=cfg.data.caption_extension,
-                       bucket_step=cfg.data.bucket_step, trigger_word=cfg.data.trigger_word)
+    status(f"scanning {images_dir}" if not cfg.data.concepts else f"scanning {len(cfg.data.concepts)} concepts")
+    scan = scan_project(cfg, paths.root)
+    empty = empty_concepts(scan) if cfg.data.concepts else []
+    if empty:
+        raise DatasetEmpty(". ".join(empty) + ".")
     if not scan.usable:
         reason = scan.error or scan.summary_line()
         raise DatasetEmpty(f"no usable images in {images_dir}: {reason}. Run `loratui check` on the project "
                            "to see every problem.")
+    for line in concept_lines(scan):
+        status(line.strip())
     for rec in scan.skipped:
         status(f"skipping {rec.rel}: {'; '.join(rec.problems)}", "warning")
 
@@ -244,7 +280,8 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
 
     dataset = prepare_dataset(scan.usable, vae=model.vae, scaling_factor=model.vae_scaling_factor, cache=cache,
                               batch_size=cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip,
-                              progress=progress)
+                              progress=progress, concepts=scan.concepts,
+                              prior_loss_weight=cfg.train.prior_loss_weight)
     for line in dataset.skipped:
         status(f"skipping {line}", "warning")
     if not dataset.items:
@@ -272,12 +309,17 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn) 
         swap = {id(te): w for te, w in zip(trained_tes, wrapped)}
         model.text_encoders = [swap.get(id(te), te) for te in model.text_encoders]
         trained_tes = wrapped
+    for line in optimizer_advice(cfg):
+        status(line, "warning")
+    ema = None
+    if cfg.train.ema_decay > 0:
+        ema = LoraEMA([kp for net in networks.values() for kp in net.named_parameters()], cfg.train.ema_decay)
     if cfg.train.compile and device.type == "cuda":
         model.unet = torch.compile(model.unet, mode=cfg.train.compile_mode)
     text_cache = None if cfg.lora.train_text_encoder else TextCache(paths.cache, model.fingerprint, cfg.model.clip_skip)
     return TrainingSession(cfg=cfg, accelerator=acc, model=model, networks=networks, dataset=dataset, scan=scan,
                            weight_dtype=weight_dtype, text_cache=text_cache, optimizer=optimizer,
-                           trained_text_encoders=trained_tes)
+                           trained_text_encoders=trained_tes, ema=ema)
 
 
 def _inject(cfg: ProjectConfig, model: LoadedModel,

@@ -21,10 +21,13 @@ import torch
 import loratui
 from loratui.commands import Command, CommandChannel
 from loratui.config import ProjectConfig
+from loratui.data.concepts import concept_summary
 from loratui.engine import checkpoint as ckpt
 from loratui.engine.batches import total_optimizer_steps
 from loratui.engine.compat import config_digest, describe_differences
+from loratui.engine.dataset import loss_weights_on
 from loratui.engine.memory import memory_snapshot
+from loratui.engine.optimizers import is_schedule_free
 from loratui.engine.session import TrainingSession, build_session
 from loratui.engine.step import diffusion_loss, step_generator, to_device
 from loratui.errors import UserError
@@ -113,7 +116,8 @@ class Trainer:
             # "no" mixed precision means the UNet trains in fp32; say so where people read it.
             precision="fp32" if self.cfg.train.precision == "no" else self.cfg.train.precision,
             trainable_params=s.trainable_params,
-            resumed_from=str(self.resumed_from) if self.resumed_from else None))
+            resumed_from=str(self.resumed_from) if self.resumed_from else None,
+            concepts=concept_summary(s.scan)))
         stopped_early = False
         while self.step < self.total_steps:
             if self._handle_commands():
@@ -223,17 +227,16 @@ class Trainer:
             index = self.micro_batch + k * acc.num_processes + acc.process_index
             epoch, entries = s.dataset.plan.micro_batch(index)
             gen = step_generator(cfg.seed, index)
-            batch = s.dataset.batch(
-                entries, micro_batch=index, seed=cfg.seed, trigger_word=self.cfg.data.trigger_word,
-                shuffle_tags=self.cfg.data.shuffle_tags, keep_tokens=self.cfg.data.keep_tokens,
-                caption_dropout=self.cfg.data.caption_dropout, generator=gen)
+            batch = s.dataset.batch(entries, micro_batch=index, seed=cfg.seed, generator=gen)
             latents = to_device(batch.latents, acc.device)
+            weights = loss_weights_on(batch, acc.device)
             t1 = time.perf_counter()
             with acc.autocast():
                 cond = s.conditioning(batch)
                 loss = diffusion_loss(
                     s.unet, s.noise_scheduler, latents, cond, gen, prediction_type=s.model.prediction_type,
-                    noise_offset=cfg.noise_offset, min_snr_gamma=cfg.min_snr_gamma, unet_dtype=s.weight_dtype)
+                    noise_offset=cfg.noise_offset, min_snr_gamma=cfg.min_snr_gamma, unet_dtype=s.weight_dtype,
+                    **weights)
             # Only the last micro-batch synchronises gradients across GPUs.
             if k < cfg.grad_accum - 1 and acc.num_processes > 1:
                 with acc.no_sync(s.unet):
@@ -304,8 +307,9 @@ class Trainer:
             saved_at=time.time())
         try:
             path = ckpt.write_checkpoint(
-                self.paths.checkpoints, state, lora=s.lora_state_dict(), optimizer=s.optimizer.state_dict(),
-                scheduler=s.lr_scheduler.state_dict(), config_text=render_config_toml(self.cfg))
+                self.paths.checkpoints, state, lora=self._export_state(), optimizer=s.optimizer.state_dict(),
+                scheduler=s.lr_scheduler.state_dict(), config_text=render_config_toml(self.cfg),
+                extra=self._resume_state())
         except OSError as exc:
             # write_checkpoint removed its temporary folder; the previous checkpoints are untouched.
             previous = ckpt.latest_checkpoint(self.paths.checkpoints)
@@ -323,6 +327,22 @@ class Trainer:
                                   removed=tuple(str(p) for p in removed)))
         return path
 
+    def _export_state(self) -> dict[str, torch.Tensor]:
+        """The LoRA as files should hold it (schedule-free: its average), copied out."""
+        s = self._session()
+        with s.export_weights():
+            return {k: v.clone() for k, v in s.lora_state_dict().items()}
+
+    def _resume_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """What resume needs beyond lora.safetensors: the EMA, and schedule-free's training weights."""
+        s = self._session()
+        extra = {}
+        if s.ema is not None:
+            extra["ema"] = s.ema.state_dict()
+        if is_schedule_free(s.optimizer):
+            extra["lora_train"] = {k: v.clone() for k, v in s.lora_state_dict().items()}
+        return extra
+
     def load_checkpoint(self, path: Path) -> None:
         s = self._session()
         loaded = ckpt.load_checkpoint(path)
@@ -336,8 +356,15 @@ class Trainer:
                 f"one:\n{listing}\nUndo them, or start a new run without --resume.")
         for line in harmless:
             self._status(f"resuming with a changed setting: {line}")
-        s.load_lora_state_dict(loaded.lora)
+        s.load_lora_state_dict(loaded.extra.get("lora_train", loaded.lora))
         s.optimizer.load_state_dict(loaded.optimizer)
+        if s.ema is not None:
+            if "ema" in loaded.extra:
+                s.ema.load_state_dict(loaded.extra["ema"])
+            else:
+                s.ema.reset()
+                self._status("this checkpoint has no EMA (train.ema_decay was off); the average starts from "
+                             "the resumed weights", "warning")
         s.lr_scheduler.load_state_dict(loaded.scheduler)
         ckpt.set_rng_state(loaded.rng)
         self.step = loaded.state.step
@@ -356,9 +383,10 @@ class Trainer:
 
         out_dir = self.paths.samples / ckpt.checkpoint_name(self.step)
         try:
-            for result in generate_samples(s, self.cfg, out_dir):
-                self.emit(SampleReady(step=self.step, path=str(result.path), prompt=result.prompt,
-                                      seed=result.seed))
+            with s.sampling_weights():
+                for result in generate_samples(s, self.cfg, out_dir):
+                    self.emit(SampleReady(step=self.step, path=str(result.path), prompt=result.prompt,
+                                          seed=result.seed))
         except torch.OutOfMemoryError:
             # A sample is never worth the run: skip it and keep training.
             if s.accelerator.device.type == "cuda":
@@ -374,8 +402,15 @@ class Trainer:
         s = self._session()
         path = self.paths.lora_file(self.cfg)
         if s.accelerator.is_main_process:
-            export_lora(s, self.cfg, path, steps=self.step, epoch=self.epoch, fmt=self.cfg.save.format)
-            self._status(f"saved {path}")
+            with s.export_weights():
+                export_lora(s, self.cfg, path, steps=self.step, epoch=self.epoch, fmt=self.cfg.save.format)
+                self._status(f"saved {path}")
+                if s.ema is not None:
+                    ema_path = path.with_name(f"{path.stem}-ema{path.suffix}")
+                    with s.ema.applied():
+                        export_lora(s, self.cfg, ema_path, steps=self.step, epoch=self.epoch,
+                                    fmt=self.cfg.save.format)
+                    self._status(f"saved {ema_path} (EMA of the weights, decay {self.cfg.train.ema_decay:g})")
         return path
 
     def cleanup(self) -> None:

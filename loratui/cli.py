@@ -13,7 +13,7 @@ from loratui.errors import UserError
 
 EXIT_USER_ERROR = 2
 
-COMMANDS = ("new", "open", "train", "sample", "export", "check", "inspect", "convert", "bench")
+COMMANDS = ("new", "open", "train", "sample", "export", "check", "inspect", "convert", "bench", "import")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("dir", type=Path)
     s.add_argument("--steps", type=int, default=5)
     s.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    s = sub.add_parser("import", help="write a project's loratui.toml from a kohya sd-scripts config (or the "
+                                      "kohya_ss GUI's JSON) and dataset TOML")
+    s.add_argument("dir", type=Path, help="project folder to write loratui.toml into")
+    s.add_argument("--kohya", type=Path, help="sd-scripts argument file (--config_file TOML) or kohya_ss GUI .json")
+    s.add_argument("--dataset", type=Path, help="sd-scripts dataset config (--dataset_config TOML)")
+    s.add_argument("--force", action="store_true", help="replace an existing loratui.toml (kept as .bak)")
     return p
 
 

@@ -179,3 +179,33 @@ def test_import_never_overwrites_a_project_without_force(tmp_path: Path, capsys)
     (tmp_path / "bad.toml").write_text("network_dim = = 4\n")
     assert main(["import", str(tmp_path / "q"), "--kohya", str(tmp_path / "bad.toml")]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_an_imported_kohya_project_trains_with_prodigy_on_two_concepts_and_reg(tmp_path: Path) -> None:
+    """The user's path end to end: import the files, then train the project they describe."""
+    from PIL import Image
+
+    from loratui.commands import CommandChannel
+    from loratui.engine.runner import run_training
+    from loratui.events import Event, Finished, Started
+
+    project = tmp_path / "alice"
+    for folder, n in (("train/alice", 2), ("train/bob", 1), ("reg/person", 3)):
+        (project / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (128, 128), (60 * i, 120, len(folder) * 9)).save(project / folder / f"{i}.png")
+    (tmp_path / "args.toml").write_text(
+        '[model]\npretrained_model_name_or_path = "builtin:tiny-sd"\n[net]\nnetwork_dim = 4\n'
+        'network_alpha = 4\nnetwork_train_unet_only = true\n[opt]\noptimizer_type = "Prodigy"\n'
+        'learning_rate = 1.0\n[train]\ntrain_batch_size = 2\nmax_train_steps = 2\nprior_loss_weight = 0.5\n')
+    (tmp_path / "dataset.toml").write_text(DATASET_TOML.replace("resolution = 512", "resolution = 128")
+                                           .replace("batch_size = 4", "batch_size = 2"))
+    assert main(["import", str(project), "--kohya", str(tmp_path / "args.toml"),
+                 "--dataset", str(tmp_path / "dataset.toml")]) == 0
+    seen: list[Event] = []
+    run_training(project, emit=seen.append, commands=CommandChannel())
+    started = next(e for e in seen if isinstance(e, Started))
+    # alice 2×10 + bob 1×5 = 25 training images; 3 reg images go round to 25 as well.
+    assert [(c[0], c[3]) for c in started.concepts] == [("alice", 20), ("bob", 5), ("person", 25)]
+    assert any(isinstance(e, Finished) and not e.stopped_early for e in seen)
+    assert (project / "output" / "alice.safetensors").is_file()  # named after the folder without output_name

@@ -27,6 +27,10 @@ def run_import(project_dir: Path, *, kohya: Path | None, dataset: Path | None, f
         raise ConfigError(f"{target} already exists; import into a new folder, or add --force to replace it "
                           f"(the old one is kept as {CONFIG_NAME}.bak).")
     cfg, report = import_kohya(kohya, dataset)
+    if not cfg.save.output_name:  # no output_name in kohya's files: name it after the folder, as `new` does
+        from loratui.project import safe_name
+
+        cfg.name = safe_name(Path(project_dir).resolve().name)
     # Whatever was mapped must load back: validate the result as the file it becomes.
     from loratui.tomlfile import render_config_toml
 

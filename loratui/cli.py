@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                         "and output/NAME-merged.safetensors (one checkpoint for A1111/Forge/ComfyUI)")
     s.add_argument("--scale", type=float, default=1.0, help="with --merge: LoRA strength merged in (0 = base model)")
     s.add_argument("--lora", type=Path, help="with --merge: merge this LoRA file instead of the newest checkpoint")
+    s.add_argument("--ema", action="store_true", help="write the checkpoint's EMA of the weights "
+                                                      "(train.ema_decay) as output/NAME-ema.safetensors")
 
     s = sub.add_parser("check", help="scan the project's images and print every problem")
     s.add_argument("dir", type=Path)

@@ -91,6 +91,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                               "folder and one original-layout .safetensors. Drop --format or --merge.")
         if args.lora is not None and args.checkpoint is not None:
             raise ConfigError("give either --lora FILE or --checkpoint DIR to merge, not both.")
+        if getattr(args, "ema", False):
+            raise ConfigError("--ema writes a LoRA file; to merge the EMA, run `loratui export DIR --ema` first, "
+                              "then `loratui export DIR --merge --lora output/NAME-ema.safetensors`.")
         folder, single = export_merged(args.dir, scale=args.scale, lora=args.lora or args.checkpoint,
                                        out_dir=args.out)
         console.print(f"wrote {folder}/ (diffusers folder) and {single} (one checkpoint), LoRA scale {args.scale:g}")
@@ -117,6 +120,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     loaded = ckpt.load_checkpoint(Path(source))
     fmt = args.format or cfg.save.format
     default = paths.lora_file(cfg)
+    tensors = loaded.lora
+    if getattr(args, "ema", False):
+        if "ema" not in loaded.extra:
+            raise ConfigError(f"{Path(source).name} holds no EMA: it was trained with train.ema_decay = 0. "
+                              "Set it (0.999 is typical) for the next run.")
+        tensors = {**loaded.lora, **loaded.extra["ema"]}  # the EMA holds the factors; alphas as trained
+        default = default.with_name(default.stem + "-ema" + default.suffix)
     out = Path(args.out) if args.out else (default.with_name(default.stem + "-diffusers.safetensors")
                                            if fmt == "diffusers" else default)
     info = probe_model(paths.model_spec(cfg), config_source=paths.config_source(cfg),
@@ -130,7 +140,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     # with the chosen dtype, the hashes and an atomic rename.
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         staged = Path(tmp) / "lora.safetensors"
-        save_file(loaded.lora, str(staged), metadata=meta)
+        save_file(tensors, str(staged), metadata=meta)
         convert_lora_file(staged, out, fmt, family=family, dtype=SAVE_DTYPES[cfg.save.precision])
     console.print(f"wrote {out} ({fmt}) from {Path(source).name}")
     return 0

@@ -113,6 +113,7 @@ def test_ema_equals_its_definition_after_n_steps(sample_project: Path) -> None:
         # The average moved away from both the start and the current weights.
         assert any(not torch.allclose(s.ema.shadow[k], p.detach()) for k, p in named if "up" in k)
         path = trainer.export()
+        trainer.save_checkpoint("request")
     finally:
         trainer.cleanup()
     raw, ema = load_file(str(path)), load_file(str(path.with_name(path.stem + "-ema.safetensors")))
@@ -120,6 +121,11 @@ def test_ema_equals_its_definition_after_n_steps(sample_project: Path) -> None:
     for k, v in expected.items():
         torch.testing.assert_close(ema[k], v)
     assert any(not torch.equal(raw[k], ema[k]) for k in raw if k.endswith("up.weight"))
+    # `loratui export --ema` writes the same file again from the checkpoint.
+    path.with_name(path.stem + "-ema.safetensors").unlink()
+    assert main(["export", str(project), "--ema"]) == 0
+    again = load_file(str(path.with_name(path.stem + "-ema.safetensors")))
+    assert all(torch.equal(again[k], ema[k]) for k in ema)
 
 
 @pytest.mark.parametrize("optimizer, package", [("prodigy", "prodigyopt"), ("adamw_schedulefree", "schedulefree")])

@@ -151,3 +151,19 @@ def test_prodigy_with_an_adamw_learning_rate_is_warned_about(sample_project: Pat
 
     with pytest.raises(ConfigError, match="adamw_schedulefree"):
         config_from_dict({"train": {"optimizer": "adamw_schedulefree", "lr_scheduler": "cosine"}})
+
+
+def test_ema_stands_still_on_a_skipped_step() -> None:
+    from loratui.engine.ema import LoraEMA
+
+    weight = torch.nn.Parameter(torch.zeros(4))
+    ema = LoraEMA([("w", weight)], 0.5)
+    with torch.no_grad():
+        weight.fill_(2.0)
+    ema.update(torch.tensor(1.0))  # the optimizer skipped a non-finite update: nothing to average in
+    assert torch.equal(ema.shadow["w"], torch.zeros(4))
+    ema.update(torch.tensor(0.0))
+    assert torch.equal(ema.shadow["w"], torch.ones(4))
+    with ema.applied():
+        assert torch.equal(weight.detach(), torch.ones(4))
+    assert torch.equal(weight.detach(), torch.full((4,), 2.0))

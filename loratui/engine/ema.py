@@ -27,16 +27,16 @@ class LoraEMA:
     def update(self, skipped: torch.Tensor | None = None) -> None:
         """One step of the average. ``skipped`` (a 0-dim tensor, 1.0 when the optimizer skipped a
         non-finite update) leaves it unchanged without making the host wait for the GPU."""
-        d = self.decay
+        shadows = list(self.shadow.values())
+        weights = [p.detach().float() for _, p in self._params]
+        # One fused launch per operation for all tensors, not two per LoRA factor.
         if skipped is None:
-            for key, p in self._params:
-                self.shadow[key].mul_(d).add_(p.detach().float(), alpha=1.0 - d)
+            torch._foreach_mul_(shadows, self.decay)
+            torch._foreach_add_(shadows, weights, alpha=1.0 - self.decay)
             return
-        step = (1.0 - d) * (1.0 - skipped.to(torch.float32))
-        keep = 1.0 - step
-        for key, p in self._params:
-            shadow = self.shadow[key]
-            shadow.mul_(keep.to(shadow.device)).add_(p.detach().float() * step.to(shadow.device))
+        step = (1.0 - self.decay) * (1.0 - skipped.to(shadows[0].device, torch.float32))
+        torch._foreach_mul_(shadows, 1.0 - step)
+        torch._foreach_add_(shadows, torch._foreach_mul(weights, step))
 
     @torch.no_grad()
     def reset(self) -> None:

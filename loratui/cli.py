@@ -18,7 +18,7 @@ class UsageError(UserError):
     pass
 
 COMMANDS = ("new", "open", "train", "sample", "export", "check", "inspect", "convert", "bench",
-            "attach", "status", "stop", "pause", "resume", "logs")
+            "attach", "status", "stop", "pause", "resume", "logs", "import")
 RUN_COMMANDS = ("status", "stop", "pause", "resume", "logs")
 
 
@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
                         "and output/NAME-merged.safetensors (one checkpoint for A1111/Forge/ComfyUI)")
     s.add_argument("--scale", type=float, default=1.0, help="with --merge: LoRA strength merged in (0 = base model)")
     s.add_argument("--lora", type=Path, help="with --merge: merge this LoRA file instead of the newest checkpoint")
+    s.add_argument("--ema", action="store_true", help="write the checkpoint's EMA of the weights "
+                                                      "(train.ema_decay) as output/NAME-ema.safetensors")
 
     s = sub.add_parser("check", help="scan the project's images and print every problem "
                                      "(one line per problem when piped)")
@@ -111,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("dir", type=Path)
     s.add_argument("--steps", type=int, default=5)
     s.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    s = sub.add_parser("import", help="write a project's loratui.toml from a kohya sd-scripts config (or the "
+                                      "kohya_ss GUI's JSON) and dataset TOML")
+    s.add_argument("dir", type=Path, help="project folder to write loratui.toml into")
+    s.add_argument("--kohya", type=Path, help="sd-scripts argument file (--config_file TOML) or kohya_ss GUI .json")
+    s.add_argument("--dataset", type=Path, help="sd-scripts dataset config (--dataset_config TOML)")
+    s.add_argument("--force", action="store_true", help="replace an existing loratui.toml (kept as .bak)")
     return p
 
 

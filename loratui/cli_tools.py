@@ -28,14 +28,12 @@ def print_json(data: object) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from loratui.data.concepts import empty_concepts, scan_project
     from loratui.data.report import problem_lines, render_report, report_json
-    from loratui.data.scan import scan_images
 
     project = Path(args.dir)
     cfg = load_config(project)
-    images = ProjectPaths(project).images(cfg)
-    report = scan_images(images, resolution=cfg.data.resolution, caption_extension=cfg.data.caption_extension,
-                         bucket_step=cfg.data.bucket_step, trigger_word=cfg.data.trigger_word)
+    report = scan_project(cfg, project)
     batch = cfg.train.batch_size
     holdout_note = ""
     if report.usable:
@@ -43,16 +41,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         holdout = project_holdout(ProjectPaths(project), cfg, report.usable)
         holdout_note = holdout.note if holdout.source != "off" else ""
+    problems = empty_concepts(report) if cfg.data.concepts else []
     if args.json:
         data = report_json(report, project, batch_size=batch)
         data["summary"]["validation"] = holdout_note or None
+        data["summary"]["concept_problems"] = problems
         print_json(data)
     elif not console.is_terminal:
         lines = problem_lines(report, project)
-        if holdout_note:
-            lines.insert(-1, f"validation: {holdout_note}")
+        extra = [f"validation: {holdout_note}"] if holdout_note else []
         if report.usable:
-            lines.insert(-1, f"steps per epoch at batch size {batch}: {report.steps_per_epoch(batch)}")
+            extra.append(f"steps per epoch at batch size {batch}: {report.steps_per_epoch(batch)}")
+        extra += [f"error: {line}" for line in problems]
+        lines[-1:-1] = extra
         print_lines(lines)
     else:
         console.print(render_report(report))
@@ -60,7 +61,15 @@ def cmd_check(args: argparse.Namespace) -> int:
             console.print(holdout_note, highlight=False)
         if report.usable:
             console.print(f"steps per epoch at batch size {batch}: {report.steps_per_epoch(batch)}")
-    return report.exit_code
+        for line in problems:
+            console.print(f"[bold red]{line}[/]")
+    return 2 if problems else report.exit_code
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from loratui.importers.command import run_import
+
+    return run_import(args.dir, kohya=args.kohya, dataset=args.dataset, force=args.force, console=console)
 
 
 def _load_for_inference(project_dir: Path, lora: Path | None, *, use_lora: bool):
@@ -124,6 +133,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                               "folder and one original-layout .safetensors. Drop --format or --merge.")
         if args.lora is not None and args.checkpoint is not None:
             raise ConfigError("give either --lora FILE or --checkpoint DIR to merge, not both.")
+        if getattr(args, "ema", False):
+            raise ConfigError("--ema writes a LoRA file; to merge the EMA, run `loratui export DIR --ema` first, "
+                              "then `loratui export DIR --merge --lora output/NAME-ema.safetensors`.")
         folder, single = export_merged(args.dir, scale=args.scale, lora=args.lora or args.checkpoint,
                                        out_dir=args.out)
         if single is None:
@@ -157,6 +169,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"{paths.checkpoints} holds no checkpoint to export; train the project first.")
     loaded = ckpt.load_checkpoint(Path(source))
     fmt = args.format or cfg.save.format
+    tensors = loaded.lora
+    if getattr(args, "ema", False):
+        if "ema" not in loaded.extra:
+            raise ConfigError(f"{Path(source).name} holds no EMA: it was trained with train.ema_decay = 0. "
+                              "Set it (0.999 is typical) for the next run.")
+        tensors = {**loaded.lora, **loaded.extra["ema"]}  # the EMA holds the factors; alphas as trained
+        default = default.with_name(default.stem + "-ema" + default.suffix)
     out = Path(args.out) if args.out else (default.with_name(default.stem + "-diffusers.safetensors")
                                            if fmt == "diffusers" else default)
     info = probe_model(paths.model_spec(cfg), config_source=paths.config_source(cfg),
@@ -170,7 +189,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     # with the chosen dtype, the hashes and an atomic rename.
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         staged = Path(tmp) / "lora.safetensors"
-        save_file(loaded.lora, str(staged), metadata=meta)
+        save_file(tensors, str(staged), metadata=meta)
         convert_lora_file(staged, out, fmt, family=family, dtype=SAVE_DTYPES[cfg.save.precision])
     best = ""
     if getattr(args, "best", False) and loaded.state.best_val_loss is not None:

@@ -68,6 +68,11 @@ class DataConfig:
                          min=64, max=4096)
     bucket_step: int = _f(64, "bucket sides are multiples of this", min=8, max=256)
     cache_latents: bool = _f(True, "encode images once and reuse; off only to save disk", label="cache latents")
+    concepts: list = _f([], "[[data.concepts]] tables, one per image folder (repeats, captions, regularization); "
+                        "when present, data.images is not used")
+    alpha_mask: bool = _f(False, "masked loss: an image's alpha channel weights its loss (transparent = not learned)")
+    masks: str = _f("", "masked loss: folder of same-name greyscale masks (white = learn, black = ignore); "
+                    "empty turns it off")
 
 
 @dataclass
@@ -97,8 +102,9 @@ class TrainConfig:
                            choices=("constant", "constant_with_warmup", "linear", "cosine",
                                     "cosine_with_restarts", "polynomial"))
     warmup_steps: int = _f(0, "steps of linear warm-up from zero", min=0, max=1_000_000)
-    optimizer: str = _f("adamw", "adamw8bit needs bitsandbytes and saves memory on large ranks",
-                        choices=("adamw", "adamw8bit"))
+    optimizer: str = _f("adamw", "adamw8bit needs bitsandbytes and saves memory on large ranks; prodigy finds its "
+                        "own step size (learning_rate ~1.0); adamw_schedulefree needs no LR schedule",
+                        choices=("adamw", "adamw8bit", "prodigy", "adamw_schedulefree"))
     weight_decay: float = _f(0.01, "AdamW weight decay", min=0.0, max=1.0)
     max_grad_norm: float = _f(1.0, "gradient clipping; 0 turns it off", min=0.0, max=1000.0)
     precision: str = _f("no", "mixed precision on GPU: bf16 (Ampere+), fp16 (older cards), no (fp32)",
@@ -128,6 +134,10 @@ class TrainConfig:
     channels_last: bool = _f(True, "channels_last memory layout for the UNet; faster convolutions on GPU")
     num_processes: int = _f(0, "processes to train with, one per GPU, each taking its share of every step; "
                             "0 uses every visible GPU (1 without a GPU)", min=0, max=1024)
+    prior_loss_weight: float = _f(1.0, "loss weight of regularization images (kohya's name and meaning)",
+                                  min=0.0, max=100.0)
+    ema_decay: float = _f(0.0, "keep an EMA of the LoRA weights (0.999 is typical) for samples and "
+                          "output/NAME-ema.safetensors; 0 turns it off", min=0.0, max=0.999999)
 
 
 @dataclass
@@ -152,6 +162,42 @@ class SamplePrompt:
     seed: int = _f(1, "noise seed", min=0, max=2**32 - 1)
     steps: int = _f(0, "denoising steps; 0 uses [sample].steps", min=0, max=1000)
     guidance: float = _f(0.0, "classifier-free guidance; 0 uses [sample].guidance", min=0.0, max=50.0)
+
+
+def _inherit(kind: type, help: str, **limits: Any) -> Any:
+    """A concept key that, when left out (None), takes the [data] value of the same name."""
+    f = _f(None, help, **limits)
+    return field(default=None, metadata={**f.metadata, "kind": kind})
+
+
+@dataclass
+class ConceptConfig:
+    """One ``[[data.concepts]]`` table. A key left out (None) takes its value from [data]."""
+
+    folder: str = _f("", "folder of this concept's images, inside the project or absolute; N_name/ sub-folders "
+                     "multiply the repeats")
+    name: str = _f("", "shown by check and the dashboard; empty uses the folder's name")
+    repeats: int = _f(1, "times each image is seen per epoch", min=1, max=100_000)
+    is_reg: bool = _f(False, "regularization (prior-preservation) images: loss times train.prior_loss_weight, "
+                      "repeated to balance the training images as kohya does")
+    loss_weight: float = _f(1.0, "multiplies this concept's loss", min=0.0, max=100.0)
+    class_tokens: str = _f("", "caption for images without a caption file (kohya's class_tokens)")
+    trigger_word: str | None = _inherit(str, "default data.trigger_word; regularization concepts default to none")
+    caption_extension: str | None = _inherit(str, "default data.caption_extension", choices=(".txt", ".caption"))
+    shuffle_tags: bool | None = _inherit(bool, "default data.shuffle_tags")
+    keep_tokens: int | None = _inherit(int, "default data.keep_tokens", min=0, max=75)
+    caption_dropout: float | None = _inherit(float, "default data.caption_dropout", min=0.0, max=1.0)
+    alpha_mask: bool | None = _inherit(bool, "default data.alpha_mask")
+    masks: str | None = _inherit(str, "default data.masks")
+
+
+def concept_specs() -> Iterator[FieldSpec]:
+    """The keys of a [[data.concepts]] table; the type of an inheriting key is kept in its label."""
+    for f in dataclasses.fields(ConceptConfig):
+        meta = f.metadata
+        typ = meta.get("kind") or {"int": int, "float": float, "bool": bool, "str": str}[str(f.type)]
+        yield FieldSpec("data.concepts", f.name, typ, f.default, meta["help"], meta["min"], meta["max"],
+                        meta["choices"], None)
 
 
 @dataclass
@@ -346,6 +392,36 @@ def _coerce_prompts(raw: list, where: str, problems: list[str]) -> list[SamplePr
     return prompts
 
 
+def _coerce_concepts(raw: Any, problems: list[str]) -> list[ConceptConfig]:
+    if not isinstance(raw, list):
+        problems.append("data.concepts must be a list of [[data.concepts]] tables")
+        return []
+    specs = {s.name: s for s in concept_specs()}
+    concepts: list[ConceptConfig] = []
+    for i, item in enumerate(raw):
+        where = f"data.concepts[{i}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where} must be a table with a folder, not {item!r}")
+            continue
+        kwargs: dict[str, Any] = {}
+        for key, value in item.items():
+            if key not in specs:
+                problems.append(f"{where}.{key} is not a known key{_nearest(key, specs)}")
+                continue
+            try:
+                kwargs[key] = coerce_value(specs[key], value)
+            except ValueError as exc:
+                if key == "repeats":
+                    exc = ValueError(f"{exc}; a concept with no repeats would never be trained, "
+                                     "remove its table instead")
+                problems.append(f"{where}.{key} {exc}")
+        concept = ConceptConfig(**kwargs)
+        if not concept.folder.strip():
+            problems.append(f"{where} needs folder = \"...\", the folder that holds its images")
+        concepts.append(concept)
+    return concepts
+
+
 def migrate(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Bring an older file up to CONFIG_VERSION; returns the data and what was changed."""
     version = raw.get("version", CONFIG_VERSION)
@@ -393,6 +469,9 @@ def config_from_dict(raw: dict[str, Any], source: str = CONFIG_NAME) -> ProjectC
                         continue
                     setattr(section_obj, name, _coerce_prompts(item, "sample.prompts", problems))
                     continue
+                if key == "data" and name == "concepts":
+                    section_obj.concepts = _coerce_concepts(item, problems)
+                    continue
                 try:
                     setattr(section_obj, name, coerce_value(specs[name], item))
                 except ValueError as exc:
@@ -423,10 +502,18 @@ def cross_check(cfg: ProjectConfig) -> list[str]:
     if cfg.validation.folder and cfg.validation.split > 0:
         problems.append("validation.folder and validation.split are both set: hold out a share of the images "
                         "(split) or use a separate folder, not both")
-    for which in ("images",):
-        p = getattr(cfg.data, which)
-        if not p:
-            problems.append(f"data.{which} must name a folder")
+    if not cfg.data.images and not cfg.data.concepts:
+        problems.append("data.images must name a folder")
+    if cfg.data.concepts and all(c.is_reg for c in cfg.data.concepts):
+        problems.append("data.concepts are all regularization images (is_reg = true); add a concept with the "
+                        "images to learn")
+    folders = [c.folder.strip().rstrip("/") for c in cfg.data.concepts]
+    for folder in sorted({f for f in folders if folders.count(f) > 1}):
+        problems.append(f"data.concepts: folder {folder!r} is listed twice; give it one table")
+    if cfg.train.optimizer == "adamw_schedulefree" and cfg.train.lr_scheduler not in ("constant",
+                                                                                      "constant_with_warmup"):
+        problems.append(f"train.lr_scheduler = {cfg.train.lr_scheduler!r} does not go with adamw_schedulefree, "
+                        "which replaces the schedule: use \"constant\" (train.warmup_steps still warms up)")
     return problems
 
 

@@ -49,6 +49,9 @@ class Started(Event):
     trainable_params: int
     resumed_from: str | None = None
     time: float = field(default_factory=_now)
+    # One (name, "train"|"reg", usable images, images per epoch, share of the epoch) per concept;
+    # empty for a single folder without regularization.
+    concepts: tuple = ()
 
 
 @dataclass(frozen=True)

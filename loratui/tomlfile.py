@@ -18,6 +18,9 @@ from tomlkit.items import Table
 
 from loratui.config import SECTIONS, field_specs
 
+# Written as [[section.key]] tables after the plain keys, not as inline values.
+_ARRAYS_OF_TABLES = ("prompts", "concepts")
+
 if TYPE_CHECKING:
     from loratui.config import ProjectConfig
 
@@ -30,13 +33,14 @@ def _fresh_document(cfg: ProjectConfig) -> tomlkit.TOMLDocument:
     for section in SECTIONS:
         table = tomlkit.table()
         for spec in field_specs(section):
-            if spec.name == "prompts":
+            if spec.name in _ARRAYS_OF_TABLES:
                 continue
             table.add(tomlkit.comment(spec.help))
             table.add(spec.name, _plain(getattr(getattr(cfg, section), spec.name)))
         doc.add(tomlkit.nl())
         doc.add(section, table)
     _set_prompts(doc, cfg)
+    _set_concepts(doc, cfg)
     return doc
 
 
@@ -63,6 +67,24 @@ def _set_prompts(doc: tomlkit.TOMLDocument, cfg: ProjectConfig) -> None:
     sample["prompts"] = aot
 
 
+def _set_concepts(doc: tomlkit.TOMLDocument, cfg: ProjectConfig) -> None:
+    data = doc["data"]
+    assert isinstance(data, Table)
+    if not cfg.data.concepts:
+        if "concepts" in data:
+            del data["concepts"]
+        return
+    aot = tomlkit.aot()
+    for concept in cfg.data.concepts:
+        t = tomlkit.table()
+        for key, value in dataclasses.asdict(concept).items():
+            # A key left out inherits from [data]; writing it would freeze today's value.
+            if value is not None:
+                t.add(key, value)
+        aot.append(t)
+    data["concepts"] = aot
+
+
 def _update_document(doc: tomlkit.TOMLDocument, cfg: ProjectConfig) -> None:
     doc["name"] = cfg.name
     doc["version"] = cfg.version
@@ -71,7 +93,7 @@ def _update_document(doc: tomlkit.TOMLDocument, cfg: ProjectConfig) -> None:
             doc.add(section, tomlkit.table())
         table = doc[section]
         for spec in field_specs(section):
-            if spec.name == "prompts":
+            if spec.name in _ARRAYS_OF_TABLES:
                 continue
             new = getattr(getattr(cfg, section), spec.name)
             if spec.name in table:
@@ -80,6 +102,7 @@ def _update_document(doc: tomlkit.TOMLDocument, cfg: ProjectConfig) -> None:
             elif new != spec.default:
                 table[spec.name] = new
     _set_prompts(doc, cfg)
+    _set_concepts(doc, cfg)
 
 
 def render_config_toml(cfg: ProjectConfig, existing_text: str | None = None) -> str:

@@ -56,6 +56,31 @@ def summary_line(report: ScanReport) -> str:
     return ", ".join(parts)
 
 
+def _shows_concepts(report: ScanReport) -> bool:
+    return len(report.concepts) > 1 or any(c.is_reg for c in report.concepts)
+
+
+def concept_rows(report: ScanReport) -> list[tuple[str, str, int, int, int, str]]:
+    """(name, kind, usable images, repeats, images per epoch, share of the epoch) per concept."""
+    from loratui.data.concepts import concept_counts
+
+    rows = []
+    for count in concept_counts(report):
+        c = count.concept
+        kind = "reg" if c.is_reg else "train"
+        rows.append((c.name, kind, count.usable, c.repeats, count.per_epoch, f"{count.share:.0%}"))
+    return rows
+
+
+def concept_lines(report: ScanReport) -> list[str]:
+    if not _shows_concepts(report):
+        return []
+    lines = ["Concepts (images per epoch, repeats and regularization balancing included):"]
+    for name, kind, usable, repeats, per_epoch, share in concept_rows(report):
+        lines.append(f"  {display_name(name)} [{kind}] {usable} images × {repeats} repeats → {per_epoch}/epoch ({share})")
+    return lines
+
+
 def _size(r: ImageRecord) -> str:
     return f"{r.width}×{r.height}" if r.width else "—"
 
@@ -88,6 +113,8 @@ def render_report(report: ScanReport) -> RenderableType:
     if report.error:
         return Group(title, Text(f"Error: {report.error}", style="bold red"))
     parts: list[RenderableType] = [title, Text(summary_line(report))]
+    if _shows_concepts(report):
+        parts.append(_concept_table(report))
     problems = _problem_table(report)
     if problems is not None:
         parts.append(problems)
@@ -103,6 +130,17 @@ def render_report(report: ScanReport) -> RenderableType:
     style = {0: "green", 1: "yellow", 2: "bold red"}[report.exit_code]
     parts.append(Text(_verdict(report), style=style))
     return Group(*parts)
+
+
+def _concept_table(report: ScanReport) -> Table:
+    table = Table(title="Concepts (images per epoch)", title_justify="left", box=None)
+    for name, justify in (("Concept", "left"), ("Kind", "left"), ("Images", "right"), ("Repeats", "right"),
+                          ("Per epoch", "right"), ("Share", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for name, kind, usable, repeats, per_epoch, share in concept_rows(report):
+        table.add_row(display_name(name), Text(kind, style="magenta" if kind == "reg" else ""), str(usable),
+                      str(repeats), str(per_epoch), share)
+    return table
 
 
 def _problem_table(report: ScanReport) -> Table | None:
@@ -146,17 +184,26 @@ def _histogram_table(report: ScanReport) -> Table | None:
     return table
 
 
-def _project_path(report: ScanReport, rel: str, project_dir: Path | None) -> str:
-    """A file's path as the user would type it from the project folder (absolute when outside it).
+def _project_path(path: Path, project_dir: Path | None) -> str:
+    """A path as the user would type it from the project folder (absolute when outside it).
 
-    Only the folders are resolved: a file may be a broken or looping link, reported as such."""
-    folder = report.images_dir
+    Only the folder is resolved: a file may be a broken or looping link, reported as such."""
+    folder, name = path.parent, path.name
     if project_dir is not None:
         try:
-            folder = report.images_dir.resolve().relative_to(project_dir.resolve())
+            folder = path.parent.resolve().relative_to(project_dir.resolve())
         except (ValueError, OSError, RuntimeError):
             pass
-    return (folder / rel).as_posix() if rel else folder.as_posix()
+    return (folder / name).as_posix()
+
+
+def _folder_path(report: ScanReport, project_dir: Path | None) -> str:
+    if project_dir is not None:
+        try:
+            return report.images_dir.resolve().relative_to(project_dir.resolve()).as_posix()
+        except (ValueError, OSError, RuntimeError):
+            pass
+    return str(report.images_dir)
 
 
 def problem_lines(report: ScanReport, project_dir: Path | None = None) -> list[str]:
@@ -164,10 +211,11 @@ def problem_lines(report: ScanReport, project_dir: Path | None = None) -> list[s
     the whole path relative to the project, so ``grep NAME`` finds every line about a file."""
     if report.error:
         return [f"error: {report.error}"]
-    lines = [f"dataset: {_project_path(report, '', project_dir).rstrip('/.') or '.'} at {report.resolution} px",
+    lines = [f"dataset: {_folder_path(report, project_dir)} at {report.resolution} px",
              f"summary: {summary_line(report)}"]
+    lines += [f"concept: {line.strip()}" for line in concept_lines(report)[1:]]
     for r in report.records:
-        name = display_name(_project_path(report, r.rel, project_dir))
+        name = display_name(_project_path(r.path, project_dir))
         lines.extend(f"{name}: {r.status}: {display_name(p)}" for p in r.problems)
         lines.extend(f"{name}: {r.status}: note: {display_name(i)}" for i in r.info)
     lines.extend(f"notice: {display_name(n)}" for n in report.notices)
@@ -180,7 +228,7 @@ def problem_lines(report: ScanReport, project_dir: Path | None = None) -> list[s
 def report_json(report: ScanReport, project_dir: Path | None = None, *, batch_size: int = 1) -> dict[str, Any]:
     """The report for scripts: the summary and one object per file."""
     files = [{
-        "path": _project_path(report, r.rel, project_dir),
+        "path": _project_path(r.path, project_dir),
         "status": r.status,
         "width": r.width,
         "height": r.height,
@@ -192,7 +240,7 @@ def report_json(report: ScanReport, project_dir: Path | None = None, *, batch_si
         "notes": list(r.info),
     } for r in report.records]
     summary: dict[str, Any] = {
-        "images_dir": _project_path(report, "", project_dir).rstrip("/.") or ".",
+        "images_dir": _folder_path(report, project_dir),
         "resolution": report.resolution,
         "error": report.error,
         "images": len(report.records),
@@ -204,6 +252,9 @@ def report_json(report: ScanReport, project_dir: Path | None = None, *, batch_si
         "batch_size": batch_size,
         "steps_per_epoch": report.steps_per_epoch(batch_size) if report.usable else 0,
         "buckets": [{"bucket": list(b), "images": n} for b, n in report.bucket_histogram.items()],
+        "concepts": [{"name": name, "kind": kind, "images": usable, "repeats": repeats, "per_epoch": per_epoch,
+                      "share": share} for name, kind, usable, repeats, per_epoch, share in concept_rows(report)]
+        if report.concepts else [],
         "notices": list(report.notices),
         "exit_code": report.exit_code,
         "verdict": _verdict(report),

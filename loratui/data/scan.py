@@ -66,6 +66,10 @@ class ImageRecord:
     info: list[str] = field(default_factory=list)  # harmless facts (EXIF rotation)
     sha256: str = ""  # of the file bytes; the latent cache keys on it
     fingerprint: str = ""  # "size-mtime_ns", a cheap change check
+    is_reg: bool = False  # a regularization image (data.concepts' is_reg)
+    concept: int = 0  # index into ScanReport.concepts (0 for the data.images shorthand)
+    base_repeats: int = 1  # repeats before regularization balancing (see data/concepts.py)
+    mask: str | None = None  # "alpha" or a mask file's path when this image's loss is masked
 
     @property
     def usable(self) -> bool:
@@ -81,6 +85,7 @@ class ScanReport:
     bucket_step: int = 64
     error: str | None = None  # set when there is nothing to scan at all
     notices: list[str] = field(default_factory=list)  # folder-level findings
+    concepts: list = field(default_factory=list)  # data.concepts.Concept, in config order; empty for a bare scan
 
     @property
     def usable(self) -> list[ImageRecord]:
@@ -105,7 +110,8 @@ class ScanReport:
 
     @property
     def missing_captions(self) -> list[ImageRecord]:
-        return [r for r in self.usable if r.caption_path is None]
+        # An image captioned by its concept's class tokens has no file and needs none.
+        return [r for r in self.usable if r.caption_path is None and r.caption is None]
 
     @property
     def warning_count(self) -> int:
@@ -238,6 +244,7 @@ class _Settings:
     trigger_word: str
     tokenize: Tokenize | None
     max_tokens: int
+    class_tokens: str = ""
 
 
 def _scan_image(path: Path, rel: str, s: _Settings) -> ImageRecord:
@@ -302,6 +309,10 @@ def _attach_caption(record: ImageRecord, s: _Settings) -> None:
         else "it will train with an empty caption"
     )
     found = find_caption(record.path, s.caption_extension)
+    if not found.exists and s.class_tokens.strip():
+        # kohya's DreamBooth convention: an image without a caption file is captioned by its class tokens.
+        record.caption = s.class_tokens.strip()
+        return
     if not found.exists:
         record.problems.append(
             f"no caption file ({_display(s, record.path)} → expected "
@@ -344,6 +355,7 @@ def scan_images(
     tokenize: Tokenize | None = None,
     max_tokens: int = CLIP_MAX_TOKENS,
     trigger_word: str = "",
+    class_tokens: str = "",
     progress: Progress | None = None,
     workers: int | None = None,
 ) -> ScanReport:
@@ -375,6 +387,7 @@ def scan_images(
         trigger_word=trigger_word,
         tokenize=tokenize,
         max_tokens=max_tokens,
+        class_tokens=class_tokens,
     )
     found = _Found()
     _walk(images_dir, images_dir, found)

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{6,})$")
 STATE_FILE = "state.json"
+EXTRA_FILES = ("ema", "lora_train")  # optional tensor sets beside lora.safetensors
 
 
 @dataclass
@@ -69,8 +70,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def write_checkpoint(root: Path, state: TrainState, *, lora: dict[str, torch.Tensor],
-                     optimizer: dict[str, Any], scheduler: dict[str, Any], config_text: str) -> Path:
-    """Write ``root/step-NNNNNN`` atomically and return its path."""
+                     optimizer: dict[str, Any], scheduler: dict[str, Any], config_text: str,
+                     extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write ``root/step-NNNNNN`` atomically and return its path.
+
+    ``extra`` holds further tensor sets by name, each written as NAME.safetensors: the EMA
+    (``ema``) and schedule-free's training-point weights (``lora_train``) when the run has them."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(state.step)
     tmp = root / f".tmp-{checkpoint_name(state.step)}-{os.getpid()}"
@@ -79,6 +84,9 @@ def write_checkpoint(root: Path, state: TrainState, *, lora: dict[str, torch.Ten
     tmp.mkdir()
     try:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in lora.items()}, str(tmp / "lora.safetensors"))
+        for name, tensors in (extra or {}).items():
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+                      str(tmp / f"{name}.safetensors"))
         torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(scheduler, tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
@@ -135,6 +143,7 @@ class LoadedCheckpoint:
     scheduler: dict[str, Any]
     rng: dict[str, Any]
     config_text: str
+    extra: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
@@ -146,6 +155,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Loa
         scheduler=torch.load(path / "scheduler.pt", weights_only=True),
         rng=torch.load(path / "rng.pt", weights_only=True),
         config_text=(path / "config.toml").read_text(encoding="utf-8"),
+        extra={name: load_file(str(path / f"{name}.safetensors")) for name in EXTRA_FILES
+               if (path / f"{name}.safetensors").is_file()},
     )
 
 

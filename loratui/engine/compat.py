@@ -11,11 +11,11 @@ from loratui.config import ProjectConfig, field_spec
 BREAKING = (
     "model.base", "model.family", "model.prediction_type", "model.clip_skip",
     "data.resolution", "data.bucket_step", "data.flip", "data.trigger_word", "data.shuffle_tags",
-    "data.keep_tokens", "data.caption_dropout",
+    "data.keep_tokens", "data.caption_dropout", "data.concepts", "data.alpha_mask", "data.masks",
     "lora.rank", "lora.alpha", "lora.preset", "lora.train_text_encoder", "lora.type", "lora.lokr_factor",
     "train.batch_size", "train.grad_accum", "train.seed", "train.optimizer", "train.lr_scheduler",
     "train.warmup_steps", "train.learning_rate", "train.text_encoder_lr", "train.weight_decay",
-    "train.min_snr_gamma", "train.noise_offset", "validation.split",
+    "train.min_snr_gamma", "train.noise_offset", "train.prior_loss_weight", "validation.split",
     "model.t5_max_length", "train.timestep_sampling", "train.sigmoid_scale", "train.flow_shift",
     "train.guidance_scale",
 )
@@ -24,7 +24,7 @@ LENGTH_DEPENDENT = ("linear", "cosine", "cosine_with_restarts", "polynomial")
 HARMLESS = (
     "train.max_steps", "train.epochs", "train.precision", "train.gradient_checkpointing",
     "train.gradient_checkpointing_every", "train.compile", "train.compile_mode",
-    "train.channels_last", "train.max_grad_norm", "model.base_weights",
+    "train.channels_last", "train.max_grad_norm", "model.base_weights", "train.ema_decay",
     "save.every_n_steps", "save.keep", "save.output_name", "save.precision", "save.format",
     "sample.every_n_steps", "sample.steps", "sample.guidance", "sample.width", "sample.height", "sample.prompts",
     "save.keep_best", "validation.folder", "validation.every_n_steps", "advisor.enabled", "advisor.budget_hours",

@@ -77,8 +77,11 @@ def flow_matching_loss(family: Any, transformer: torch.nn.Module, latents: torch
                        generator: torch.Generator, *, sampling: str, sigmoid_scale: float, shift: float,
                        scheduler_config: Mapping[str, Any], guidance: float,
                        dtype: torch.dtype = torch.float32, sigmas: torch.Tensor | None = None,
-                       noise: torch.Tensor | None = None) -> torch.Tensor:
+                       noise: torch.Tensor | None = None, pixel_weight: torch.Tensor | None = None,
+                       sample_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean flow-matching loss over the batch; ``sigmas``/``noise`` fixed only by evaluation.
+    ``pixel_weight``/``sample_weight`` weigh it per latent pixel (masks) and per image (concepts),
+    as for the UNet families.
 
     ``family`` is the family's module (``loratui.models.flux`` or ``.sd3``): it calls the
     transformer in its own layout and returns the prediction in latent layout.
@@ -97,4 +100,10 @@ def flow_matching_loss(family: Any, transformer: torch.nn.Module, latents: torch
     noisy = (1 - s) * latents + s * noise
     target = noise - latents
     pred = family.predict(transformer, noisy, sigmas, cond, guidance=guidance, dtype=dtype)
-    return F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3)).mean()
+    loss = F.mse_loss(pred.float(), target, reduction="none")
+    if pixel_weight is not None:
+        loss = loss * pixel_weight
+    loss = loss.mean(dim=(1, 2, 3))
+    if sample_weight is not None:
+        loss = loss * sample_weight
+    return loss.mean()

@@ -93,6 +93,13 @@ def prepare_config(project_dir: Path, overrides: Sequence[str] = ()) -> ProjectC
     for item in overrides:
         apply_override(cfg, item)
     paths = ProjectPaths(Path(project_dir))
+    if cfg.data.concepts:
+        from loratui.data.concepts import missing_folders, resolve_concepts
+
+        problems = missing_folders(resolve_concepts(cfg, paths.root))
+        if problems:
+            raise ConfigError(". ".join(problems) + ".")
+        return cfg
     images = paths.images(cfg)
     if not images.is_dir():
         raise ConfigError(f"data.images = {cfg.data.images!r}: the folder {images} does not exist. Put your "

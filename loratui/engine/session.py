@@ -7,7 +7,9 @@ wizard's estimate can build the same session without running a whole loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,12 +17,16 @@ from typing import Any, Callable
 import torch
 
 from loratui.config import ProjectConfig
-from loratui.data.scan import ScanReport, scan_images
+from loratui.data.concepts import empty_concepts, scan_project
 from loratui.data.holdout import project_holdout
+from loratui.data.report import concept_lines
+from loratui.data.scan import ScanReport
 from loratui.engine import distributed
 from loratui.engine.dataset import Batch, Item, PreparedDataset, prepare_dataset
+from loratui.engine.ema import LoraEMA
 from loratui.engine.grad_checkpoint import enable_unet_checkpointing
 from loratui.engine.latent_cache import CachedText, LatentCache, TextCache
+from loratui.engine.optimizers import averaged_weights, build_optimizer, is_schedule_free, optimizer_advice
 from loratui.engine.step import Conditioning, diffusion_loss, to_device
 from loratui.errors import UserError
 from loratui.lora.inject import inject_lora
@@ -54,6 +60,7 @@ class TrainingSession:
     held_out: list[Item] = field(default_factory=list)
     """Validation images (validation.split or .folder), encoded like the training ones, never trained on."""
     holdout_note: str = ""
+    ema: LoraEMA | None = None  # train.ema_decay > 0
 
     def __post_init__(self) -> None:
         self._params = self.lora_parameters()
@@ -77,6 +84,10 @@ class TrainingSession:
         from diffusers.optimization import get_scheduler
 
         t = self.cfg.train
+        if is_schedule_free(self.optimizer):
+            # Schedule-free has no schedule; it warms up inside the optimizer.
+            self.lr_scheduler = get_scheduler("constant", self.optimizer)
+            return
         self.lr_scheduler = get_scheduler(t.lr_scheduler, self.optimizer, num_warmup_steps=t.warmup_steps,
                                           num_training_steps=total_steps)
 
@@ -85,7 +96,8 @@ class TrainingSession:
 
     # ------------------------------------------------------------ objective
     def loss(self, latents: torch.Tensor, cond: Conditioning, generator: torch.Generator, *,
-             timesteps: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+             timesteps: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+             pixel_weight: torch.Tensor | None = None, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
         """The family's training loss for one micro-batch; ``timesteps`` (0..999) and ``noise`` fixed only by
         evaluation (a flow model reads a timestep t as σ = t / 1000)."""
         t = self.cfg.train
@@ -98,11 +110,11 @@ class TrainingSession:
                 sampling=resolve_sampling(t.timestep_sampling, self.model.family), sigmoid_scale=t.sigmoid_scale,
                 shift=t.flow_shift, scheduler_config=self.noise_scheduler.config, guidance=t.guidance_scale,
                 dtype=self.weight_dtype, sigmas=None if timesteps is None else timesteps.float() / 1000,
-                noise=noise)
+                noise=noise, pixel_weight=pixel_weight, sample_weight=sample_weight)
         return diffusion_loss(self.unet, self.noise_scheduler, latents, cond, generator,
                               prediction_type=self.model.prediction_type, noise_offset=t.noise_offset,
                               min_snr_gamma=t.min_snr_gamma, timesteps=timesteps, noise=noise,
-                              unet_dtype=self.weight_dtype)
+                              unet_dtype=self.weight_dtype, pixel_weight=pixel_weight, sample_weight=sample_weight)
 
     # ------------------------------------------------------------ conditioning
     def conditioning(self, batch: Batch) -> Conditioning:
@@ -165,7 +177,26 @@ class TrainingSession:
             self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(found_inf)
         return found_inf
+
+    # ------------------------------------------------------------ which weights
+    @contextlib.contextmanager
+    def export_weights(self) -> Iterator[None]:
+        """The weights a file should hold: schedule-free's average, otherwise the trained ones."""
+        with averaged_weights(self.optimizer, self._params):
+            yield
+
+    @contextlib.contextmanager
+    def sampling_weights(self) -> Iterator[None]:
+        """The weights to draw samples with: the EMA when it is on, otherwise as ``export_weights``."""
+        with self.export_weights():
+            if self.ema is None:
+                yield
+            else:
+                with self.ema.applied():
+                    yield
 
     @property
     def _device_side_skip(self) -> bool:
@@ -245,6 +276,8 @@ def _make_accelerator(cfg: ProjectConfig) -> Any:
 
 def _make_optimizer(cfg: ProjectConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     t = cfg.train
+    if t.optimizer in ("prodigy", "adamw_schedulefree"):
+        return build_optimizer(cfg, groups)
     if t.optimizer == "adamw8bit":
         try:
             import bitsandbytes as bnb  # type: ignore[import-not-found]
@@ -271,13 +304,17 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
     weight_dtype = _weight_dtype(cfg.train.precision, device)
 
     images_dir = paths.images(cfg)
-    status(f"scanning {images_dir}")
-    scan = scan_images(images_dir, resolution=cfg.data.resolution, caption_extension=cfg.data.caption_extension,
-                       bucket_step=cfg.data.bucket_step, trigger_word=cfg.data.trigger_word)
+    status(f"scanning {images_dir}" if not cfg.data.concepts else f"scanning {len(cfg.data.concepts)} concepts")
+    scan = scan_project(cfg, paths.root)
+    empty = empty_concepts(scan) if cfg.data.concepts else []
+    if empty:
+        raise DatasetEmpty(". ".join(empty) + ".")
     if not scan.usable:
         reason = scan.error or scan.summary_line()
         raise DatasetEmpty(f"no usable images in {images_dir}: {reason}. Run `loratui check` on the project "
                            "to see every problem.")
+    for line in concept_lines(scan):
+        status(line.strip())
     for rec in scan.skipped:
         status(f"skipping {rec.rel}: {'; '.join(rec.problems)}", "warning")
     holdout = project_holdout(paths, cfg, scan.usable)
@@ -307,7 +344,7 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
             status(f"encoding images {i}/{n}", progress=i / n)
 
     prepare = dict(vae=model.vae, scaling_factor=model.vae_scaling_factor, shift_factor=model.vae_shift_factor,
-                   cache=cache, batch_size=cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip)
+                   cache=cache, concepts=scan.concepts, prior_loss_weight=cfg.train.prior_loss_weight, batch_size=cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip)
     trained = holdout.trained
     if ranks.distributed and cache is not None:
         # Each rank encodes its share into the cache; after the barrier every rank reads all of it from
@@ -352,6 +389,11 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
         swap = {id(te): w for te, w in zip(trained_tes, wrapped)}
         model.text_encoders = [swap.get(id(te), te) for te in model.text_encoders]
         trained_tes = wrapped
+    for line in optimizer_advice(cfg):
+        status(line, "warning")
+    ema = None
+    if cfg.train.ema_decay > 0:
+        ema = LoraEMA([kp for net in networks.values() for kp in net.named_parameters()], cfg.train.ema_decay)
     if cfg.train.compile and device.type == "cuda":
         model.unet = torch.compile(model.unet, mode=cfg.train.compile_mode)
     # The T5 length changes a flow model's text tokens, so it is part of their cache identity.
@@ -362,7 +404,8 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
         _cache_all_captions(cfg, model, dataset, text_cache, status)
     return TrainingSession(cfg=cfg, accelerator=acc, model=model, networks=networks, dataset=dataset, scan=scan,
                            weight_dtype=weight_dtype, text_cache=text_cache, optimizer=optimizer,
-                           trained_text_encoders=trained_tes, held_out=held_out, holdout_note=holdout.note)
+                           trained_text_encoders=trained_tes, held_out=held_out, holdout_note=holdout.note,
+                           ema=ema)
 
 
 def _cache_all_captions(cfg: ProjectConfig, model: LoadedModel, dataset: PreparedDataset, cache: TextCache,

@@ -58,8 +58,14 @@ def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
 def diffusion_loss(unet: torch.nn.Module, noise_scheduler, latents: torch.Tensor, cond: Conditioning,
                    generator: torch.Generator, *, prediction_type: str, noise_offset: float = 0.0,
                    min_snr_gamma: float = 0.0, timesteps: torch.Tensor | None = None,
-                   noise: torch.Tensor | None = None, unet_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Mean loss over the batch; ``timesteps``/``noise`` fixed only by evaluation."""
+                   noise: torch.Tensor | None = None, unet_dtype: torch.dtype = torch.float32,
+                   pixel_weight: torch.Tensor | None = None,
+                   sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean loss over the batch; ``timesteps``/``noise`` fixed only by evaluation.
+
+    ``pixel_weight`` [B, 1, h, w] (masked loss) and ``sample_weight`` [B] (concept loss weights,
+    prior_loss_weight) multiply the squared error per latent pixel and per image, as kohya does:
+    the mean is not renormalised, so a half-masked image counts half."""
     device = latents.device
     b = latents.shape[0]
     if noise is None:
@@ -77,7 +83,12 @@ def diffusion_loss(unet: torch.nn.Module, noise_scheduler, latents: torch.Tensor
     else:
         target = noise
     pred = unet(noisy.to(unet_dtype), timesteps, **cond.unet_kwargs()).sample
-    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+    if pixel_weight is not None:
+        loss = loss * pixel_weight
+    loss = loss.mean(dim=(1, 2, 3))
+    if sample_weight is not None:
+        loss = loss * sample_weight
     if min_snr_gamma > 0:
         s = snr(noise_scheduler.alphas_cumprod, timesteps)
         clipped = torch.clamp(s, max=min_snr_gamma)

@@ -22,11 +22,14 @@ import torch
 import loratui
 from loratui.commands import Command, CommandChannel
 from loratui.config import ProjectConfig
+from loratui.data.concepts import concept_summary
 from loratui.engine import checkpoint as ckpt
 from loratui.engine.batches import total_optimizer_steps
 from loratui.engine.compat import config_digest, describe_differences
 from loratui.engine.distributed import Ranks
+from loratui.engine.dataset import loss_weights_on
 from loratui.engine.memory import memory_snapshot
+from loratui.engine.optimizers import is_schedule_free
 from loratui.engine.session import TrainingSession, build_session
 from loratui.engine.step import step_generator, to_device
 from loratui.engine.validation import Validation
@@ -118,7 +121,8 @@ class Trainer:
             # "no" mixed precision means the UNet trains in fp32; say so where people read it.
             precision="fp32" if self.cfg.train.precision == "no" else self.cfg.train.precision,
             trainable_params=s.trainable_params,
-            resumed_from=str(self.resumed_from) if self.resumed_from else None))
+            resumed_from=str(self.resumed_from) if self.resumed_from else None,
+            concepts=concept_summary(s.scan)))
         if self.validation is not None:
             self._status(self.validation.describe())
         self._loop_started = time.perf_counter()
@@ -261,15 +265,13 @@ class Trainer:
             index = self.micro_batch + k * acc.num_processes + acc.process_index
             epoch, entries = s.dataset.plan.micro_batch(index)
             gen = step_generator(cfg.seed, index)
-            batch = s.dataset.batch(
-                entries, micro_batch=index, seed=cfg.seed, trigger_word=self.cfg.data.trigger_word,
-                shuffle_tags=self.cfg.data.shuffle_tags, keep_tokens=self.cfg.data.keep_tokens,
-                caption_dropout=self.cfg.data.caption_dropout, generator=gen)
+            batch = s.dataset.batch(entries, micro_batch=index, seed=cfg.seed, generator=gen)
             latents = to_device(batch.latents, acc.device)
+            weights = loss_weights_on(batch, acc.device)
             t1 = time.perf_counter()
             with acc.autocast():
                 cond = s.conditioning(batch)
-                loss = s.loss(latents, cond, gen)
+                loss = s.loss(latents, cond, gen, **weights)
             # Only the last micro-batch synchronises gradients across GPUs.
             if k < cfg.grad_accum - 1 and acc.num_processes > 1:
                 with acc.no_sync(s.unet):
@@ -344,8 +346,9 @@ class Trainer:
             best_step=self._best_step(), best_val_loss=self.validation.best_loss if self.validation else None)
         try:
             path = ckpt.write_checkpoint(
-                self.paths.checkpoints, state, lora=s.lora_state_dict(), optimizer=s.optimizer.state_dict(),
-                scheduler=s.lr_scheduler.state_dict(), config_text=render_config_toml(self.cfg))
+                self.paths.checkpoints, state, lora=self._export_state(), optimizer=s.optimizer.state_dict(),
+                scheduler=s.lr_scheduler.state_dict(), config_text=render_config_toml(self.cfg),
+                extra=self._resume_state())
         except OSError as exc:
             # write_checkpoint removed its temporary folder; the previous checkpoints are untouched.
             previous = ckpt.latest_checkpoint(self.paths.checkpoints)
@@ -376,12 +379,29 @@ class Trainer:
         self._flush()
         assert self.validation is not None
         mean_step = sum(self._recent_step_s) / len(self._recent_step_s) if self._recent_step_s else None
-        event, improved = self.validation.evaluate(
-            self.step, run_seconds=time.perf_counter() - self._loop_started, mean_step_s=mean_step)
+        with self._session().export_weights():  # schedule-free: the averaged weights the files hold
+            event, improved = self.validation.evaluate(
+                self.step, run_seconds=time.perf_counter() - self._loop_started, mean_step_s=mean_step)
         if self._session().accelerator.is_main_process:
             self.emit(event)
         if improved and self.cfg.save.keep_best and self._last_checkpoint_step != self.step:
             self.save_checkpoint("best")
+
+    def _export_state(self) -> dict[str, torch.Tensor]:
+        """The LoRA as files should hold it (schedule-free: its average), copied out."""
+        s = self._session()
+        with s.export_weights():
+            return {k: v.clone() for k, v in s.lora_state_dict().items()}
+
+    def _resume_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """What resume needs beyond lora.safetensors: the EMA, and schedule-free's training weights."""
+        s = self._session()
+        extra = {}
+        if s.ema is not None:
+            extra["ema"] = s.ema.state_dict()
+        if is_schedule_free(s.optimizer):
+            extra["lora_train"] = {k: v.clone() for k, v in s.lora_state_dict().items()}
+        return extra
 
     def load_checkpoint(self, path: Path) -> None:
         s = self._session()
@@ -396,8 +416,15 @@ class Trainer:
                 f"one:\n{listing}\nUndo them, or start a new run without --resume.")
         for line in harmless:
             self._status(f"resuming with a changed setting: {line}")
-        s.load_lora_state_dict(loaded.lora)
+        s.load_lora_state_dict(loaded.extra.get("lora_train", loaded.lora))
         s.optimizer.load_state_dict(loaded.optimizer)
+        if s.ema is not None:
+            if "ema" in loaded.extra:
+                s.ema.load_state_dict(loaded.extra["ema"])
+            else:
+                s.ema.reset()
+                self._status("this checkpoint has no EMA (train.ema_decay was off); the average starts from "
+                             "the resumed weights", "warning")
         s.lr_scheduler.load_state_dict(loaded.scheduler)
         ckpt.set_rng_state(loaded.rng)
         self.step = loaded.state.step
@@ -426,9 +453,10 @@ class Trainer:
             self._status(f"step {self.step}: {chosen.describe()}")
         out_dir = self.paths.samples / ckpt.checkpoint_name(self.step)
         try:
-            for index, result in enumerate(generate_samples(s, self.cfg, out_dir, chosen.prompts)):
-                self.emit(SampleReady(step=self.step, path=str(result.path), prompt=result.prompt,
-                                      seed=result.seed, source=chosen.sources[index]))
+            with s.sampling_weights():
+                for index, result in enumerate(generate_samples(s, self.cfg, out_dir, chosen.prompts)):
+                    self.emit(SampleReady(step=self.step, path=str(result.path), prompt=result.prompt,
+                                          seed=result.seed, source=chosen.sources[index]))
         except torch.OutOfMemoryError:
             # A sample is never worth the run: skip it and keep training.
             if s.accelerator.device.type == "cuda":
@@ -447,8 +475,15 @@ class Trainer:
         s = self._session()
         path = self.paths.lora_file(self.cfg)
         if s.accelerator.is_main_process:
-            export_lora(s, self.cfg, path, steps=self.step, epoch=self.epoch, fmt=self.cfg.save.format)
-            self._status(f"saved {path}")
+            with s.export_weights():
+                export_lora(s, self.cfg, path, steps=self.step, epoch=self.epoch, fmt=self.cfg.save.format)
+                self._status(f"saved {path}")
+                if s.ema is not None:
+                    ema_path = path.with_name(f"{path.stem}-ema{path.suffix}")
+                    with s.ema.applied():
+                        export_lora(s, self.cfg, ema_path, steps=self.step, epoch=self.epoch,
+                                    fmt=self.cfg.save.format)
+                    self._status(f"saved {ema_path} (EMA of the weights, decay {self.cfg.train.ema_decay:g})")
         return path
 
     def cleanup(self) -> None:

@@ -84,6 +84,8 @@ class StatsPanel(Widget):
         if s.started:
             st = s.started
             table.add_row("Run", f"{st.device} · {st.family} · {st.precision} · {st.num_images} images")
+            if st.concepts:
+                table.add_row("Concepts", concepts_text(st.concepts))
         return table
 
     def _elapsed(self) -> float | None:
@@ -93,6 +95,15 @@ class StatsPanel(Widget):
         end = self.state.finished or self.state.failed
         now = end.time if end is not None else self.clock()
         return max(now - start.time, 0.0)
+
+
+def concepts_text(concepts: tuple | list) -> str:
+    """``alice 12 → 120/epoch (50%) · reg (reg) 40 → 120/epoch (50%)``, one entry per concept."""
+    parts = []
+    for name, kind, images, per_epoch, share in concepts:
+        tag = " (reg)" if kind == "reg" else ""
+        parts.append(f"{name}{tag} {images} → {per_epoch}/epoch ({share:.0%})")
+    return " · ".join(parts)
 
 
 def _time(seconds: float) -> str:

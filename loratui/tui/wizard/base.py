@@ -90,7 +90,8 @@ class WizardState:
     def scan_key(self) -> tuple[Any, ...]:
         """What a scan's findings depend on; a new scan is due when this changes."""
         d = self.cfg.data
-        return (str(self.images_dir()), d.resolution, d.bucket_step, d.caption_extension)
+        concepts = tuple(repr(c) for c in d.concepts)
+        return (str(self.images_dir()), d.resolution, d.bucket_step, d.caption_extension, concepts)
 
 
 def unlisted(sections: tuple[str, ...], shown: set[str]) -> list[str]:

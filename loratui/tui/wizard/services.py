@@ -31,7 +31,13 @@ class Estimate:
     note: str
 
 
-def scan(images_dir: Path, cfg: ProjectConfig, progress: Progress | None = None) -> ScanReport:
+def scan(images_dir: Path, cfg: ProjectConfig, progress: Progress | None = None,
+         project_dir: Path | None = None) -> ScanReport:
+    if project_dir is not None:
+        # Every concept of the project (or data.images alone), as training will see them.
+        from loratui.data.concepts import scan_project
+
+        return scan_project(cfg, project_dir, progress=progress)
     from loratui.data.scan import scan_images
 
     return scan_images(images_dir, resolution=cfg.data.resolution, caption_extension=cfg.data.caption_extension,

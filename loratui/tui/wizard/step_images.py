@@ -15,7 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Static
 
-from loratui.data.report import display_name
+from loratui.data.report import concept_lines, display_name
 from loratui.tui.wizard.base import WizardStep
 from loratui.tui.wizard.dir_picker import PathPicker
 from loratui.tui.wizard.fields import ConfigField
@@ -52,6 +52,9 @@ def summary_text(report: ScanReport, batch_size: int) -> str:
     repeats = describe_repeats(report)
     per_epoch = (f"{report.images_per_epoch} images/epoch → {report.steps_per_epoch(batch_size)} steps/epoch "
                  f"at batch size {batch_size}")
+    concepts = concept_lines(report)
+    if concepts:  # with concepts the per-concept lines say what the N_name summary would
+        return "\n".join([line, per_epoch, *(c.strip() for c in concepts)])
     return "\n".join(filter(None, [line, per_epoch, f"repeats: {repeats}" if repeats else ""]))
 
 
@@ -83,7 +86,7 @@ def record_cells(record: ImageRecord) -> tuple[str, ...]:
     if not record.usable:
         caption = "—"
     elif record.caption_path is None:
-        caption = "missing"
+        caption = "class" if record.caption else "missing"  # a concept's class tokens caption it
     else:
         caption = "empty" if not record.caption else "✓"
     status = {"ok": "", "converted": "converted", "skipped": "SKIPPED"}.get(record.status, record.status)
@@ -217,7 +220,7 @@ class ImagesStep(WizardStep):
                 self.post_message(self.Progress(done, total))
 
         try:
-            report = self.state.services.scan(folder, cfg, progress)
+            report = self.state.services.scan(folder, cfg, progress, project_dir=self.state.project_dir)
         except _Superseded:
             return
         except Exception as exc:  # noqa: BLE001 - a scan bug must not take the wizard down

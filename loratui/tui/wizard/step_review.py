@@ -60,6 +60,10 @@ def section_listing(cfg: ProjectConfig, section: str) -> Content:
         if spec.name == "prompts":
             lines.extend(Content(f"prompt {i}: seed {p.seed}, {p.prompt!r}") for i, p in enumerate(value, 1))
             continue
+        if spec.name == "concepts":
+            lines.extend(Content(f"concept {i}: {c.folder!r} ×{c.repeats}" + (" (regularization)" if c.is_reg else ""))
+                         for i, c in enumerate(value, 1))
+            continue
         style = "bold" if value != spec.default else "$text-muted"
         lines.append(Content.assemble(f"{spec.name} = ", (_toml_value(value), style)))
     return Content("\n").join(lines)

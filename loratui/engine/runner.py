@@ -137,7 +137,7 @@ def run_training(project_dir: Path, *, emit: EventSink, commands: CommandChannel
     files) and the others only train their share, reporting nothing but failures.
     """
     from loratui.engine.quiet import quiet_libraries
-    from loratui.engine.trainer import StopTraining, Trainer
+    from loratui.engine.trainer import Trainer
 
     quiet_libraries()
     project_dir = Path(project_dir)
@@ -184,8 +184,7 @@ def run_training(project_dir: Path, *, emit: EventSink, commands: CommandChannel
         return path
     except Exception as exc:
         step = trainer.step if trainer is not None else None
-        # An abort reaches every rank at the same step; it is nobody's failure to explain.
-        reported = exc if isinstance(exc, StopTraining) else ranks.explain(exc)
+        reported = ranks.explain(exc)
         if isinstance(reported, distributed.PeerLost) and ranks.is_main:
             reported = distributed.PeerLost(f"{reported}{_resume_hint(paths)}")
         if reported is exc:

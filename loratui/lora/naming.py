@@ -230,13 +230,16 @@ _COMPOUND = sorted(
 )  # fmt: skip
 
 
-def underscore_to_path(name: str) -> str:
-    """``down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0`` -> dotted path."""
+def underscore_to_path(name: str, compounds: list[str] | None = None) -> str:
+    """``down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0`` -> dotted path.
+
+    ``compounds`` are the identifiers that keep their own underscores, longest first (the UNets'
+    and text encoders' by default)."""
     tokens = name.split("_")
     out: list[str] = []
     i = 0
     while i < len(tokens):
-        for word in _COMPOUND:
+        for word in _COMPOUND if compounds is None else compounds:
             parts = word.split("_")
             if tokens[i : i + len(parts)] == parts:
                 out.append(word)

@@ -25,6 +25,8 @@ import re
 
 from torch import nn
 
+from loratui.lora.naming import underscore_to_path
+
 INTERNAL_PREFIX = "lora_unet_"
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
 
@@ -177,17 +179,4 @@ _TRANSFORMER_COMPOUND = sorted(
 
 def path_from_internal(name: str) -> str:
     """``lora_unet_transformer_blocks_0_attn_add_q_proj`` -> ``transformer_blocks.0.attn.add_q_proj``."""
-    tokens = name.removeprefix(INTERNAL_PREFIX).split("_")
-    out: list[str] = []
-    i = 0
-    while i < len(tokens):
-        for word in _TRANSFORMER_COMPOUND:
-            parts = word.split("_")
-            if tokens[i:i + len(parts)] == parts:
-                out.append(word)
-                i += len(parts)
-                break
-        else:
-            out.append(tokens[i])
-            i += 1
-    return ".".join(out)
+    return underscore_to_path(name.removeprefix(INTERNAL_PREFIX), _TRANSFORMER_COMPOUND)

@@ -64,6 +64,16 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "demo_lora")
 
 
+def real_probe_services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Instant answers, but the real model probe (the built-ins are made in a cache of the test's own)."""
+    from loratui.tui.wizard.services import Services
+
+    monkeypatch.setenv("LORATUI_CACHE_DIR", str(tmp_path / "cache"))
+    services, real = fake_services(), Services()
+    services.probe, services.model_errors = real.probe, real.model_errors
+    return services
+
+
 def host(project: Path, **kwargs: Any) -> WizardHost:
     return WizardHost(project, services=kwargs.pop("services", fake_services()), **kwargs)
 
@@ -176,12 +186,7 @@ async def test_prefix_is_added_to_and_removed_from_every_caption(project: Path) 
 
 async def test_model_step_shows_the_family_or_the_loaders_reason(project: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LORATUI_CACHE_DIR", str(tmp_path / "cache"))
-    services = fake_services()
-    from loratui.tui.wizard.services import Services
-
-    real = Services()
-    services.probe, services.model_errors = real.probe, real.model_errors
+    services = real_probe_services(tmp_path, monkeypatch)
     app = host(project, services=services)
     async with app.run_test(size=(100, 30)) as pilot:
         await goto(pilot, 3)
@@ -204,12 +209,7 @@ async def test_model_step_shows_the_family_or_the_loaders_reason(project: Path, 
 
 async def test_the_resolution_follows_the_model_until_the_user_sets_one(project: Path, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LORATUI_CACHE_DIR", str(tmp_path / "cache"))
-    services = fake_services()
-    from loratui.tui.wizard.services import Services
-
-    real = Services()
-    services.probe, services.model_errors = real.probe, real.model_errors
+    services = real_probe_services(tmp_path, monkeypatch)
     assert on_disk(project)["data"]["resolution"] == 512  # the default, not chosen by anyone
     app = host(project, services=services)
     async with app.run_test(size=(100, 30)) as pilot:

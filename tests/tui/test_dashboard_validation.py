@@ -36,7 +36,7 @@ async def test_both_curves_share_the_step_axis_and_the_best_checkpoint_is_marked
         screen = app.screen
         assert isinstance(screen, DashboardScreen)
         await pilot.press("t")
-        await wait_until(pilot, lambda: screen.state.phase == "finished")
+        await wait_until(pilot, lambda: screen.state.phase == "finished", timeout=30)
         await settle(pilot, screen)
         plot = screen.query_one("#plot", LossPlot)
         assert [v.step for v in plot.validations] == [5, 10, 15, 20, 25, 30, 35, 40]
@@ -57,7 +57,7 @@ async def test_both_curves_share_the_step_axis_and_the_best_checkpoint_is_marked
         screen.post_message(DashboardScreen.EngineEvent(Advice(rule="overfitting", step=40,
                                                                text="overfitting since step 20: ...")))
         await wait_until(pilot, lambda: any(line.startswith("advisor: overfitting since step 20")
-                                            for line in screen.state.log))
+                                            for line in screen.state.log), timeout=30)
 
 
 async def test_reopening_the_project_shows_the_validation_curve_and_best_checkpoint(make_app, project):
@@ -65,7 +65,7 @@ async def test_reopening_the_project_shows_the_validation_curve_and_best_checkpo
     async with make_app(engine).run_test(size=(120, 40)) as pilot:
         screen = pilot.app.screen
         await pilot.press("t")
-        await wait_until(pilot, lambda: screen.state.phase == "finished")
+        await wait_until(pilot, lambda: screen.state.phase == "finished", timeout=30)
     async with make_app(FakeEngine()).run_test(size=(120, 40)) as pilot:
         screen = pilot.app.screen
         await settle(pilot, screen)
@@ -81,7 +81,7 @@ async def test_the_gallery_compares_one_prompt_across_steps(make_app, project):
     async with app.run_test(size=(120, 40)) as pilot:
         screen = app.screen
         await pilot.press("t")
-        await wait_until(pilot, lambda: screen.state.phase == "finished")
+        await wait_until(pilot, lambda: screen.state.phase == "finished", timeout=30)
         await settle(pilot, screen)
         gallery = screen.query_one(SampleGallery)
         assert {s.step for s in gallery.samples} == {40}
@@ -89,7 +89,7 @@ async def test_the_gallery_compares_one_prompt_across_steps(make_app, project):
         await settle(pilot, screen)
         assert [(s.prompt, s.step) for s in gallery.samples] == [("a red ball", step) for step in (25, 30, 35, 40)]
         assert "across steps 25–40" in screen.query_one("#sample-pane").border_title
-        await wait_until(pilot, lambda: len(screen.query(SampleCard)) == 4)
+        await wait_until(pilot, lambda: len(screen.query(SampleCard)) == 4, timeout=30)
         await pilot.press("left_square_bracket")
         await settle(pilot, screen)
         assert [s.step for s in gallery.samples] == [20, 25, 30, 35]

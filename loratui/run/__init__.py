@@ -11,6 +11,9 @@ sockets: it emits events and reads commands as it always did.
 - ``server``: the socket server inside the training process.
 - ``client``: what the dashboard and the shell commands use to talk to a run.
 - ``service``: a training process with its server, record and notifications.
+- ``launch``: starting a service in a session of its own (``--detach``, the dashboard).
+- ``tracker``: a run's state, step, smoothed loss and ETA, from its events.
 - ``status``: one line (or JSON object) per run, live or not.
+- ``shell``: the shell commands (``status``, ``stop``, ``pause``, ``resume``, ``logs``).
 - ``notify``: the command and webhook run when a run ends; the cost so far.
 """

@@ -181,8 +181,9 @@ def test_import_never_overwrites_a_project_without_force(tmp_path: Path, capsys)
     assert "not valid TOML" in capsys.readouterr().err
 
 
-def test_an_imported_kohya_project_trains_with_prodigy_on_two_concepts_and_reg(tmp_path: Path) -> None:
-    """The user's path end to end: import the files, then train the project they describe."""
+def test_an_imported_kohya_project_trains_a_dora_with_prodigy_on_two_concepts_and_reg(tmp_path: Path) -> None:
+    """The user's path end to end: import the files, then train the project they describe, and the
+    file passes ComfyUI's LoRA key rules (every key consumed, a DoRA adapter on every module)."""
     from PIL import Image
 
     from loratui.commands import CommandChannel
@@ -196,7 +197,8 @@ def test_an_imported_kohya_project_trains_with_prodigy_on_two_concepts_and_reg(t
             Image.new("RGB", (128, 128), (60 * i, 120, len(folder) * 9)).save(project / folder / f"{i}.png")
     (tmp_path / "args.toml").write_text(
         '[model]\npretrained_model_name_or_path = "builtin:tiny-sd"\n[net]\nnetwork_dim = 4\n'
-        'network_alpha = 4\nnetwork_train_unet_only = true\n[opt]\noptimizer_type = "Prodigy"\n'
+        'network_alpha = 4\nnetwork_train_unet_only = true\nnetwork_module = "lycoris.kohya"\n'
+        'network_args = ["algo=lora", "dora_wd=True"]\n[opt]\noptimizer_type = "Prodigy"\n'
         'learning_rate = 1.0\n[train]\ntrain_batch_size = 2\nmax_train_steps = 2\nprior_loss_weight = 0.5\n')
     (tmp_path / "dataset.toml").write_text(DATASET_TOML.replace("resolution = 512", "resolution = 128")
                                            .replace("batch_size = 4", "batch_size = 2"))
@@ -208,4 +210,17 @@ def test_an_imported_kohya_project_trains_with_prodigy_on_two_concepts_and_reg(t
     # alice 2×10 + bob 1×5 = 25 training images; 3 reg images go round to 25 as well.
     assert [(c[0], c[3]) for c in started.concepts] == [("alice", 20), ("bob", 5), ("person", 25)]
     assert any(isinstance(e, Finished) and not e.stopped_early for e in seen)
-    assert (project / "output" / "alice.safetensors").is_file()  # named after the folder without output_name
+    out = project / "output" / "alice.safetensors"  # named after the folder without output_name
+    assert load_config(project).lora.type == "dora"
+    from safetensors.torch import load_file
+
+    from .test_lora_variants import _comfy_load
+
+    tensors = load_file(str(out))
+    modules = {k.split(".", 1)[0] for k in tensors}
+    consumed = set()
+    for module in modules:
+        keys, adapter = _comfy_load(tensors, module)
+        assert adapter is not None and "dora_scale" in adapter[1], module
+        consumed |= keys
+    assert consumed == set(tensors)

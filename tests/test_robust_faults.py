@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import loratui.engine.checkpoint as ckpt_module
-import loratui.engine.trainer as trainer_module
+import loratui.engine.session as session_module
 from loratui.cli import main
 from loratui.commands import CommandChannel
 from loratui.config import apply_override, load_config, save_config
@@ -40,7 +40,7 @@ def _run(project: Path, max_steps: int) -> list[Event]:
 def _loss_from_step(monkeypatch: pytest.MonkeyPatch, first_bad: int, *, last_bad: int | None = None,
                     fault: str = "nan") -> None:
     """Make the loss of optimizer steps first_bad..last_bad NaN (or raise out-of-memory)."""
-    real = trainer_module.diffusion_loss
+    real = session_module.diffusion_loss
     calls = {"n": 0}
 
     def faulty(*args, **kwargs):
@@ -52,7 +52,7 @@ def _loss_from_step(monkeypatch: pytest.MonkeyPatch, first_bad: int, *, last_bad
             return real(*args, **kwargs) * float("nan")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "diffusion_loss", faulty)
+    monkeypatch.setattr(session_module, "diffusion_loss", faulty)
 
 
 def test_one_nan_step_is_skipped_counted_and_training_goes_on(sample_project: Path, monkeypatch,

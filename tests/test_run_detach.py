@@ -54,11 +54,12 @@ def _leave_a_killed_runs_remains(project: Path) -> None:
     """What kill -9 of a run leaves: a socket file nobody listens on and a record naming a dead pid."""
     files = RunFiles(project)
     files.folder.mkdir(mode=0o700)
+    files.socket_path().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale.bind(str(files.preferred_socket))
+    stale.bind(str(files.socket_path()))
     stale.close()
     write_record(RunRecord(project=str(project.resolve()), pid=2**22 + 7, host=socket.gethostname(),
-                           started_at=time.time() - 60, config_digest="", socket=str(files.preferred_socket),
+                           started_at=time.time() - 60, config_digest="", socket=str(files.socket_path()),
                            state="training", resume_command=f"loratui train {project} --detach --resume",
                            step=7, total_steps=100))
 
@@ -85,13 +86,13 @@ def test_detached_run_is_watched_paused_resumed_and_stopped_from_a_shell(sample_
     assert isinstance(first["loss"], float) and first["eta_s"] > 0
     files = RunFiles(sample_project)
     assert oct(files.folder.stat().st_mode & 0o777) == "0o700"
-    assert oct(files.preferred_socket.stat().st_mode & 0o777) == "0o600"
+    assert oct(files.socket_path().stat().st_mode & 0o777) == "0o600"
 
     # Garbage, an oversized line and a client that never reads: the run goes on regardless.
     lazy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    lazy.connect(str(files.preferred_socket))
+    lazy.connect(str(files.socket_path()))
     rude = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    rude.connect(str(files.preferred_socket))
+    rude.connect(str(files.socket_path()))
     rude.sendall(b"\xff\x00nonsense\n" + b"z" * 100_000 + b"\n{\"command\": \"launch\"}\nsto")
     rude.close()
 
@@ -131,7 +132,7 @@ def test_detached_run_is_watched_paused_resumed_and_stopped_from_a_shell(sample_
     assert ckpt is not None and read_state(ckpt).step == final["step"] == finished[0]["step"]
     assert Path(final["lora_path"]).exists()
     assert not marker.exists()  # cancelled: the command never ran
-    assert not files.preferred_socket.exists()
+    assert not files.socket_path().exists()
     assert main(["status"]) == 0 and "stopped" in capsys.readouterr().out  # found through the registry
     record_property("summary", f"--detach returned in {detach_s:.1f} s; status --json showed steps; pause held the "
                                f"step counter; stop saved step {final['step']}; stale socket and garbage ignored; "

@@ -180,10 +180,18 @@ def test_a_client_of_another_uid_is_refused_by_its_credentials() -> None:
 
 
 def test_a_project_too_deep_for_a_socket_path_uses_the_state_folder(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("LORATUI_STATE_DIR", str(tmp_path / "state"))
+    import tempfile
+
+    state = Path(tempfile.mkdtemp(prefix="lt"))  # a short state folder, as in a usual home
+    monkeypatch.setenv("LORATUI_STATE_DIR", str(state))
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
     path = RunFiles(deep).socket_path()
-    assert path.is_relative_to(tmp_path / "state") and len(str(path)) <= MAX_SOCKET_PATH + 40
+    assert path.is_relative_to(state) and len(os.fsencode(str(path))) <= MAX_SOCKET_PATH
+    # A state folder too deep as well: the user's private folder in the temporary directory.
+    monkeypatch.setenv("LORATUI_STATE_DIR", str(deep / "state"))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    path = RunFiles(deep).socket_path()
+    assert path.parent.name == f"loratui-{os.getuid()}" and len(os.fsencode(str(path))) <= MAX_SOCKET_PATH
     short = RunFiles(tmp_path).socket_path()
     assert short == tmp_path / ".loratui" / "run.sock"

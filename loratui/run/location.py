@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,10 @@ OUTPUT_NAME = "run-output.log"
 
 # sockaddr_un.sun_path is 108 bytes on Linux (104 on macOS) including the final NUL.
 MAX_SOCKET_PATH = 100
+
+
+def _fits(path: Path) -> bool:
+    return len(os.fsencode(str(path))) <= MAX_SOCKET_PATH
 
 
 class UnsafeRunFolder(UserError):
@@ -60,9 +65,19 @@ class RunFiles:
     def socket_path(self) -> Path:
         """``.loratui/run.sock``; in a folder too deep for a socket path, one in the user's state folder."""
         preferred = self.preferred_socket.resolve() if self.project.exists() else self.preferred_socket
-        if len(os.fsencode(str(preferred))) <= MAX_SOCKET_PATH:
+        if _fits(preferred):
             return self.preferred_socket
-        return state_dir() / "sockets" / f"{project_key(self.project)}.sock"
+        name = f"{project_key(self.project)}.sock"
+        # A deep home (or state) folder can be too long as well: then the per-user runtime folder,
+        # then a private folder of this user's in the temporary directory.
+        candidates = [state_dir() / "sockets"]
+        if os.environ.get("XDG_RUNTIME_DIR"):
+            candidates.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "loratui")
+        candidates.append(Path(tempfile.gettempdir()) / f"loratui-{os.getuid()}")
+        for folder in candidates:
+            if _fits(folder / name):
+                return folder / name
+        return candidates[-1] / name
 
     @property
     def registry_entry(self) -> Path:

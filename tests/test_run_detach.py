@@ -24,8 +24,19 @@ QUIET = ("--set", "sample.every_n_steps=0", "--set", "save.every_n_steps=0")
 
 
 @pytest.fixture(autouse=True)
-def private_state(tmp_path: Path, monkeypatch) -> None:
+def private_state(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("LORATUI_STATE_DIR", str(tmp_path / "state"))
+    yield
+    # A test that failed half-way leaves its detached run training: end it, or it eats the CPU of
+    # every test after it.
+    import signal
+
+    from loratui.run.record import read_record
+
+    for record_file in tmp_path.rglob(".loratui/run.json"):
+        record = read_record(record_file.parent.parent)
+        if record is not None and record.pid != os.getpid() and pid_alive(record.pid):
+            os.kill(record.pid, signal.SIGKILL)
 
 
 def _append(project: Path, text: str) -> None:

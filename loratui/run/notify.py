@@ -97,6 +97,8 @@ def projected_cost(rate: float, started_at: float, eta_s: float | None, now: flo
 
 def fsync_file(path: Path) -> None:
     """Make sure a finished file is on the disk before anything may power the machine off."""
+    from loratui.lora.safetensors_io import fsync_folder  # the run process has torch loaded already
+
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -105,14 +107,7 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_folder(path.parent)
 
 
 def payload(*, project: Path, status: str, step: int, total_steps: int, lora_path: str | None, message: str,

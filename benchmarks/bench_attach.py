@@ -10,6 +10,12 @@ window. Without tmux the dashboards are replaced by three socket clients that
 relay every event as the dashboard's worker does (``--clients relay``).
 
 Target: throughput with three dashboards ≥ 0.97 × without.
+
+The dashboards' own CPU (their processes' user + system time during the attached
+windows) is printed too: on a GPU server that is what they take from the idle
+cores beside the run. ``--pin`` models that server on this machine: the run is
+bound to the first usable core and the dashboards to the others, so they cannot
+take the run's core.
 """
 
 from __future__ import annotations
@@ -47,10 +53,31 @@ def _steps_between(metrics: Path, t0: float, t1: float) -> tuple[int, float]:
     return count, busy
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its waited-for children, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class TmuxDashboards:
-    def __init__(self, project: Path, n: int) -> None:
-        self.project, self.n = project, n
+    def __init__(self, project: Path, n: int, cores: str | None = None) -> None:
+        self.project, self.n, self.cores = project, n, cores
         self.server = f"loratui-bench-{os.getpid()}"
+        self._cpu_start: dict[int, float] = {}
+        self.cpu_s = 0.0
+
+    def pids(self) -> list[int]:
+        out = subprocess.run(["tmux", "-L", self.server, "list-panes", "-a", "-F", "#{pane_pid}"],
+                             capture_output=True, text=True, timeout=30).stdout
+        return [int(v) for v in out.split()]
+
+    def mark(self) -> None:
+        """Start counting the dashboards' CPU time here (after their start-up)."""
+        self._cpu_start = {pid: _cpu_seconds(pid) for pid in self.pids()}
 
     def attach(self) -> None:
         env = f"PYTHONPATH={shlex.quote(str(REPO))} TERM=xterm-256color"
@@ -58,10 +85,13 @@ class TmuxDashboards:
             env += f" LORATUI_STATE_DIR={shlex.quote(os.environ['LORATUI_STATE_DIR'])}"
         for i in range(self.n):
             cmd = f"exec env {env} {shlex.quote(sys.executable)} -m loratui attach {shlex.quote(str(self.project))}"
+            if self.cores:
+                cmd = f"exec taskset -c {self.cores} sh -c {shlex.quote(cmd)}"
             subprocess.run(["tmux", "-L", self.server, "new-session", "-d", "-s", f"d{i}", "-x", "80", "-y", "24",
                             cmd], check=True, timeout=30)
 
     def detach(self) -> None:
+        self.cpu_s += sum(_cpu_seconds(pid) - c0 for pid, c0 in self._cpu_start.items())
         for i in range(self.n):
             subprocess.run(["tmux", "-L", self.server, "send-keys", "-t", f"d{i}", "d"], capture_output=True,
                            timeout=30)
@@ -72,8 +102,9 @@ class TmuxDashboards:
 class RelayClients:
     """Socket clients that decode every event, as the dashboard's relay thread does."""
 
-    def __init__(self, project: Path, n: int) -> None:
+    def __init__(self, project: Path, n: int, cores: str | None = None) -> None:
         self.project, self.n = project, n
+        self.cpu_s = 0.0  # the relays run in this process; their CPU is not told apart
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -92,6 +123,9 @@ class RelayClients:
         self._threads = [threading.Thread(target=self._relay, daemon=True) for _ in range(self.n)]
         for t in self._threads:
             t.start()
+
+    def mark(self) -> None:
+        pass
 
     def detach(self) -> None:
         self._stop.set()
@@ -148,7 +182,14 @@ def main() -> int:
     ap.add_argument("--dashboards", type=int, default=3)
     ap.add_argument("--clients", choices=("tmux", "relay"), default="tmux" if shutil.which("tmux") else "relay")
     ap.add_argument("--publish-only", action="store_true", help="only the per-event cost inside the run")
+    ap.add_argument("--pin", action="store_true",
+                    help="bind the run to the first core and the dashboards to the rest, as on a server with spare cores")
     args = ap.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cores) < 2:
+        ap.error("--pin needs at least two usable cores")
+    run_prefix = ["taskset", "-c", str(cores[0])] if args.pin else []
+    dash_cores = ",".join(str(c) for c in cores[1:]) if args.pin else None
     alone, watched = publish_cost(clients=args.dashboards)
     publish_line = (f"run-process CPU per step event on the socket: {alone * 1e6:.0f} µs with no client, "
                     f"{watched * 1e6:.0f} µs with {args.dashboards} reading ({watched / 0.05:.2%} of a 50 ms GPU step)")
@@ -160,14 +201,14 @@ def main() -> int:
                                                   f"loratui-bench-state-{os.getpid()}"))
     project = scratch_project()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-m", "loratui", "train", str(project), "--detach", "--max-steps", "1000000",
+    subprocess.run([*run_prefix, sys.executable, "-m", "loratui", "train", str(project), "--detach", "--max-steps", "1000000",
                     "--set", "sample.every_n_steps=0", "--set", "save.every_n_steps=0"], check=True, env=env)
     from loratui.run.status import run_status
 
     metrics = project / "logs" / "metrics.jsonl"
     while run_status(project)["step"] < 3:
         time.sleep(1)
-    watchers = (TmuxDashboards if args.clients == "tmux" else RelayClients)(project, args.dashboards)
+    watchers = (TmuxDashboards if args.clients == "tmux" else RelayClients)(project, args.dashboards, dash_cores)
     rates: dict[str, list[float]] = {"none": [], "attached": []}
     settle = 5.0 if args.clients == "tmux" else 1.0  # a dashboard's start-up is not what is measured
     try:
@@ -176,6 +217,8 @@ def main() -> int:
                 if kind == "attached":
                     watchers.attach()
                 time.sleep(settle)
+                if kind == "attached":
+                    watchers.mark()
                 t0 = time.time()
                 time.sleep(args.window)
                 t1 = time.time()
@@ -192,12 +235,17 @@ def main() -> int:
     none, attached = statistics.median(rates["none"]), statistics.median(rates["attached"])
     ratio = attached / none if none else float("nan")
     print(machine_line())
+    pinned = f"; run on core {cores[0]}, dashboards on {dash_cores}" if args.pin else ""
     print(f"run: sample_project on the CPU, {args.rounds} × ({args.window:.0f} s without, {args.window:.0f} s with "
-          f"{args.dashboards} dashboards: {args.clients})")
+          f"{args.dashboards} dashboards: {args.clients}{pinned})")
     print(table(["windows", "median it/s", "per window"],
                 [["no dashboard", f"{none:.3f}", " ".join(f"{v:.2f}" for v in rates["none"])],
                  [f"{args.dashboards} dashboards", f"{attached:.3f}", " ".join(f"{v:.2f}" for v in rates["attached"])]]))
     print(f"\nattached / none = {ratio:.3f} (target ≥ {TARGET}): {verdict(ratio, TARGET)}")
+    if args.clients == "tmux":
+        share = watchers.cpu_s / (args.rounds * args.window)
+        print(f"the {args.dashboards} dashboards' own CPU while attached: {share:.1%} of one core "
+              f"({share / args.dashboards:.1%} each)")
     print(publish_line)
     return 0
 

@@ -104,22 +104,26 @@ def _check_name(name: str) -> str:
 # --- components -----------------------------------------------------------
 
 
-def _vae(scaling_factor: float) -> Any:
+def _vae(scaling_factor: float, *, seed: int = 1, latent_channels: int = 4, layers_per_block: int = 2,
+         shift_factor: float | None = None, quant_conv: bool = True) -> Any:
     from diffusers import AutoencoderKL
 
-    _seed(1)
-    # Four encoder blocks -> three downsamples -> 8x, as in SD's VAE.
+    _seed(seed)
+    # Four encoder blocks -> three downsamples -> 8x, as in every family's VAE.
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(8, 16, 16, 16),
-        layers_per_block=2,
-        latent_channels=4,
+        layers_per_block=layers_per_block,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         sample_size=_SAMPLE_SIZE * 8,
         scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=quant_conv,
+        use_post_quant_conv=quant_conv,
     )
 
 

@@ -26,25 +26,12 @@ def _seed(offset: int) -> None:
 
 
 def _vae(*, scaling_factor: float, shift_factor: float) -> Any:
-    from diffusers import AutoencoderKL
+    from loratui.models.builtin import _vae as tiny_vae
 
-    _seed(11)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=8,
-        sample_size=_SAMPLE_SIZE * 8,
-        scaling_factor=scaling_factor,
-        shift_factor=shift_factor,
-        # Flux's and SD3's VAEs have no quant convolutions around the latent.
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    # 16 latent channels, centred by shift_factor; Flux's and SD3's VAEs have no quant
+    # convolutions around the latent.
+    return tiny_vae(scaling_factor, seed=11, latent_channels=16, layers_per_block=1, shift_factor=shift_factor,
+                    quant_conv=False)
 
 
 def _clip(seed_offset: int, *, hidden_size: int, projection: bool, hidden_act: str, pad_token_id: int) -> Any:

@@ -273,3 +273,81 @@ def test_the_dashboard_starts_two_processes_and_steers_them(sample_project: Path
     assert len(finished) == 1 and finished[0].step == steps[-1] and finished[0].stopped_early
     assert [p.name for p in ProjectPaths(sample_project).checkpoints.iterdir()] == [f"step-{steps[-1]:06d}"]
     assert not list(ProjectPaths(sample_project).logs.glob(".events-*"))
+
+
+def _service_processes(project: Path) -> list[int]:
+    """Every process of this project's run: the service that launched, the launcher and both ranks."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"loratui.run.service" in b" ".join(cmdline) and str(project).encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_detached_run_of_two_processes_is_steered_from_a_shell(sample_project: Path, tmp_path: Path, capsys,
+                                                                 monkeypatch) -> None:
+    """--detach with train.num_processes = 2: the service starts both ranks, rank 0 serves the socket and
+    the record, and status / pause / resume / stop from a plain shell reach the run."""
+    from loratui.engine.checkpoint import latest_checkpoint, read_state
+    from loratui.run.record import read_record
+
+    monkeypatch.setenv("LORATUI_STATE_DIR", str(tmp_path / "state"))
+    for name, value in _env().items():
+        monkeypatch.setenv(name, value)
+
+    def status() -> dict:
+        capsys.readouterr()
+        assert main(["status", str(sample_project), "--json"]) == 0
+        [row] = json.loads(capsys.readouterr().out)
+        return row
+
+    def wait(what: str, predicate, limit_s: float = 300.0):
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if value := predicate():
+                return value
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}: {status()}")
+
+    assert main(["train", str(sample_project), "--detach", "--max-steps", "5000",
+                 *_sets("train.num_processes=2", "save.every_n_steps=0")]) == 0
+    processes: list[int] = []
+    try:
+        wait("steps", lambda: status()["step"] >= 2)
+        processes = _service_processes(sample_project.resolve())
+        ranks = [pid for pid in processes if _rank_of(pid) is not None]
+        assert sorted(_rank_of(pid) for pid in ranks) == [0, 1], processes
+        assert read_record(sample_project).pid == next(pid for pid in ranks if _rank_of(pid) == 0)
+        assert main(["pause", str(sample_project)]) == 0
+        held = wait("paused", lambda: (s := status())["state"] == "paused" and s)
+        time.sleep(3)
+        assert status()["step"] == held["step"]  # the counter holds
+        assert main(["resume", str(sample_project)]) == 0
+        wait("steps after resuming", lambda: status()["step"] > held["step"])
+        assert main(["stop", str(sample_project), "--wait"]) == 0
+        wait("every process of the run to exit", lambda: not [pid for pid in processes if _alive(pid)], 120)
+    finally:
+        for pid in processes:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    final = status()
+    assert final["state"] == "stopped"
+    ckpt = latest_checkpoint(ProjectPaths(sample_project).checkpoints)
+    assert ckpt is not None and read_state(ckpt).step == final["step"]
+    assert Path(final["lora_path"]).exists()
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in environ:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None

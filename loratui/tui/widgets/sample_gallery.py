@@ -3,9 +3,12 @@ across steps side by side, which is how "is it still getting better?" is answere
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Iterator
 
 from textual.app import ComposeResult
+from textual.widget import Widget
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Label
@@ -55,7 +58,7 @@ class SampleGallery(Vertical):
     SampleGallery {
         height: 1fr;
     }
-    SampleGallery > #sample-row {
+    SampleGallery > .sample-row {
         height: 1fr;
     }
     SampleGallery > .sample-gallery--empty {
@@ -66,7 +69,7 @@ class SampleGallery(Vertical):
     }
     """
 
-    samples: reactive[tuple[SampleReady, ...]] = reactive((), recompose=True)
+    samples: reactive[tuple[SampleReady, ...]] = reactive((), init=False)
     """The samples on show (all from one step, or one prompt's over steps when comparing)."""
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
@@ -78,14 +81,23 @@ class SampleGallery(Vertical):
         """Index into :attr:`prompts` while one prompt is shown across steps; None shows one step."""
         self._compare_end: int | None = None
         """While comparing: the newest step on show, moved with [ and ]; None follows the newest."""
+        self._swapping = asyncio.Lock()
 
     def compose(self) -> ComposeResult:
+        yield from self._content()
+
+    def _content(self) -> Iterator[Widget]:
         if not self.samples:
             yield Label("No samples yet — press s to make one now.", classes="sample-gallery--empty")
             return
-        with Horizontal(id="sample-row"):
-            for sample in self.samples[:MAX_SHOWN]:
-                yield SampleCard(sample)
+        yield Horizontal(*(SampleCard(sample) for sample in self.samples[:MAX_SHOWN]), classes="sample-row")
+
+    async def watch_samples(self) -> None:
+        # Quick [ [ presses change the samples again while the last swap is still removing and
+        # mounting; one swap at a time, each showing the samples of its moment, ends on the last.
+        async with self._swapping:
+            await self.remove_children()
+            await self.mount_all(list(self._content()))
 
     @property
     def steps(self) -> list[int]:

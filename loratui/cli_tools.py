@@ -79,7 +79,7 @@ def _load_for_inference(project_dir: Path, lora: Path | None, *, use_lora: bool)
     from loratui.engine.quiet import quiet_libraries
     from loratui.lora.fileformat import load_lora_file
     from loratui.lora.inject import inject_from_file
-    from loratui.engine.session import load_project_model
+    from loratui.engine.build import load_project_model
 
     quiet_libraries()
     cfg = load_config(project_dir)

@@ -423,7 +423,7 @@ def test_an_sd3_file_without_config_source_names_its_size(tmp_path: Path) -> Non
 
 def test_schnell_style_model_refuses_a_training_guidance(tmp_path: Path) -> None:
     from loratui.config import ConfigError
-    from loratui.engine.session import _check_flow_settings
+    from loratui.engine.build import _check_flow_settings
     from loratui.models.loader import load_model
 
     model = load_model("builtin:tiny-flux")
@@ -483,7 +483,7 @@ def test_sampling_uses_the_familys_pipeline_and_scale_0_is_the_base(tmp_path: Pa
 
 def test_float8_base_weights_train_on_the_cpu(tmp_path: Path) -> None:
     from loratui.engine.float8 import Float8Linear
-    from loratui.engine.session import build_session
+    from loratui.engine.build import build_session
 
     project = make_project(tmp_path, "builtin:tiny-flux", "model.base_weights=float8")
     cfg = load_config(project)

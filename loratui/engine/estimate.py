@@ -32,7 +32,7 @@ def count_trainable_params(project_dir: Path, cfg: ProjectConfig) -> int:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from loratui.engine.session import base_model_folder
+    from loratui.engine.build import base_model_folder
     from loratui.lora.inject import inject_lora
     from loratui.models.probe import probe_model
     from loratui.project import ProjectPaths

@@ -149,7 +149,7 @@ def export_merged(project_dir: str | os.PathLike[str], *, scale: float = 1.0,
     """
     from loratui.engine.quiet import quiet_libraries
     from loratui.models.builtin import quiet_progress
-    from loratui.engine.session import base_model_folder, load_project_model
+    from loratui.engine.build import base_model_folder, load_project_model
     from loratui.models.single_file import checkpoint_metadata, save_single_file
 
     quiet_libraries()

@@ -60,7 +60,7 @@ def build_optimizer(cfg: ProjectConfig, groups: list[dict[str, Any]]) -> torch.o
         optimizer = AdamWScheduleFree(groups, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps)
         optimizer.train()  # it starts in eval mode and refuses to step there
         return optimizer
-    raise ValueError(t.optimizer)  # a caller bug: AdamW is built in session.py
+    raise ValueError(t.optimizer)  # a caller bug: AdamW is built in engine/build.py
 
 
 def optimizer_advice(cfg: ProjectConfig) -> list[str]:

@@ -30,7 +30,8 @@ from loratui.engine.distributed import Ranks
 from loratui.engine.dataset import loss_weights_on
 from loratui.engine.memory import memory_snapshot
 from loratui.engine.optimizers import is_schedule_free
-from loratui.engine.session import TrainingSession, build_session
+from loratui.engine.build import build_session
+from loratui.engine.session import TrainingSession
 from loratui.engine.step import step_generator, to_device
 from loratui.engine.validation import Validation
 from loratui.errors import UserError

@@ -138,10 +138,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                               "then `loratui export DIR --merge --lora output/NAME-ema.safetensors`.")
         folder, single = export_merged(args.dir, scale=args.scale, lora=args.lora or args.checkpoint,
                                        out_dir=args.out)
-        if single is None:
-            console.print(f"wrote {folder}/ (diffusers folder), LoRA scale {args.scale:g}")
-            return 0
         console.print(f"wrote {folder}/ (diffusers folder) and {single} (one checkpoint), LoRA scale {args.scale:g}")
+        if (folder / "transformer").is_dir():
+            # SD3/FLUX checkpoints hold the transformer alone, as the published ones do.
+            console.print(f"  diffusers: from_pretrained(\"{folder}\"), or {single.name} through from_single_file "
+                          f"with config=\"{folder}\"; ComfyUI: {single.name} to models/diffusion_models/ "
+                          "(Load Diffusion Model), text encoders and VAE as for the base model")
+            return 0
         console.print(f"  diffusers: from_pretrained(\"{folder}\"); A1111/Forge: copy {single.name} to "
                       "models/Stable-diffusion/; ComfyUI: to models/checkpoints/")
         return 0

@@ -123,18 +123,19 @@ def merge_into_model(model: Any, lora: Any, scale: float) -> None:
     bake_networks(networks, scale)
 
 
-def _save_flow_single_file(single: Path, model: Any, dtype: torch.dtype, meta: dict[str, str]) -> Path | None:
-    """FLUX: the merged transformer alone in Black Forest Labs' layout, as FLUX checkpoints are published.
-    SD3: no single file yet (the folder holds the whole model)."""
-    if model.family != "flux":
-        single.unlink(missing_ok=True)
-        return None
-    from loratui.lora.fileformat import write_atomic
-    from loratui.models.flux_checkpoint import flux_to_bfl
+def _save_flow_single_file(single: Path, model: Any, dtype: torch.dtype, meta: dict[str, str]) -> Path:
+    """The merged transformer alone in its original layout, as FLUX and SD3.5 checkpoints are published:
+    Black Forest Labs' keys for FLUX, the MMDiT's ``model.diffusion_model.joint_blocks.`` for SD3. It loads
+    with the merged folder (or the base model) as its config."""
     from safetensors.torch import save
 
+    from loratui.lora.fileformat import write_atomic
+    from loratui.models.flux_checkpoint import flux_to_bfl
+    from loratui.models.sd3_checkpoint import sd3_to_mmdit
+
+    to_original = flux_to_bfl if model.family == "flux" else sd3_to_mmdit
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.unet.state_dict().items()}
-    write_atomic(single, save(flux_to_bfl(state), {k: v for k, v in meta.items() if isinstance(v, str)}))
+    write_atomic(single, save(to_original(state), {k: v for k, v in meta.items() if isinstance(v, str)}))
     return single
 
 

@@ -9,9 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from loratui.lora.fileformat import read_validated_bytes, load_lora_file, safetensors_hashes
+from loratui.lora.naming import TRANSFORMER_FAMILIES
 
 _COMPONENT_LABELS = {"unet": "UNet", "te": "text encoder", "te1": "text encoder 1", "te2": "text encoder 2"}
-_FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", None: "unknown"}
+_FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD 3.x (MMDiT, flow matching)",
+                  "flux": "FLUX.1 (flow matching)", None: "unknown"}
+# What the transformer families' files hold, in words; the names each loader maps are in transformer_files.
+_LAYOUT_LABELS = {("flux", "kohya"): "sd-scripts: lora_unet_ + Black Forest Labs names, q/k/v fused",
+                  ("flux", "diffusers"): "diffusers: transformer. PEFT keys, alpha/rank folded into up",
+                  ("sd3", "diffusers"): "diffusers: transformer. PEFT keys, alpha/rank folded into up"}
 _KIND_LABELS = {"lora": "LoRA", "dora": "DoRA (LoRA + dora_scale)", "loha": "LoHa (LyCORIS)",
                 "lokr": "LoKr (LyCORIS)"}  # fmt: skip
 # Metadata worth a line of its own; the rest is counted, not printed (ss_tag_frequency can be huge).
@@ -30,12 +36,20 @@ def inspect_lora_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     model_hash, legacy_hash = safetensors_hashes(read_validated_bytes(path))
     components = lora.component_counts()
     stored = lora.metadata.get("sshs_model_hash")
+    layers = None
+    if lora.family in TRANSFORMER_FAMILIES:
+        # Counted as the file holds them (sd-scripts' fused FLUX modules), as other tools count them;
+        # "transformer_layers" is how many of diffusers' layers they cover.
+        layers = components.get("unet", 0)
+        components["unet"] = _file_modules(lora.path, ("lora_unet_", "transformer."))
     return {
         "path": str(path),
         "size_bytes": path.stat().st_size,
         "format": lora.format,
         "family": lora.family,
-        "modules": len(lora.modules),
+        "modules": sum(components.values()),
+        "transformer_layers": layers,
+        "layout": _LAYOUT_LABELS.get((lora.family, lora.format)),
         "modules_per_component": {c: components[c] for c in ("unet", "te", "te1", "te2") if c in components},
         "text_encoder": any(c != "unet" for c in components),
         "types": dict(sorted(lora.kinds.items())),
@@ -53,6 +67,15 @@ def inspect_lora_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         "sshs_legacy_hash": lora.metadata.get("sshs_legacy_hash", legacy_hash),
         "metadata": dict(lora.metadata),
     }
+
+
+def _file_modules(path: Path, prefixes: tuple[str, ...]) -> int:
+    """Distinct modules among a file's tensor names that start with ``prefixes``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        keys = [k for k in f.keys() if k.startswith(prefixes)]
+    return len({k.rsplit(".lora_", 1)[0].rsplit(".alpha", 1)[0] for k in keys})
 
 
 def _value(value: Any) -> str:
@@ -73,8 +96,17 @@ def inspection_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("type", ", ".join(_KIND_LABELS.get(k, k) + (f" ×{n}" if len(summary["types"]) > 1 else "")
                            for k, n in summary["types"].items())),
         ("model family", _FAMILY_LABELS.get(summary["family"], str(summary["family"]))),
-        ("modules", f"{summary['modules']} (" + ", ".join(f"{_COMPONENT_LABELS.get(c, c)} {n}"
-                                                          for c, n in per.items()) + ")"),
+    ]
+    labels = dict(_COMPONENT_LABELS)
+    if summary.get("transformer_layers") is not None:
+        labels["unet"] = "transformer"
+    rows.append(("modules", f"{summary['modules']} (" + ", ".join(f"{labels.get(c, c)} {n}" for c, n in per.items())
+                 + ")"))
+    if summary.get("layout"):
+        rows.append(("layout", summary["layout"]))
+    if summary.get("transformer_layers") not in (None, per.get("unet")):
+        rows.append(("transformer layers", f"{summary['transformer_layers']} in diffusers' layout"))
+    rows += [
         ("text encoder", "trained" if summary["text_encoder"] else "not trained"),
         ("rank", _counts(summary["ranks"])),
         ("alpha", _counts(summary["alphas"])),

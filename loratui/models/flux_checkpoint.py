@@ -16,8 +16,10 @@ from collections.abc import Mapping
 import torch
 
 from loratui.lora.transformer_names import flux_bfl_module, flux_diffusers_parts
+from loratui.models.checkpoint_names import fuse_rows, place_renamed
 
 _TOP = {
+    "norm_out.linear": "final_layer.adaLN_modulation.1",  # (scale, shift) here, (shift, scale) there
     "x_embedder": "img_in", "context_embedder": "txt_in", "proj_out": "final_layer.linear",
     "time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
     "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
@@ -32,11 +34,7 @@ _NORMS = {
                            "attn.norm_added_k": "txt_attn.norm.key_norm"},
     "single_transformer_blocks": {"attn.norm_q": "norm.query_norm", "attn.norm_k": "norm.key_norm"},
 }
-
-
-def _swap_halves(t: torch.Tensor) -> torch.Tensor:
-    a, b = t.chunk(2, dim=0)
-    return torch.cat([b, a], dim=0)
+_FROM_BFL = {v: k for k, v in _TOP.items()}
 
 
 def flux_to_bfl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -44,13 +42,9 @@ def flux_to_bfl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     fused: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
+        if place_renamed(key, tensor, _TOP, {"norm_out.linear"}, out):
+            continue
         module, _, kind = key.rpartition(".")
-        if module == "norm_out.linear":
-            out[f"final_layer.adaLN_modulation.1.{kind}"] = _swap_halves(tensor)
-            continue
-        if module in _TOP:
-            out[f"{_TOP[module]}.{kind}"] = tensor
-            continue
         m = re.fullmatch(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)", module)
         if m is None:
             raise ValueError(f"no FLUX checkpoint name for transformer tensor {key!r}")
@@ -61,12 +55,7 @@ def flux_to_bfl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         bfl, _, _ = flux_bfl_module(module)
         fused.setdefault(f"{bfl}.{kind}", {})[module] = tensor
-    for key, parts in fused.items():
-        bfl, _, kind = key.rpartition(".")
-        order = flux_diffusers_parts(bfl)
-        if set(parts) != set(order):
-            raise ValueError(f"FLUX checkpoint tensor {key} needs {order}, the model has {sorted(parts)}")
-        out[key] = torch.cat([parts[p] for p in order], dim=0)
+    out.update(fuse_rows(fused, flux_diffusers_parts))
     return out
 
 
@@ -74,17 +63,12 @@ def bfl_to_flux(state: Mapping[str, torch.Tensor], config: Mapping[str, object])
     """Inverse of :func:`flux_to_bfl` for a model of this config (the fused widths come from it, so any
     FLUX size loads, not only FLUX.1's). ComfyUI's ``model.diffusion_model.`` prefix is accepted."""
     inner = int(config["num_attention_heads"]) * int(config["attention_head_dim"])  # type: ignore[call-overload]
-    top = {v: k for k, v in _TOP.items()}
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         key = key.removeprefix("model.diffusion_model.")
+        if place_renamed(key, tensor, _FROM_BFL, {"final_layer.adaLN_modulation.1"}, out):
+            continue
         module, _, kind = key.rpartition(".")
-        if module == "final_layer.adaLN_modulation.1":
-            out[f"norm_out.linear.{kind}"] = _swap_halves(tensor)
-            continue
-        if module in top:
-            out[f"{top[module]}.{kind}"] = tensor
-            continue
         m = re.fullmatch(r"(double|single)_blocks\.(\d+)\.(.+)", module)
         if m is None:
             raise ValueError(f"{key!r} is not a FLUX transformer tensor")

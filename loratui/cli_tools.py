@@ -37,10 +37,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     batch = cfg.train.batch_size
     holdout_note = ""
     if report.usable:
-        from loratui.data.holdout import project_holdout
+        from loratui.data.holdout import mark_held_out, project_holdout
 
         holdout = project_holdout(ProjectPaths(project), cfg, report.usable)
         holdout_note = holdout.note if holdout.source != "off" else ""
+        mark_held_out(report, holdout)
     problems = empty_concepts(report) if cfg.data.concepts else []
     if args.json:
         data = report_json(report, project, batch_size=batch)

@@ -81,6 +81,16 @@ def test_held_out_images_are_never_in_a_training_batch_and_the_loss_is_fixed(sam
             seen.update(s.dataset.items[e.item].rel for e in entries)
         assert seen.isdisjoint(held)
         assert len(seen) == 12  # every other image is trained
+        # `loratui check` counts the epoch the run has: the held-out images are not in it.
+        from loratui.data.concepts import scan_project
+        from loratui.data.holdout import mark_held_out, project_holdout
+        from loratui.project import ProjectPaths
+
+        report = scan_project(cfg, sample_project)
+        mark_held_out(report, project_holdout(ProjectPaths(sample_project), cfg, report.usable))
+        assert {r.rel for r in report.held_out} == held
+        assert report.steps_per_epoch(cfg.train.batch_size) == plan.batches_per_epoch
+        assert report.images_per_epoch == plan.images_per_epoch
         first = evaluate_items(s, s.held_out, seed=cfg.train.seed)
         second = evaluate_items(s, s.held_out, seed=cfg.train.seed)
         assert first.loss == second.loss and first.band_losses == second.band_losses

@@ -208,7 +208,8 @@ def concept_counts(report: ScanReport) -> list[ConceptCount]:
     for c in report.concepts:
         mine = [r for r in report.records if r.concept == c.index]
         usable = [r for r in mine if r.usable]
-        per_epoch = sum(r.repeats for r in usable)
+        held = {id(r) for r in report.held_out}
+        per_epoch = sum(r.repeats for r in usable if id(r) not in held)
         out.append(ConceptCount(c, len(mine), len(usable), per_epoch, per_epoch / total))
     return out
 

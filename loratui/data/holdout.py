@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from loratui.config import ConfigError, ProjectConfig
 
 if TYPE_CHECKING:
+    from loratui.data.scan import ScanReport
     from loratui.project import ProjectPaths
 
 R = TypeVar("R")
@@ -56,6 +57,13 @@ class HoldoutPlan:
     @property
     def enabled(self) -> bool:
         return bool(self.held_out)
+
+
+def mark_held_out(report: "ScanReport", plan: HoldoutPlan) -> None:
+    """Tell the scan which of its images the plan keeps out of training, so its epoch counts (images and
+    steps per epoch, the bucket histogram) are the ones the run will have."""
+    trained = {id(r) for r in plan.trained}
+    report.held_out = [r for r in report.usable if id(r) not in trained]
 
 
 def plan_holdout(usable: Sequence[R], cfg: ProjectConfig, folder_records: Sequence[R] | None = None) -> HoldoutPlan:

@@ -86,10 +86,18 @@ class ScanReport:
     error: str | None = None  # set when there is nothing to scan at all
     notices: list[str] = field(default_factory=list)  # folder-level findings
     concepts: list = field(default_factory=list)  # data.concepts.Concept, in config order; empty for a bare scan
+    held_out: list[ImageRecord] = field(default_factory=list)
+    """Usable images held out for validation (``holdout.mark_held_out``): never trained, so not in an epoch."""
 
     @property
     def usable(self) -> list[ImageRecord]:
         return [r for r in self.records if r.usable]
+
+    @property
+    def trained(self) -> list[ImageRecord]:
+        """The usable images an epoch goes through: all but the held-out ones."""
+        held = {id(r) for r in self.held_out}
+        return [r for r in self.usable if id(r) not in held]
 
     @property
     def skipped(self) -> list[ImageRecord]:
@@ -97,13 +105,13 @@ class ScanReport:
 
     @property
     def images_per_epoch(self) -> int:
-        return sum(r.repeats for r in self.usable)
+        return sum(r.repeats for r in self.trained)
 
     @property
     def bucket_histogram(self) -> dict[Bucket, int]:
         """Images per bucket, repeats included, ordered tall to wide."""
         counts: Counter[Bucket] = Counter()
-        for r in self.usable:
+        for r in self.trained:
             if r.bucket is not None:
                 counts[r.bucket] += r.repeats
         return dict(sorted(counts.items(), key=lambda kv: (kv[0][0] / kv[0][1], kv[0][0])))

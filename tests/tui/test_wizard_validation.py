@@ -29,9 +29,12 @@ async def test_images_and_review_name_the_split_and_review_keeps_the_proposed_pr
         summary = text_of(app.screen, "#scan-summary")
         assert "validation: 1 of 4 images held out (validation.split = 0.25, seed 42)" in summary
         held = summary.split("never trained on: ")[1].split()[0]
+        # The epoch the run will have, without park.jpg: 10_dog's two images ×10 and one more (22 with it).
+        assert held == "park.jpg" and "21 images/epoch → 21 steps/epoch" in summary, summary
         await goto(pilot, 6)
         run = text_of(app.screen, "#review-run")
         assert "validation: 1 of 4 images held out" in run
+        assert "21 images/epoch, 21 batches/epoch" in run, run
         assert "no sample prompts: samples (on s) will draw '" in run and run.count("(caption of ") == 2
         assert f"caption of {held}" not in run  # a held-out image is never a sample prompt's source
         keep = app.screen.query_one("#review-keep-prompts")

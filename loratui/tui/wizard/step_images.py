@@ -59,13 +59,21 @@ def summary_text(report: ScanReport, batch_size: int) -> str:
 
 
 def holdout_text(report: ScanReport, cfg: Any) -> str:
-    """Which images validation holds out (validation.split / .folder); empty when it is off."""
-    from loratui.data.holdout import plan_holdout
+    """Mark the images validation.split holds out (the counts of an epoch leave them out, as the run
+    will) and say which they are; empty when validation is off. A validation.folder is scanned only
+    when the run starts."""
+    from loratui.data.holdout import mark_held_out, plan_holdout
 
+    report.held_out = []
     v = cfg.validation
     if v.folder:
         return f"validation: the images in {v.folder}, never trained on"
-    return plan_holdout(report.usable, cfg).note if v.split > 0 else ""
+    if v.split <= 0:
+        return ""
+    plan = plan_holdout(report.usable, cfg)
+    mark_held_out(report, plan)
+    return plan.note
+
 
 
 def histogram_text(report: ScanReport) -> str:
@@ -253,8 +261,8 @@ class ImagesStep(WizardStep):
         if report.error:
             summary.update(report.error)
         else:
-            summary.update("\n".join(filter(None, [summary_text(report, self.state.cfg.train.batch_size),
-                                                    holdout_text(report, self.state.cfg)])))
+            holdout = holdout_text(report, self.state.cfg)  # first: the epoch counts leave them out
+            summary.update("\n".join(filter(None, [summary_text(report, self.state.cfg.train.batch_size), holdout])))
         for record in report.records:
             table.add_row(*record_cells(record), key=record.rel)
         self.query_one("#scan-histogram", Static).update(histogram_text(report))

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from loratui.config import load_config, save_config
+from loratui.config import coerce_value, field_spec, load_config, save_config
+from loratui.models.family import FAMILIES
+from loratui.models.family_defaults import FAMILY_SETTINGS, family_start
 from loratui.tui.wizard.fields import ConfigField
 
 from .test_wizard import goto, host, real_probe_services, saved, settle, text_of, type_into
@@ -17,6 +19,15 @@ def project(tmp_path: Path) -> Path:
     from .run_wizard import make_project
 
     return make_project(tmp_path / "demo_lora")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_starts_every_setting_with_a_value_the_config_accepts(family: str) -> None:
+    start = family_start(family)
+    assert set(start) == set(FAMILY_SETTINGS)
+    for path, value in start.items():
+        assert coerce_value(field_spec(path), value) == value, path
+    assert start["data.resolution"] == (512 if family in ("sd1", "sd2") else 1024)
 
 
 async def pick_builtin(pilot, name: str) -> None:

@@ -12,9 +12,9 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import Button, Label, Static
 
+from loratui.models.family_defaults import FAMILY_SETTINGS, FAMILY_SOURCES, family_specific, family_start
 from loratui.tui.wizard.base import ConfigEdited, WizardStep, unlisted
 from loratui.tui.wizard.dir_picker import PathPicker
-from loratui.models.family_defaults import FAMILY_SETTINGS, FAMILY_SOURCES, family_specific, family_start
 from loratui.tui.wizard.fields import ConfigField, field_id
 
 BUILTINS = ("builtin:tiny-sd", "builtin:tiny-sd2", "builtin:tiny-sdxl", "builtin:tiny-sd3", "builtin:tiny-flux")

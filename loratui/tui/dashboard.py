@@ -6,6 +6,7 @@ and detaching leaves it training; the worker's only contact with the screen
 is ``post_message``. Every event is applied to a :class:`RunState` (nothing is
 dropped: the loss history keeps every step); drawing is throttled, because a
 fast GPU can finish more steps per second than a terminal should repaint.
+What each key does lives in ``dashboard_keys``; the phase changes only here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Callable, Sequence
 
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
@@ -28,14 +28,8 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from loratui.commands import Command, CommandChannel
 from loratui.events import Event, Failed, Finished, NotifyDone, NotifyPending, Status, StepDone
 from loratui.project import ProjectPaths
-from loratui.tui.modals import (
-    ErrorModal,
-    LogScreen,
-    force_quit_dialog,
-    quit_dialog,
-    resume_dialog,
-    stop_dialog,
-)
+from loratui.tui.dashboard_keys import DASHBOARD_BINDINGS, DashboardKeys
+from loratui.tui.modals import ErrorModal, LogScreen, resume_dialog
 from loratui.tui.refresh import DRAW_INTERVAL_S, draw_interval_s  # noqa: F401 - DRAW_INTERVAL_S for benchmarks
 from loratui.tui.widgets.checkpoint_list import CheckpointList
 from loratui.tui.widgets.finished_panel import FinishedPanel
@@ -60,7 +54,7 @@ def loss_title(state: RunState) -> str:
             f"(evaluations: {last.cost_share:.0%} of the run)")
 
 
-class DashboardScreen(Screen[None]):
+class DashboardScreen(DashboardKeys, Screen[None]):
     """Watch and steer one project's training run."""
 
     TITLE = "Training dashboard"
@@ -78,26 +72,7 @@ On a small terminal the panes stack: scroll with the arrow keys or Page Up/Down.
 Ctrl+P opens the command palette: change the theme there (the choice is remembered).
 """
 
-    # Short descriptions: all of them fit an 80-column footer; the tooltips say more.
-    BINDINGS = [
-        Binding("t", "train", "Train", tooltip="Start training (or resume a stopped run)"),
-        Binding("p", "pause", "Pause", tooltip="Pause after the step in progress; the model stays loaded"),
-        Binding("p", "resume", "Resume", tooltip="Continue a paused run"),
-        Binding("s", "sample", "Sample", tooltip="Make sample images after the step in progress"),
-        Binding("s", "sample_unavailable", "Sample", show=False),
-        Binding("c", "checkpoint", "Checkpoint", tooltip="Save a resumable checkpoint after the step in progress"),
-        Binding("x", "stop", "Stop", tooltip="Stop and save a checkpoint and the LoRA (asks first)"),
-        Binding("l", "log", "Log", tooltip="The training log and the run's events"),
-        Binding("e", "edit", "Setup", tooltip="Change images, captions, model and training settings"),
-        Binding("q", "quit", "Quit", tooltip="Quit (while training: detach, or stop properly)"),
-        Binding("d", "detach", "Detach", show=False, tooltip="Leave the run training in the background"),
-        Binding("n", "cancel_notify", "Cancel notify", show=False,
-                tooltip="Cancel the end-of-run command before its countdown runs out"),
-        Binding("left_square_bracket", "browse_samples(-1)", "Older samples", show=False),
-        Binding("right_square_bracket", "browse_samples(1)", "Newer samples", show=False),
-        Binding("v", "compare_samples", "Compare samples", show=False,
-                tooltip="One prompt's samples across steps side by side; again for the next prompt"),
-    ]
+    BINDINGS = DASHBOARD_BINDINGS
 
     phase: reactive[str] = reactive("idle")
     """Mirror of the run's phase, so bindings and the status badge follow it."""
@@ -223,6 +198,20 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
         """Start a fresh run after the setup changed (the wizard's Start over this screen)."""
         self._load_project()
         self.start_training(resume=False)
+
+    def _offer_resume(self) -> None:
+        runs = self.runs = read_project_runs(self.project_dir)
+        self.state.cost_per_hour = _cost_per_hour(self.project_dir)
+        newest = runs.newest_checkpoint
+        if newest is None:
+            return
+
+        def answered(choice: str | None) -> None:
+            if choice in ("resume", "restart"):
+                self.start_training(resume=choice == "resume")
+
+        self.app.push_screen(resume_dialog(runs.last_step, runs.total_steps, newest.step,
+                                           display_path(newest.path, self.project_dir)), answered)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")
     def _run_engine(self, resume: bool, attach: bool = False) -> None:
@@ -390,151 +379,6 @@ Ctrl+P opens the command palette: change the theme there (the choice is remember
 
     def _set_status(self, text: str) -> None:
         self.query_one("#status", StatusBar).text = text
-
-    # Actions ----------------------------------------------------------------------------
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # False hides a key from the footer, None shows it dimmed: pause and resume share p,
-        # so only one of them is ever shown; the rest stay visible so the keys can be learnt.
-        phase = self.state.phase
-        if action == "pause":
-            return False if phase == "paused" else (True if phase == "training" else None)
-        if action == "resume":
-            return phase == "paused"
-        if action == "sample_unavailable":
-            return phase not in ("training", "paused", "pausing")
-        if action in ("sample", "checkpoint", "stop"):
-            return True if phase in ("training", "paused", "pausing") else None
-        if action in ("train", "edit"):
-            return None if self.state.running else True
-        if action == "detach":
-            return self.state.running
-        if action == "cancel_notify":
-            return self._notify_deadline is not None
-        return True
-
-    def _send(self, command: Command) -> None:
-        self.commands.send(command)
-
-    def action_pause(self) -> None:
-        self._send(Command.PAUSE)
-        self._set_phase("pausing")
-        self._set_status("Pausing after the step in progress…")
-
-    def action_resume(self) -> None:
-        self._send(Command.RESUME)
-        self._set_status("Resuming…")
-
-    def action_sample(self) -> None:
-        self._send(Command.SAMPLE_NOW)
-        self._set_status("Sample requested: it is made after the step in progress.")
-
-    def action_sample_unavailable(self) -> None:
-        # `s` is dimmed while nothing trains; pressing it still answers.
-        self._set_status("No sample: samples are drawn by a running training (press t to train), or "
-                         "from the shell with `loratui sample`.")
-
-    def action_checkpoint(self) -> None:
-        self._send(Command.CHECKPOINT_NOW)
-        self._set_status("Checkpoint requested: it is saved after the step in progress.")
-
-    def action_stop(self) -> None:
-        def answered(choice: str | None) -> None:
-            if choice == "stop" and self.state.running:
-                self._stop()
-
-        self.app.push_screen(stop_dialog(self.state.step, self.state.total_steps), answered)
-
-    def _stop(self) -> None:
-        self._send(Command.STOP)
-        self._set_phase("stopping")
-        self._set_status("Stopping: saving a checkpoint and the LoRA after the step in progress…")
-
-    def action_train(self) -> None:
-        runs = read_project_runs(self.project_dir)
-        if runs.resumable:
-            self._offer_resume()
-        else:
-            self.start_training(resume=False)
-
-    def _offer_resume(self) -> None:
-        runs = self.runs = read_project_runs(self.project_dir)
-        self.state.cost_per_hour = _cost_per_hour(self.project_dir)
-        newest = runs.newest_checkpoint
-        if newest is None:
-            return
-
-        def answered(choice: str | None) -> None:
-            if choice in ("resume", "restart"):
-                self.start_training(resume=choice == "resume")
-
-        self.app.push_screen(resume_dialog(runs.last_step, runs.total_steps, newest.step,
-                                           display_path(newest.path, self.project_dir)), answered)
-
-    def action_browse_samples(self, delta: int) -> None:
-        gallery = self.query_one("#samples", SampleGallery)
-        gallery.browse(delta)
-        self.query_one("#sample-pane").border_title = gallery.caption()
-
-    def action_compare_samples(self) -> None:
-        gallery = self.query_one("#samples", SampleGallery)
-        gallery.compare_next()
-        self.query_one("#sample-pane").border_title = gallery.caption()
-
-    def action_log(self) -> None:
-        def closed(_: None) -> None:
-            self._log_screen = None
-
-        self._log_screen = LogScreen(self.paths.log_file, list(self.state.log))
-        self.app.push_screen(self._log_screen, closed)
-
-    def action_edit(self) -> None:
-        open_wizard = getattr(self.app, "open_wizard", None)
-        if open_wizard is not None:
-            open_wizard(self.project_dir)
-
-    def action_quit(self) -> None:
-        if not self.state.running:
-            self.app.exit()
-            return
-        if self._quit_when_done:
-            self._confirm_force_quit()
-            return
-
-        def answered(choice: str | None) -> None:
-            if choice == "detach":
-                self.action_detach()
-            elif choice == "stop":
-                self._quit_when_done = True
-                if self.state.phase != "stopping":
-                    self._stop()
-            elif choice == "abort":
-                self._quit_when_done = self._aborting = True
-                self._send(Command.ABORT)
-                self._set_status("Quitting without saving after the step in progress…")
-
-        self.app.push_screen(quit_dialog(self.state.step, self.state.total_steps), answered)
-
-    def action_detach(self) -> None:
-        """Leave: the run keeps training in its own process; any terminal can attach again."""
-        if not self.state.running:
-            return
-        self._detached = True
-        self._send(Command.DETACH)
-        self.app.exit(message=f"Detached; training goes on in the background. Come back with: "
-                              f"loratui attach {self.project_dir}")
-
-    def action_cancel_notify(self) -> None:
-        if self._notify_deadline is not None:
-            self._send(Command.CANCEL_NOTIFY)
-            self._set_status("Cancelling the end-of-run notification…")
-
-    def _confirm_force_quit(self) -> None:
-        def answered(choice: str | None) -> None:
-            if choice == "now":
-                self.app.exit()
-
-        self.app.push_screen(force_quit_dialog(), answered)
 
 
 def _cost_per_hour(project_dir: Path) -> float:

@@ -61,17 +61,22 @@ class FakeModelInfo:
     family: str
     prediction_type: str
     description: str
+    resolution: int | None = None
 
 
 FAKE_FAMILIES = {"builtin:tiny-sd": ("sd1", "epsilon"), "builtin:tiny-sd2": ("sd2", "v_prediction"),
-                 "builtin:tiny-sdxl": ("sdxl", "epsilon")}
+                 "builtin:tiny-sdxl": ("sdxl", "epsilon"), "builtin:tiny-sd3": ("sd3", "flow"),
+                 "builtin:tiny-flux": ("flux", "flow"), "black-forest-labs/FLUX.1-dev": ("flux", "flow")}
 
 
 def fake_probe(spec: str, config_source: str | None, allow_pickle: bool) -> FakeModelInfo:
-    """Built-ins answer at once; anything else is 'missing', worded like the loader."""
+    """Built-ins (and FLUX.1-dev's hub id, a full-size model) answer at once; anything else is 'missing',
+    worded like the loader."""
     if spec in FAKE_FAMILIES:
         family, pred = FAKE_FAMILIES[spec]
-        return FakeModelInfo(spec, "builtin", family, pred, f"built-in tiny {family}")
+        if spec.startswith("builtin:"):
+            return FakeModelInfo(spec, "builtin", family, pred, f"built-in tiny {family}")
+        return FakeModelInfo(spec, "hub", family, pred, f"hub model {spec}", 1024)
     raise ValueError(f"{spec} does not exist; check the path (or, for a Hugging Face model, give its id as "
                      "org/name)")
 

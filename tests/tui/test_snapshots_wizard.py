@@ -40,3 +40,16 @@ def test_wizard_step(snap_compare: Any, snapshot_project: Path, step: int, theme
     make_corpus(snapshot_project / "images")
     app = WizardHost(snapshot_project, services=fake_services(), theme=theme)
     assert snap_compare(app, terminal_size=size, run_before=show_step(step))
+
+
+@pytest.mark.parametrize("step", (3, 5, 6), ids=("model", "training", "review"))
+def test_wizard_flux(snap_compare: Any, snapshot_project: Path, step: int) -> None:
+    """FLUX.1-dev (the fake probe answers for its hub id): its starting settings and what it needs in memory."""
+    from loratui.config import load_config, save_config
+
+    make_corpus(snapshot_project / "images")
+    cfg = load_config(snapshot_project)
+    cfg.model.base = "black-forest-labs/FLUX.1-dev"
+    save_config(snapshot_project, cfg)
+    app = WizardHost(snapshot_project, services=fake_services(), theme="dark")
+    assert snap_compare(app, terminal_size=(120, 40), run_before=show_step(step))

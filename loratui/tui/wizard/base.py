@@ -37,10 +37,10 @@ class WizardState:
     model_info: Any = None
     model_error: str = ""
     load_problem: str = ""
-    proposed_resolution: int | None = None
-    """The resolution the wizard last proposed from the model; None once the user chose their own."""
-    resolution_untouched: bool = True
-    """False once data.resolution holds a value the user typed (or the project came with one)."""
+    proposed: dict[str, Any] = field(default_factory=dict)
+    """What the wizard last set from the model's family, by config path (models.family_defaults)."""
+    chosen: set[str] = field(default_factory=set)
+    """Family settings holding a value the user typed (or the project came with): never replaced."""
 
     @property
     def paths(self) -> ProjectPaths:

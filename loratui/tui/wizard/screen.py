@@ -21,7 +21,8 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Button, ContentSwitcher, Footer, Static
 
-from loratui.config import CONFIG_NAME, ConfigError, DataConfig, ProjectConfig, load_config
+from loratui.config import CONFIG_NAME, ConfigError, ProjectConfig, field_spec, load_config
+from loratui.models.family_defaults import FAMILY_SETTINGS
 from loratui.project import create_project
 from loratui.tui.wizard.base import ConfigEdited, WizardState, WizardStep
 from loratui.tui.wizard.fields import ConfigField
@@ -77,9 +78,9 @@ class WizardScreen(Screen[Path | None]):
         super().__init__(name=name, id=id, classes=classes)
         project_dir = Path(project_dir).expanduser().absolute()
         cfg, problem = load_or_create(project_dir)
-        self.state = WizardState(project_dir, cfg, services or Services(), load_problem=problem,
-                                 # The default value in the file is taken as not chosen yet.
-                                 resolution_untouched=cfg.data.resolution == DataConfig().resolution)
+        self.state = WizardState(project_dir, cfg, services or Services(), load_problem=problem)
+        # A default value in the file is taken as not chosen yet; the model's family may replace it.
+        self.state.chosen = {path for path in FAMILY_SETTINGS if self.state.get(path) != field_spec(path).default}
         self.steps = [cls(self.state) for cls in STEPS]
         self._unsaved: set[str] = set()
         self._save_timer: Timer | None = None
@@ -176,8 +177,8 @@ class WizardScreen(Screen[Path | None]):
 
     def on_config_field_changed(self, event: ConfigField.Changed) -> None:
         self.state.set(event.field.path, event.value)
-        if event.field.path == "data.resolution" and event.value != self.state.proposed_resolution:
-            self.state.resolution_untouched = False
+        if event.field.path in FAMILY_SETTINGS and event.value != self.state.proposed.get(event.field.path):
+            self.state.chosen.add(event.field.path)
         self._changed(event.field.path)
 
     def on_config_field_error_changed(self, event: ConfigField.ErrorChanged) -> None:
@@ -235,6 +236,9 @@ class WizardScreen(Screen[Path | None]):
         return found
 
     def refresh_step_bar(self) -> None:
+        bars = self.query("#step-bar")
+        if not bars:
+            return  # the screen is closing: a late worker's answer has nothing left to update
         parts: list[Content] = []
         for number, step in enumerate(self.steps, start=1):
             invalid = bool(step.problems())
@@ -247,7 +251,7 @@ class WizardScreen(Screen[Path | None]):
         key = (bar.plain, tuple(bar.spans))
         if key != self._bar:
             self._bar = key
-            self.query_one("#step-bar", Static).update(bar)
+            bars.first(Static).update(bar)
 
     def action_start(self) -> None:
         problems = self.problems()

@@ -106,6 +106,9 @@ _ASSUMED_TFLOPS = 60.0
 # are cached); their activations are rough figures for one 1024 px image.
 _MEMORY_MB = {"sd1": (2600.0, 4000.0), "sd2": (2900.0, 4000.0), "sdxl": (7000.0, 12000.0),
               "flux": (24000.0, 24000.0), "sd3": (5000.0, 12000.0)}
+# The published model these figures are for, as the estimate's note names it.
+_REFERENCE_MODEL = {"sd1": "SD 1.5", "sd2": "SD 2.1", "sdxl": "SDXL 1.0", "flux": "FLUX.1-dev (12 B parameters)",
+                    "sd3": "SD3.5-Medium (2.5 B parameters; Large has 8 B)"}
 
 
 def rough_estimate(cfg: ProjectConfig, total_steps: int, family: str | None = None) -> Estimate:
@@ -135,7 +138,8 @@ def rough_estimate(cfg: ProjectConfig, total_steps: int, family: str | None = No
         activations *= 1.0 - 0.75 * share
     memory = weights + activations * scale * cfg.train.batch_size
     return Estimate(total_steps, seconds, memory, False,
-                    f"rough arithmetic for a full-size {family} model on a GPU doing ~{_ASSUMED_TFLOPS:.0f} TFLOP/s; "
+                    f"rough arithmetic for a full-size {_REFERENCE_MODEL.get(family, family)} on a GPU doing "
+                    f"~{_ASSUMED_TFLOPS:.0f} TFLOP/s; "
                     "Measure (ctrl+e) times real steps on this machine")
 
 

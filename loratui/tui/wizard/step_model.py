@@ -12,19 +12,16 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import Button, Label, Static
 
+from loratui.models.family_defaults import FAMILY_SETTINGS, FAMILY_SOURCES, family_specific, family_start
 from loratui.tui.wizard.base import ConfigEdited, WizardStep, unlisted
 from loratui.tui.wizard.dir_picker import PathPicker
-from loratui.tui.wizard.fields import ConfigField
+from loratui.tui.wizard.fields import ConfigField, field_id
 
-BUILTINS = ("builtin:tiny-sd", "builtin:tiny-sd2", "builtin:tiny-sdxl")
+BUILTINS = ("builtin:tiny-sd", "builtin:tiny-sd2", "builtin:tiny-sdxl", "builtin:tiny-sd3", "builtin:tiny-flux")
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD 3.x", "flux": "FLUX.1"}
-NATIVE_SIDE = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024}
-# What the peers start a LoRA on these transformers with, shown once the family is known.
-FAMILY_ADVICE = {
-    "flux": "FLUX: 1024 px, learning rate 1e-4, preset all (sd-scripts' default), bf16 with gradient "
-            "checkpointing; FLUX-dev needs about 24 GB for its bf16 weights alone",
-    "sd3": "SD3: 1024 px, learning rate 1e-4, preset attention+ff, bf16 with gradient checkpointing",
-}
+# How the wizard names the settings it proposes from the family, and where they are changed.
+SETTING_NAMES = {"train.learning_rate": "learning rate", "lora.preset": "layers", "train.precision": "precision",
+                 "train.gradient_checkpointing": "gradient checkpointing", "sample.guidance": "sample guidance"}
 # Probing a folder reads a few JSON files, a single file its header; wait for typing to pause.
 _PROBE_DELAY = 0.4
 _PROBE_INPUTS = ("model.base", "model.config_source", "model.allow_pickle")
@@ -55,9 +52,11 @@ class ModelStep(WizardStep):
         yield self.field("model.base", long=True, label="base model",
                          placeholder="builtin:tiny-sd, org/name, a folder or a .safetensors file")
         with Horizontal(id="model-presets"):
-            yield Label("built-in models", classes="row-label")
+            yield Label("built-in tiny models", classes="row-label")
             for name in BUILTINS:
-                yield Button(name.removeprefix("builtin:"), id=f"preset-{name[8:]}", compact=True, classes="-small")
+                # Five names and Browse fit an 80-column row only without the shared "tiny-".
+                yield Button(name.removeprefix("builtin:tiny-"), id=f"preset-{name[8:]}", compact=True,
+                             classes="-small", tooltip=name)
             yield Button("Browse…", id="model-browse", compact=True, tooltip="ctrl+o", classes="-small")
         yield Static("", id="model-result", markup=False)
         yield self.field("model.family", label="family")
@@ -79,7 +78,10 @@ class ModelStep(WizardStep):
     def config_changed(self, path: str) -> None:
         if path in _PROBE_INPUTS:
             self.debounce(_PROBE_DELAY, self._probe_now)
-        elif path in ("model.family", "model.prediction_type"):
+        elif path == "model.family":
+            self._propose_family_start()
+            self._show()
+        elif path == "model.prediction_type" or path in FAMILY_SETTINGS:
             self._show()
 
     def on_mount(self) -> None:
@@ -121,7 +123,7 @@ class ModelStep(WizardStep):
         self._probed_key = event.key
         self.state.model_info = event.info
         self.state.model_error = event.error
-        self._propose_resolution(getattr(event.info, "resolution", None))
+        self._propose_family_start()
         self._show()
         self.screen.refresh_step_bar()  # type: ignore[attr-defined]
 
@@ -147,32 +149,65 @@ class ModelStep(WizardStep):
                      (("family", model.family), ("prediction type", model.prediction_type)) if value != "auto"]
         if overrides:
             lines.append("detected values overridden below: " + ", ".join(overrides))
-        side = getattr(info, "resolution", None) or NATIVE_SIDE.get(info.family)
+        family = self._family() or info.family
+        side = family_start(family, getattr(info, "resolution", None))["data.resolution"]
         chosen = self.state.cfg.data.resolution
-        if side and side == chosen and self.state.proposed_resolution == side:
+        if side == chosen and "data.resolution" not in self.state.chosen:
             lines.append(f"training resolution set to {side} px, the size this model was trained at "
                          "(change it in step 5)")
-        elif side and side != chosen:
+        elif side != chosen:
             lines.append(f"this model was trained at {side} px; training resolution is {chosen} (step 5)")
-        if info.family in FAMILY_ADVICE:
-            lines.append(FAMILY_ADVICE[info.family])
+        lines.extend(self._family_start_text(family))
         result.update("\n".join(lines))
 
-    def _propose_resolution(self, side: int | None) -> None:
-        """Train at the model's own size, unless the user already chose a resolution.
+    def _family(self) -> str | None:
+        """The family training will use: the one set in model.family, else the detected one."""
+        info = self.state.model_info
+        if info is None:
+            return None
+        family = self.state.cfg.model.family
+        return family if family != "auto" else info.family
 
-        The default 512 px is 16x the work of the tiny built-ins' 128 px and too small for SDXL."""
+    def _family_start_text(self, family: str) -> list[str]:
+        """What the wizard set for this family and whose numbers they are; what of the user's it kept."""
         state = self.state
-        if not side or not state.resolution_untouched or state.cfg.data.resolution == side:
-            state.proposed_resolution = side if state.resolution_untouched else None
+        specific = family_specific(family)
+        set_here = [f"{SETTING_NAMES[p]} {_shown(v)}" for p, v in specific.items() if p not in state.chosen]
+        kept = [f"{SETTING_NAMES[p]} {_shown(state.get(p))} (the family starts at {_shown(v)})"
+                for p, v in specific.items() if p in state.chosen and state.get(p) != v]
+        lines = []
+        name = FAMILY_NAMES.get(family, family)
+        if set_here:
+            lines.append(f"set for {name} as {FAMILY_SOURCES[family]} start it: {', '.join(set_here)} "
+                         "(steps 4 and 5)")
+        if kept:
+            lines.append("kept your " + "; ".join(kept))
+        return lines
+
+    def _propose_family_start(self) -> None:
+        """Give the family's starting settings to every one the user has not chosen themselves.
+
+        The default 512 px is 16x the work of the tiny built-ins' 128 px and too small for SDXL;
+        FLUX trains every block layer in bf16 (models.family_defaults says whose numbers)."""
+        family = self._family()
+        if family is None:
             return
-        state.proposed_resolution = side
-        fields = self.screen.query("#data-resolution")
+        state = self.state
+        native = getattr(state.model_info, "resolution", None)
+        for path, value in family_start(family, native).items():
+            if path in state.chosen:
+                continue
+            state.proposed[path] = value
+            if state.get(path) != value:
+                self._set_setting(path, value)
+
+    def _set_setting(self, path: str, value: Any) -> None:
+        fields = self.screen.query(f"#{field_id(path)}")
         if fields:
-            fields.first(ConfigField).set_value(side)
+            fields.first(ConfigField).set_value(value)  # its step is built: the field shows it and reports it
         else:
-            state.set("data.resolution", side)
-            self.post_message(ConfigEdited("data.resolution"))
+            self.state.set(path, value)
+            self.post_message(ConfigEdited(path))
 
     # -- choosing -------------------------------------------------------------
 
@@ -199,3 +234,9 @@ class ModelStep(WizardStep):
         elif self.state.model_error:
             found.append(f"model.base: {self.state.model_error}")
         return found
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)

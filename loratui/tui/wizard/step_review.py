@@ -42,6 +42,27 @@ def estimate_text(estimate: Estimate) -> str:
     return f"{label}: {' · '.join(parts)}\n({estimate.note})"
 
 
+# Parameters of the published transformers, in billions: FLUX.1-dev/schnell 12, SD3.5-Large 8, Medium 2.5.
+_TRANSFORMER_B = {"flux": (("FLUX.1-dev", 12.0),), "sd3": (("SD3.5-Large", 8.0), ("Medium", 2.5))}
+
+
+def memory_note(cfg: ProjectConfig, family: str | None) -> str:
+    """What the full-size transformer holds before anything trains, for the card the wizard cannot see."""
+    sizes = _TRANSFORMER_B.get(family or "")
+    if not sizes or cfg.model.base.startswith("builtin:"):
+        return ""
+    if cfg.model.base_weights == "float8":
+        stored, per_param = "float8 (model.base_weights)", 1
+    else:
+        stored, per_param = ("fp32", 4) if cfg.train.precision == "no" else (cfg.train.precision, 2)
+    held = ", ".join(f"{name} {billions * per_param:.3g} GB" for name, billions in sizes)
+    text = f"frozen transformer in {stored}: {held} before anything trains"
+    if per_param == 1:
+        return text + "; computed in bf16"
+    card = 24 if sizes[0][1] >= 12 else 16
+    return text + f"; on a {card} GB card set model.base_weights = \"float8\" (step 3): one byte a weight"
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -145,11 +166,19 @@ class ReviewStep(WizardStep):
             when = f"every {cfg.sample.every_n_steps} steps and on s" if cfg.sample.every_n_steps else "on s"
             lines.append(f"no sample prompts: samples ({when}) will draw "
                          + "; ".join(f"{p.prompt!r} ({src})" for p, src in zip(proposed.prompts, proposed.sources)))
+        note = memory_note(cfg, self._family())
+        if note:
+            lines.append(note)
         if report is not None and report.usable and (cfg.validation.split > 0 or cfg.validation.folder):
             from loratui.tui.wizard.step_images import holdout_text
 
             lines.append(holdout_text(report, cfg))
         return "\n".join(lines)
+
+    def _family(self) -> str | None:
+        """The family training will use: model.family when set, else the detected one."""
+        chosen = self.state.cfg.model.family
+        return chosen if chosen != "auto" else getattr(self.state.model_info, "family", None)
 
     def _proposed_prompts(self) -> Any:
         """The prompts a run without [[sample.prompts]] will draw (none when some are set)."""
@@ -187,8 +216,7 @@ class ReviewStep(WizardStep):
 
     def _estimate_now(self, *, measure: bool) -> None:
         total = planned_steps(self.state.cfg, self.state.report)
-        info = self.state.model_info
-        family = getattr(info, "family", None)
+        family = self._family()
         what = "measuring one training step (loads the model) …" if measure else "estimating …"
         self.query_one("#review-estimate", Static).update(what)
         self._estimate(self._key(), copy.deepcopy(self.state.cfg), total or 0, family, measure)

@@ -6,9 +6,13 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loratui.commands import CommandChannel
 from loratui.config import ProjectConfig
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -30,7 +34,6 @@ class RunEstimate:
 def count_trainable_params(project_dir: Path, cfg: ProjectConfig) -> int:
     """LoRA parameters for this config, counted on an empty (meta-device) model: no weights are loaded."""
     import torch
-    from diffusers import UNet2DConditionModel
 
     from loratui.engine.build import base_model_folder
     from loratui.lora.inject import inject_lora
@@ -46,25 +49,35 @@ def count_trainable_params(project_dir: Path, cfg: ProjectConfig) -> int:
     family = (probe_model(spec, config_source=paths.config_source(cfg)).family if cfg.model.family == "auto"
               else cfg.model.family)
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
-        total = inject_lora(unet, component="unet", family=family, preset=cfg.lora.preset, rank=cfg.lora.rank,
-                            alpha=cfg.lora.alpha, kind=cfg.lora.type,
+        total = inject_lora(_empty_denoiser(folder, family), component="unet", family=family,
+                            preset=cfg.lora.preset, rank=cfg.lora.rank, alpha=cfg.lora.alpha, kind=cfg.lora.type,
                             lokr_factor=cfg.lora.lokr_factor).num_parameters()
         if cfg.lora.train_text_encoder:
             total += _count_text_encoders(folder, family, cfg)
     return total
 
 
+def _empty_denoiser(folder: Path, family: str) -> torch.nn.Module:
+    """The family's UNet or transformer built from the folder's config, on whatever device is current."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+
+    cls, sub = {"flux": (FluxTransformer2DModel, "transformer"),
+                "sd3": (SD3Transformer2DModel, "transformer")}.get(family, (UNet2DConditionModel, "unet"))
+    return cls.from_config(cls.load_config(folder, subfolder=sub))
+
+
 def _count_text_encoders(folder: Path, family: str, cfg: ProjectConfig) -> int:
+    """The CLIP encoders' LoRA (T5 never gets one): CLIP-L, and CLIP-G with its projection for SDXL/SD3."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from loratui.lora.inject import inject_lora
+    from loratui.lora.naming import components_for
 
     total = 0
-    parts = [("text_encoder", "te1" if family == "sdxl" else "te", CLIPTextModel)]
-    if family == "sdxl":
-        parts.append(("text_encoder_2", "te2", CLIPTextModelWithProjection))
-    for sub, component, cls in parts:
+    projected = family in ("sdxl", "sd3")
+    for index, component in enumerate(components_for(family)[1:]):
+        sub = "text_encoder" if index == 0 else f"text_encoder_{index + 1}"
+        cls = CLIPTextModelWithProjection if projected and (index == 1 or family == "sd3") else CLIPTextModel
         te = cls(CLIPTextConfig.from_pretrained(folder / sub))
         total += inject_lora(te, component=component, family=family, preset=cfg.lora.preset, rank=cfg.lora.rank,
                              alpha=cfg.lora.alpha, kind=cfg.lora.type,

@@ -1,17 +1,20 @@
-"""The sample gallery in real terminals, photographed: the pictures on screen look like the PNG files.
+"""The sample gallery and the caption step's preview in real terminals, photographed: the pictures
+on screen look like the PNG files.
 
-An X server (Xvfb) runs xterm as a VT340 with 256 colour registers (sixel), and, where
-installed, foot inside weston (sixel, Wayland) and xterm running tmux (half-blocks, or
-sixel for a tmux that passes it). In each, ``loratui open PROJECT`` shows a project whose
-two samples carry coloured corner marks; a screenshot (ImageMagick ``import -window root``)
-is searched for the marks, and the picture between them is compared with the PNG scaled
-to the same size: the mean colour difference, and that of every 6-pixel band (a wrong
-colour register spoils one band), must stay under a bound; beside the picture there must
-be background, not a black bar. Everything the terminal received is recorded with
-``script``, and each picture must have been sent once.
+An X server (Xvfb) runs xterm as a VT340 with 256 colour registers (sixel), xterm running
+tmux (half-blocks, or sixel for a tmux built with it: 3.5a from Debian bookworm-backports),
+and foot inside weston (sixel, Wayland). In each, ``loratui open PROJECT`` shows a project
+whose two samples carry coloured corner marks, and ``loratui new`` shows the caption step
+with one 3:2 training image; a screenshot (ImageMagick ``import -window root``) is searched
+for the marks, and the picture between them is compared with the PNG scaled to the same
+size: the mean colour difference, and that of every 6-pixel band (a wrong colour register
+spoils one band), must stay under a bound; beside the picture there must be background, not
+a black bar. Everything the terminal received is recorded with ``script``, and each picture
+must have been sent once.
 
-Skipped where Xvfb or xterm is missing (``.ci/run`` installs them). Screenshots are
-written to ``LORATUI_SCREENSHOTS`` when it names a folder (the README's come from there).
+Skipped where Xvfb or xterm is missing, the tmux and foot cases where those are (``.ci/run``
+installs them all). Screenshots are written to ``LORATUI_SCREENSHOTS`` when it names a folder
+(the README's come from there).
 """
 
 from __future__ import annotations
@@ -20,19 +23,21 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.terminal_screens import (Display, FootInWeston, TmuxInXterm, Xterm, free_display_number, tmux_has_sixel,
+                                    tmux_version, wait_for)
+
 pytestmark = pytest.mark.skipif(not (shutil.which("Xvfb") and shutil.which("xterm") and shutil.which("import")),
                                 reason="needs Xvfb, xterm and ImageMagick (.ci/run installs them)")
 
-COLS, ROWS = 160, 48
 MARKS = {  # picture name: (top-left mark colour, bottom-right mark colour)
     "closeup": ((255, 0, 255), (0, 255, 255)),
     "wide": ((255, 128, 0), (0, 128, 255)),
@@ -78,36 +83,6 @@ def gallery_project(sample_project: Path) -> tuple[Path, dict[str, Path]]:
     return sample_project, pictures
 
 
-class Display:
-    """An X server of its own, and screenshots of it."""
-
-    def __init__(self, number: int) -> None:
-        self.name = f":{number}"
-        self.server = subprocess.Popen(["Xvfb", self.name, "-screen", "0", "1920x1080x24", "-nolisten", "tcp"],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not Path(f"/tmp/.X11-unix/X{number}").exists():
-            if time.monotonic() > deadline or self.server.poll() is not None:
-                raise RuntimeError(f"Xvfb {self.name} did not start")
-            time.sleep(0.1)
-
-    def screenshot(self, path: Path) -> np.ndarray:
-        subprocess.run(["import", "-display", self.name, "-window", "root", str(path)], check=True, timeout=30)
-        return np.asarray(Image.open(path).convert("RGB"), dtype=np.int32)
-
-    def close(self) -> None:
-        self.server.terminate()
-        self.server.wait(timeout=10)
-
-
-@pytest.fixture
-def display() -> Display:
-    free = next(n for n in range(90 + os.getpid() % 50, 400) if not Path(f"/tmp/.X{n}-lock").exists())
-    d = Display(free)
-    yield d
-    d.close()
-
-
 def find_mark(shot: np.ndarray, colour: tuple[int, int, int], tolerance: int = 24) -> tuple[int, int, int, int] | None:
     """(left, top, right, bottom) of the pixels of one colour, or None."""
     near = (np.abs(shot - np.array(colour)).max(axis=-1) <= tolerance)
@@ -130,16 +105,6 @@ def picture_difference(shot: np.ndarray, png: Path) -> tuple[float, float, tuple
     diff = np.abs(seen - expected)
     bands = [float(diff[y:y + 6].mean()) for y in range(0, diff.shape[0] - 5, 6)]
     return float(diff.mean()), max(bands), box
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value is not None and value is not False:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def loratui_command(project: Path, typescript: Path, env: dict[str, str], command: str = "open") -> str:
@@ -196,110 +161,74 @@ def keep(shot: Path, name: str) -> None:
         shutil.copy(shot, Path(folder) / name)
 
 
-XTERM = ["xterm", "-ti", "vt340", "-xrm", "XTerm*decTerminalID: vt340", "-xrm", "XTerm*numColorRegisters: 256",
-         "-xrm", "XTerm*sixelScrolling: true", "-b", "0", "-fa", "DejaVu Sans Mono", "-fs", "10",
-         "-geometry", f"{COLS}x{ROWS}+0+0"]
+@pytest.fixture
+def display() -> Iterator[Display]:
+    d = Display(free_display_number())
+    yield d
+    d.close()
 
 
-def run_in_xterm(display: Display, command: str, env_term: str = "xterm") -> subprocess.Popen:
-    env = {**os.environ, "DISPLAY": display.name, "TERM": env_term}
-    env.pop("COLORTERM", None)
-    env.pop("TMUX", None)
-    return subprocess.Popen([*XTERM, "-e", "bash", "-c", command], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def tmux_binaries() -> list[str]:
+    """The tmux in PATH, and LORATUI_TEST_TMUX (another build, e.g. 3.3a beside 3.5a)."""
+    found = [shutil.which("tmux") or "", os.environ.get("LORATUI_TEST_TMUX", "")]
+    return [b for b in dict.fromkeys(found) if b and os.access(b, os.X_OK)]
 
 
-def test_xterm_shows_the_samples_in_sixel(display, gallery_project, tmp_path, record_property):
+HAVE_FOOT = bool(shutil.which("foot") and shutil.which("weston"))
+TERMINALS = [pytest.param("xterm", id="xterm"),
+             *(pytest.param(f"tmux:{b}", id=f"tmux-{tmux_version(b)}") for b in tmux_binaries()),
+             pytest.param("foot", id="foot", marks=pytest.mark.skipif(not HAVE_FOOT, reason="needs foot and weston"))]
+
+
+@pytest.fixture(params=TERMINALS)
+def terminal(request, display: Display, tmp_path: Path) -> Iterator[Xterm | TmuxInXterm | FootInWeston]:
+    kind = request.param
+    if kind == "xterm":
+        term = Xterm(display)
+    elif kind == "foot":
+        term = FootInWeston(display, tmp_path / "xdg", tmp_path / "weston.log")
+    else:
+        term = TmuxInXterm(display, kind.split(":", 1)[1])
+    yield term
+    term.close()
+
+
+def passes_sixel(terminal) -> bool:
+    """xterm (VT340) and foot take sixel; a tmux passes it when built with it, else loratui uses half-blocks."""
+    return not isinstance(terminal, TmuxInXterm) or tmux_has_sixel(terminal.binary)
+
+
+def test_the_sample_gallery_looks_like_the_pngs(terminal, display, gallery_project, tmp_path, record_property):
     project, pictures = gallery_project
-    typescript = tmp_path / "xterm.typescript"
-    term = run_in_xterm(display, loratui_command(project, typescript, app_env(tmp_path)))
-    try:
-        results = check_gallery(display, pictures, typescript, tmp_path / "xterm.png", sixel=True,
-                                keep_as="xterm-sixel.png")
-        for key, value in results.items():
-            record_property(key, value)
-    finally:
-        term.terminate()
-        term.wait(timeout=10)
+    typescript = tmp_path / "gallery.typescript"
+    terminal.start(loratui_command(project, typescript, app_env(tmp_path)))
+    sixel = passes_sixel(terminal)
+    results = check_gallery(display, pictures, typescript, tmp_path / "gallery.png", sixel=sixel,
+                            bound=MEAN_BOUND if sixel else HALFBLOCK_256_BOUND,
+                            keep_as=f"{terminal.label}-sixel.png" if terminal.label in ("xterm", "foot")
+                            else f"{terminal.label}.png")
+    for key, value in results.items():
+        record_property(key, value)
+    if isinstance(terminal, TmuxInXterm):
+        assert "Gi=" not in terminal.pane_title()  # no kitty graphics probe reached tmux
 
 
 def test_xterm_half_blocks_in_256_colours(display, gallery_project, tmp_path):
     # TERM=xterm and no COLORTERM, as over SSH: the terminal answers that it has 256 colours.
     project, pictures = gallery_project
     typescript = tmp_path / "halfblock.typescript"
-    env = app_env(tmp_path, LORATUI_IMAGES="halfblock")
-    term = run_in_xterm(display, loratui_command(project, typescript, env))
+    term = Xterm(display)
+    term.start(loratui_command(project, typescript, app_env(tmp_path, LORATUI_IMAGES="halfblock")))
     try:
         check_gallery(display, pictures, typescript, tmp_path / "halfblock.png", sixel=False,
                       bound=HALFBLOCK_256_BOUND, keep_as="xterm-halfblock-256.png")
         assert b"\x1b[38;5;" in typescript.read_bytes()  # 256-colour codes, not 16
     finally:
-        term.terminate()
-        term.wait(timeout=10)
-
-
-def tmux_binaries() -> list[str]:
-    """The tmux in PATH, and LORATUI_TEST_TMUX (e.g. tmux 3.5 unpacked from Debian backports)."""
-    found = [shutil.which("tmux") or "", os.environ.get("LORATUI_TEST_TMUX", "")]
-    return [b for b in dict.fromkeys(found) if b and os.access(b, os.X_OK)] or ["tmux"]
-
-
-@pytest.mark.parametrize("tmux", tmux_binaries())
-def test_tmux_inside_xterm(display, gallery_project, tmp_path, tmux):
-    if shutil.which(tmux) is None:
-        pytest.skip("tmux is not installed")
-    version = subprocess.run([tmux, "-V"], capture_output=True, text=True).stdout.split()[-1]
-    sixel_build = b"sixel" in Path(shutil.which(tmux)).read_bytes()
-    project, pictures = gallery_project
-    typescript = tmp_path / "tmux.typescript"
-    socket = f"loratui-shot-{os.getpid()}"
-    inner = loratui_command(project, typescript, app_env(tmp_path))
-    command = f"{shlex.quote(tmux)} -L {socket} -f /dev/null new-session {shlex.quote(inner)}"
-    term = run_in_xterm(display, command)
-    try:
-        # A tmux built with sixel passes it (and says so); any other gets half-blocks in 256 colours.
-        check_gallery(display, pictures, typescript, tmp_path / "tmux.png", sixel=sixel_build,
-                      bound=MEAN_BOUND if sixel_build else HALFBLOCK_256_BOUND, keep_as=f"tmux-{version}.png")
-        title = subprocess.run([tmux, "-L", socket, "display-message", "-p", "#{pane_title}"],
-                               capture_output=True, text=True).stdout
-        assert "Gi=" not in title  # no kitty graphics probe reached tmux
-    finally:
-        subprocess.run([tmux, "-L", socket, "kill-server"], capture_output=True)
-        term.terminate()
-        term.wait(timeout=10)
-
-
-# weston's start-up under a loaded machine outlasts the test's waits; run it where asked for.
-@pytest.mark.skipif(not (shutil.which("foot") and shutil.which("weston")) or not os.environ.get("LORATUI_TEST_FOOT"),
-                    reason="needs foot and weston, and LORATUI_TEST_FOOT=1")
-def test_foot_under_weston_shows_the_samples_in_sixel(display, gallery_project, tmp_path):
-    project, pictures = gallery_project
-    runtime = tmp_path / "xdg"
-    runtime.mkdir(mode=0o700)
-    env = {**os.environ, "DISPLAY": display.name, "XDG_RUNTIME_DIR": str(runtime)}
-    for name in ("COLORTERM", "TMUX", "WAYLAND_DISPLAY"):
-        env.pop(name, None)
-    weston = subprocess.Popen(["weston", "--backend=x11-backend.so", "--width=1800", "--height=1050",
-                               "--socket=wl-loratui", "--idle-time=0"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    foot = None
-    try:
-        wait_for(lambda: (runtime / "wl-loratui").exists() or None, 30, "weston's socket")
-        typescript = tmp_path / "foot.typescript"
-        command = loratui_command(project, typescript, app_env(tmp_path))
-        foot = subprocess.Popen(["foot", "-o", "font=DejaVu Sans Mono:size=10", f"--window-size-chars={COLS}x{ROWS}",
-                                 "bash", "-c", command], env={**env, "WAYLAND_DISPLAY": "wl-loratui"},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        check_gallery(display, pictures, typescript, tmp_path / "foot.png", sixel=True, keep_as="foot-sixel.png")
-    finally:
-        for process in (foot, weston):
-            if process is not None:
-                process.terminate()
-                process.wait(timeout=10)
+        term.close()
 
 
 @pytest.mark.skipif(shutil.which("xdotool") is None, reason="needs xdotool to press keys")
-def test_xterm_caption_preview_of_a_3_2_picture(display, sample_project, tmp_path):
+def test_the_caption_preview_of_a_3_2_picture_looks_like_the_png(terminal, display, sample_project, tmp_path):
     # One 3:2 training image: the caption step previews it beside its caption.
     images = sample_project / "images"
     shutil.rmtree(images)
@@ -309,24 +238,24 @@ def test_xterm_caption_preview_of_a_3_2_picture(display, sample_project, tmp_pat
         img.resize((384, 256), Image.Resampling.NEAREST).save(images / "wide.png")
     (images / "wide.txt").write_text("zxc toy, a gradient", encoding="utf-8")
     typescript = tmp_path / "caption.typescript"
-    inner = loratui_command(sample_project, typescript, app_env(tmp_path), command="new")
-    term = run_in_xterm(display, inner)
-    try:
-        def wizard_ready() -> bool | None:
-            return (typescript.exists() and b"usable" in typescript.read_bytes()) or None
+    terminal.start(loratui_command(sample_project, typescript, app_env(tmp_path), command="new"))
 
-        wait_for(wizard_ready, 90, "the wizard's image scan")
-        time.sleep(2)
-        env = {**os.environ, "DISPLAY": display.name}
-        subprocess.run(["xdotool", "mousemove", "200", "200", "key", "ctrl+n"], env=env, check=True, timeout=10)
-        shot = wait_for(lambda: (lambda s: s if find_mark(s, MARKS["wide"][1]) else None)(
-            display.screenshot(tmp_path / "caption.png")), 60, "the caption preview")
-        time.sleep(2)
-        shot = display.screenshot(tmp_path / "caption.png")
-        keep(tmp_path / "caption.png", "xterm-caption-sixel.png")
-        mean, band, box = picture_difference(shot, images / "wide.png")
-        assert mean < MEAN_BOUND and band < BAND_BOUND, (mean, band)
+    def wizard_ready() -> bool | None:
+        return (typescript.exists() and b"usable" in typescript.read_bytes()) or None
+
+    wait_for(wizard_ready, 120, "the wizard's image scan")
+    time.sleep(2)
+    terminal.press("ctrl+n")
+    shot_path = tmp_path / "caption.png"
+    wait_for(lambda: find_mark(display.screenshot(shot_path), MARKS["wide"][1]), 90, "the caption preview")
+    time.sleep(2)  # the last rows of a picture may still be arriving
+    shot = display.screenshot(shot_path)
+    sixel = passes_sixel(terminal)
+    keep(shot_path, f"{terminal.label}-caption{'-sixel' if terminal.label in ('xterm', 'foot') else ''}.png")
+    mean, band, box = picture_difference(shot, images / "wide.png")
+    bound = MEAN_BOUND if sixel else HALFBLOCK_256_BOUND
+    assert mean < bound and band < max(BAND_BOUND, 2 * bound), (mean, band)
+    if sixel:
+        width, height = box[2] - box[0], box[3] - box[1]
+        assert abs(width / height - 1.5) < 0.05, f"the 3:2 picture is drawn {width}×{height}"
         assert len(SIXEL.findall(typescript.read_bytes())) == 1
-    finally:
-        term.terminate()
-        term.wait(timeout=10)

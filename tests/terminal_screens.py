@@ -1,7 +1,7 @@
 """Real terminals on an X server of their own, for tests/test_real_terminals.py.
 
-``Display`` is an Xvfb and its screenshots. ``Xterm``, ``TmuxInXterm`` and ``FootInWeston``
-each start a shell command in one kind of terminal and can press a key in it. foot needs a
+``Display`` is an Xvfb and its screenshots. ``Xterm``, ``TmuxInXterm``, ``FootInWeston`` and
+``Kitty`` each start a shell command in one kind of terminal and can press a key in it. foot needs a
 Wayland compositor: weston runs as a window on the X server, and foot starts only once
 weston answers a Wayland round trip with an output and a shell (a readiness check, not a
 fixed sleep, so a loaded machine only makes the wait longer).
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -215,3 +216,62 @@ class FootInWeston:
     def close(self) -> None:
         _stop(self.foot)
         _stop(self.weston)
+
+
+def kitty_version() -> tuple[int, ...] | None:
+    if shutil.which("kitty") is None:
+        return None
+    out = subprocess.run(["kitty", "--version"], capture_output=True, text=True).stdout.split()
+    return tuple(int(p) for p in out[1].split(".")) if len(out) > 1 else None
+
+
+class Kitty:
+    """kitty on the X server, drawing with Mesa's software OpenGL (Xvfb has no GPU)."""
+
+    def __init__(self, display: Display, log: Path) -> None:
+        self.display = display
+        self.log = log
+        self.version = kitty_version() or ()
+        self.label = f"kitty-{'.'.join(map(str, self.version))}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, command: str) -> None:
+        env = {**os.environ, "DISPLAY": self.display.name, "LIBGL_ALWAYS_SOFTWARE": "1"}
+        for name in ("COLORTERM", "TMUX", "WAYLAND_DISPLAY", "TERM"):
+            env.pop(name, None)
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                ["kitty", "--config", "NONE", "-o", "font_family=DejaVu Sans Mono", "-o", "font_size=10",
+                 "-o", f"initial_window_width={COLS}c", "-o", f"initial_window_height={ROWS}c",
+                 "-o", "remember_window_size=no", "bash", "-c", command], env=env, stdout=log, stderr=log)
+
+    def press(self, key: str) -> None:
+        self.display.press(key)
+
+    def close(self) -> None:
+        _stop(self.process)
+
+
+def stop_apps(folder: Path) -> None:
+    """End the apps whose pid ``*.app-pid`` files in ``folder`` hold.
+
+    Closing a terminal does not end them: ``script`` passes its end of input on as a key, which
+    a full-screen app in raw mode reads as Ctrl+D, and keeps waiting for its child.
+    """
+    for pid_file in folder.glob("*.app-pid"):
+        try:
+            pid = int(pid_file.read_text())
+            if b"loratui" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue  # ended already, and the number is someone else's now
+        except (OSError, ValueError):
+            continue
+        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                time.sleep(0.1)
+            if not Path(f"/proc/{pid}").exists():
+                break

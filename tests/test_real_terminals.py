@@ -32,8 +32,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.terminal_screens import (Display, FootInWeston, TmuxInXterm, Xterm, free_display_number, tmux_has_sixel,
-                                    tmux_version, wait_for)
+from tests.terminal_screens import (Display, FootInWeston, Kitty, TmuxInXterm, Xterm, free_display_number,
+                                    kitty_version, stop_apps, tmux_has_sixel, tmux_version, wait_for)
 
 pytestmark = pytest.mark.skipif(not (shutil.which("Xvfb") and shutil.which("xterm") and shutil.which("import")),
                                 reason="needs Xvfb, xterm and ImageMagick (.ci/run installs them)")
@@ -50,6 +50,8 @@ HALFBLOCK_256_BOUND = 40.0
 BAND_BOUND = 40.0
 """The same for each 6-pixel band: a band painted with the wrong register fails it."""
 SIXEL = re.compile(rb"\x1bP[0-9;]*q")
+KITTY_PLACEHOLDER = chr(0x10EEEE).encode()
+KITTY_PLACEHOLDERS_SINCE = (0, 28)
 
 
 def sample_pictures(folder: Path) -> dict[str, Path]:
@@ -109,7 +111,10 @@ def picture_difference(shot: np.ndarray, png: Path) -> tuple[float, float, tuple
 
 def loratui_command(project: Path, typescript: Path, env: dict[str, str], command: str = "open") -> str:
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    inner = f"env {exports} {shlex.quote(sys.executable)} -m loratui {command} {shlex.quote(str(project))}"
+    # The app's pid goes to a file beside the typescript, for stop_apps: closing the terminal does not end it.
+    pid_file = shlex.quote(str(typescript.with_suffix(".app-pid")))
+    inner = (f"echo $$ > {pid_file}; exec env {exports} {shlex.quote(sys.executable)} -m loratui {command} "
+             f"{shlex.quote(str(project))}")
     # script records every byte the terminal receives; -f so it is on disk while the app runs
     return f"script -q -f -c {shlex.quote(inner)} {shlex.quote(str(typescript))}"
 
@@ -162,9 +167,10 @@ def keep(shot: Path, name: str) -> None:
 
 
 @pytest.fixture
-def display() -> Iterator[Display]:
+def display(tmp_path: Path) -> Iterator[Display]:
     d = Display(free_display_number())
     yield d
+    stop_apps(tmp_path)  # after the terminal fixture has closed its terminal
     d.close()
 
 
@@ -177,7 +183,8 @@ def tmux_binaries() -> list[str]:
 HAVE_FOOT = bool(shutil.which("foot") and shutil.which("weston"))
 TERMINALS = [pytest.param("xterm", id="xterm"),
              *(pytest.param(f"tmux:{b}", id=f"tmux-{tmux_version(b)}") for b in tmux_binaries()),
-             pytest.param("foot", id="foot", marks=pytest.mark.skipif(not HAVE_FOOT, reason="needs foot and weston"))]
+             pytest.param("foot", id="foot", marks=pytest.mark.skipif(not HAVE_FOOT, reason="needs foot and weston")),
+             pytest.param("kitty", id="kitty", marks=pytest.mark.skipif(kitty_version() is None, reason="needs kitty"))]
 
 
 @pytest.fixture(params=TERMINALS)
@@ -187,26 +194,46 @@ def terminal(request, display: Display, tmp_path: Path) -> Iterator[Xterm | Tmux
         term = Xterm(display)
     elif kind == "foot":
         term = FootInWeston(display, tmp_path / "xdg", tmp_path / "weston.log")
+    elif kind == "kitty":
+        term = Kitty(display, tmp_path / "kitty.log")
     else:
         term = TmuxInXterm(display, kind.split(":", 1)[1])
     yield term
     term.close()
 
 
-def passes_sixel(terminal) -> bool:
-    """xterm (VT340) and foot take sixel; a tmux passes it when built with it, else loratui uses half-blocks."""
-    return not isinstance(terminal, TmuxInXterm) or tmux_has_sixel(terminal.binary)
+def expected_method(terminal) -> str:
+    """What loratui should choose there: xterm (VT340) and foot say they take sixel; a tmux passes
+    it when built with it; kitty gets placeholders from 0.28 (older ones draw them as boxes)."""
+    if isinstance(terminal, Kitty):
+        return "kitty" if terminal.version >= KITTY_PLACEHOLDERS_SINCE else "halfblock"
+    if isinstance(terminal, TmuxInXterm) and not tmux_has_sixel(terminal.binary):
+        return "halfblock"
+    return "sixel"
+
+
+def check_method(terminal, method: str, typescript: Path) -> None:
+    sent = typescript.read_bytes()
+    assert (KITTY_PLACEHOLDER in sent) == (method == "kitty"), "kitty placeholders sent where they should not be"
+    if isinstance(terminal, Kitty) and method == "halfblock":
+        assert b"\x1b[38;2;" in sent  # kitty says it has true colour (COLORTERM=truecolor)
+
+
+def shot_name(terminal, method: str, what: str = "") -> str:
+    # xterm-sixel.png, foot-caption-sixel.png, tmux-3.5a.png, kitty-0.26.5-halfblock.png …
+    suffix = "" if isinstance(terminal, TmuxInXterm) else f"-{method}"
+    return f"{terminal.label}{what}{suffix}.png"
 
 
 def test_the_sample_gallery_looks_like_the_pngs(terminal, display, gallery_project, tmp_path, record_property):
     project, pictures = gallery_project
     typescript = tmp_path / "gallery.typescript"
     terminal.start(loratui_command(project, typescript, app_env(tmp_path)))
-    sixel = passes_sixel(terminal)
-    results = check_gallery(display, pictures, typescript, tmp_path / "gallery.png", sixel=sixel,
-                            bound=MEAN_BOUND if sixel else HALFBLOCK_256_BOUND,
-                            keep_as=f"{terminal.label}-sixel.png" if terminal.label in ("xterm", "foot")
-                            else f"{terminal.label}.png")
+    method = expected_method(terminal)
+    results = check_gallery(display, pictures, typescript, tmp_path / "gallery.png", sixel=method == "sixel",
+                            bound=HALFBLOCK_256_BOUND if method == "halfblock" else MEAN_BOUND,
+                            keep_as=shot_name(terminal, method))
+    check_method(terminal, method, typescript)
     for key, value in results.items():
         record_property(key, value)
     if isinstance(terminal, TmuxInXterm):
@@ -250,12 +277,13 @@ def test_the_caption_preview_of_a_3_2_picture_looks_like_the_png(terminal, displ
     wait_for(lambda: find_mark(display.screenshot(shot_path), MARKS["wide"][1]), 90, "the caption preview")
     time.sleep(2)  # the last rows of a picture may still be arriving
     shot = display.screenshot(shot_path)
-    sixel = passes_sixel(terminal)
-    keep(shot_path, f"{terminal.label}-caption{'-sixel' if terminal.label in ('xterm', 'foot') else ''}.png")
+    method = expected_method(terminal)
+    keep(shot_path, shot_name(terminal, method, "-caption"))
     mean, band, box = picture_difference(shot, images / "wide.png")
-    bound = MEAN_BOUND if sixel else HALFBLOCK_256_BOUND
+    bound = HALFBLOCK_256_BOUND if method == "halfblock" else MEAN_BOUND
     assert mean < bound and band < max(BAND_BOUND, 2 * bound), (mean, band)
-    if sixel:
+    check_method(terminal, method, typescript)
+    if method == "sixel":
         width, height = box[2] - box[0], box[3] - box[1]
         assert abs(width / height - 1.5) < 0.05, f"the 3:2 picture is drawn {width}×{height}"
         assert len(SIXEL.findall(typescript.read_bytes())) == 1

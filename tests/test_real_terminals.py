@@ -133,10 +133,10 @@ def check_gallery(display: Display, pictures: dict[str, Path], typescript: Path,
         shot = display.screenshot(shot_path)
         return shot if all(find_mark(shot, MARKS[n][1]) for n in pictures) else None
 
-    shot = wait_for(both_shown, 90, "both sample pictures on the screen")
+    shot = wait_for(both_shown, 180, "both sample pictures on the screen")
     time.sleep(2)  # the last rows of a picture may still be arriving
     shot = display.screenshot(shot_path)
-    keep(shot_path, keep_as)
+    keep(shot_path, keep_as, [picture_difference(shot, png)[2] for png in pictures.values()])
     results: dict[str, float] = {}
     for name, png in pictures.items():
         mean, band, box = picture_difference(shot, png)
@@ -159,11 +159,19 @@ def check_gallery(display: Display, pictures: dict[str, Path], typescript: Path,
     return results
 
 
-def keep(shot: Path, name: str) -> None:
+def keep(shot: Path, name: str, boxes: list[tuple[int, int, int, int]]) -> None:
+    """The screenshot to LORATUI_SCREENSHOTS, whole (NAME-screen.png) and around the pictures (NAME),
+    with the captions or the info line below them."""
     folder = os.environ.get("LORATUI_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(folder) / name)
+    if not folder:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    target = Path(folder) / name
+    shutil.copy(shot, target.with_name(f"{target.stem}-screen.png"))
+    with Image.open(shot) as img:
+        left, top = min(b[0] for b in boxes) - 24, min(b[1] for b in boxes) - 24
+        right, bottom = max(b[2] for b in boxes) + 24, max(b[3] for b in boxes) + 56
+        img.crop((max(left, 0), max(top, 0), min(right, img.width), min(bottom, img.height))).save(target)
 
 
 @pytest.fixture
@@ -270,16 +278,16 @@ def test_the_caption_preview_of_a_3_2_picture_looks_like_the_png(terminal, displ
     def wizard_ready() -> bool | None:
         return (typescript.exists() and b"usable" in typescript.read_bytes()) or None
 
-    wait_for(wizard_ready, 120, "the wizard's image scan")
+    wait_for(wizard_ready, 180, "the wizard's image scan")
     time.sleep(2)
     terminal.press("ctrl+n")
     shot_path = tmp_path / "caption.png"
-    wait_for(lambda: find_mark(display.screenshot(shot_path), MARKS["wide"][1]), 90, "the caption preview")
+    wait_for(lambda: find_mark(display.screenshot(shot_path), MARKS["wide"][1]), 180, "the caption preview")
     time.sleep(2)  # the last rows of a picture may still be arriving
     shot = display.screenshot(shot_path)
     method = expected_method(terminal)
-    keep(shot_path, shot_name(terminal, method, "-caption"))
     mean, band, box = picture_difference(shot, images / "wide.png")
+    keep(shot_path, shot_name(terminal, method, "-caption"), [box])
     bound = HALFBLOCK_256_BOUND if method == "halfblock" else MEAN_BOUND
     assert mean < bound and band < max(BAND_BOUND, 2 * bound), (mean, band)
     check_method(terminal, method, typescript)

@@ -290,6 +290,9 @@ def test_the_caption_preview_of_a_3_2_picture_looks_like_the_png(terminal, displ
     keep(shot_path, shot_name(terminal, method, "-caption"), [box])
     bound = HALFBLOCK_256_BOUND if method == "halfblock" else MEAN_BOUND
     assert mean < bound and band < max(BAND_BOUND, 2 * bound), (mean, band)
+    # The info line under the preview stays readable: dark pane there, not the picture's bright bottom row.
+    below = shot[box[3] + 2:box[3] + 12, box[0]:box[2]]
+    assert float(np.median(below)) < 70, f"the rows under the preview are covered ({np.median(below):.0f})"
     check_method(terminal, method, typescript)
     if method == "sixel":
         width, height = box[2] - box[0], box[3] - box[1]

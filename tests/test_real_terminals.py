@@ -3,7 +3,8 @@ on screen look like the PNG files.
 
 An X server (Xvfb) runs xterm as a VT340 with 256 colour registers (sixel), xterm running
 tmux (half-blocks, or sixel for a tmux built with it: 3.5a from Debian bookworm-backports),
-and foot inside weston (sixel, Wayland). In each, ``loratui open PROJECT`` shows a project
+foot inside weston (sixel, Wayland), and kitty (placeholders from 0.28, half-blocks in true
+colour before: Debian 12 has 0.26.5). In each, ``loratui open PROJECT`` shows a project
 whose two samples carry coloured corner marks, and ``loratui new`` shows the caption step
 with one 3:2 training image; a screenshot (ImageMagick ``import -window root``) is searched
 for the marks, and the picture between them is compared with the PNG scaled to the same
@@ -12,9 +13,9 @@ spoils one band), must stay under a bound; beside the picture there must be back
 a black bar. Everything the terminal received is recorded with ``script``, and each picture
 must have been sent once.
 
-Skipped where Xvfb or xterm is missing, the tmux and foot cases where those are (``.ci/run``
-installs them all). Screenshots are written to ``LORATUI_SCREENSHOTS`` when it names a folder
-(the README's come from there).
+Skipped where Xvfb or xterm is missing, the tmux, foot and kitty cases where those are
+(``.ci/run`` installs them all). Screenshots are written to ``LORATUI_SCREENSHOTS`` when it
+names a folder (the README's come from there).
 """
 
 from __future__ import annotations

@@ -7,10 +7,12 @@ being written to ``logs/metrics.jsonl`` (training has started), everything the d
 writes during the next ``--seconds`` is counted, for each image method:
 
   sixel      LORATUI_IMAGES=sixel (what xterm -ti vt340 and foot get)
-  halfblock  LORATUI_IMAGES=halfblock, true colour (what every tmux user gets)
+  halfblock  LORATUI_IMAGES=halfblock, true colour (what a tmux without sixel gets)
+  kitty      LORATUI_IMAGES=kitty (kitty 0.28+): textual-image sends each picture as a PNG
+             and places it once (``a=p``); the cells then hold Unicode placeholders
 
-Reported: bytes per second over the window, the sixel pictures sent in the window and
-before it (start-up), and the bytes written before the window. Target: < 10 KB/s for
+Reported: bytes per second over the window, the pictures sent in the window and before it
+(start-up: sixel images, or kitty placements), and the bytes written before the window. Target: < 10 KB/s for
 both, text included. Nothing answers the terminal queries here, so detection falls back
 as in a terminal that answers nothing (the methods are forced).
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import pty
 import re
@@ -39,7 +42,8 @@ from common import machine_line, scratch_project, table, verdict
 ROOT = Path(__file__).resolve().parents[1]
 COLS, ROWS, CELL_W, CELL_H = 160, 48, 10, 20
 TARGET_BYTES_S = 10_000
-SIXEL_START = re.compile(rb"\x1bP[0-9;]*q")
+PICTURE_START = re.compile(rb"\x1bP[0-9;]*q|\x1b_Ga=p,")
+"""A sixel image, or a kitty placement (one per picture textual-image transmits)."""
 
 
 def add_samples(project: Path) -> None:
@@ -53,6 +57,28 @@ def add_samples(project: Path) -> None:
         with Image.open(source) as img:
             img.convert("RGB").resize((512, 512), Image.Resampling.BICUBIC).save(folder / f"sample-{i}.png")
         (folder / f"sample-{i}.txt").write_text(f"prompt: zxc toy, sample {i}\nseed: {i}\n", encoding="utf-8")
+
+
+def stop_run_service(project: Path) -> None:
+    """End the run the dashboard started: it trains in a session of its own (``.loratui/run.json``
+    names its process), which outlives the dashboard, and the next method needs the project free."""
+    record = project / ".loratui" / "run.json"
+    try:
+        service = int(json.loads(record.read_text(encoding="utf-8"))["pid"])
+    except (OSError, ValueError, KeyError):
+        return  # an older loratui whose run lived in the dashboard's own process group
+    for sig, wait_s in ((signal.SIGTERM, 60.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.kill(service, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                os.kill(service, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
 
 
 def measure(project: Path, method: str, seconds: float, code: Path, python: str) -> dict[str, float]:
@@ -92,16 +118,17 @@ def measure(project: Path, method: str, seconds: float, code: Path, python: str)
             pass
         os.waitpid(pid, 0)
         os.close(fd)
+        stop_run_service(project)
     elapsed = time.monotonic() - window_start
-    return {"bytes_s": len(window) / elapsed, "sixels": len(SIXEL_START.findall(window)),
-            "startup_sixels": len(SIXEL_START.findall(before)), "startup_kb": len(before) / 1000,
+    return {"bytes_s": len(window) / elapsed, "pictures": len(PICTURE_START.findall(window)),
+            "startup_pictures": len(PICTURE_START.findall(before)), "startup_kb": len(before) / 1000,
             "steps": len(metrics.read_bytes().splitlines())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--methods", default="sixel,halfblock")
+    parser.add_argument("--methods", default="sixel,halfblock,kitty")
     parser.add_argument("--code", type=Path, default=ROOT, help="the loratui checkout to run (default: this one)")
     args = parser.parse_args()
     project = scratch_project()
@@ -111,7 +138,7 @@ def main() -> None:
         for method in args.methods.split(","):
             r = measure(project, method, args.seconds, args.code.resolve(), sys.executable)
             rows.append([method, f"{r['bytes_s'] / 1000:.1f} KB/s", verdict(TARGET_BYTES_S / max(r["bytes_s"], 1), 1.0),
-                         r["sixels"], r["startup_sixels"], f"{r['startup_kb']:.0f} KB", r["steps"]])
+                         r["pictures"], r["startup_pictures"], f"{r['startup_kb']:.0f} KB", r["steps"]])
     finally:
         shutil.rmtree(project.parent, ignore_errors=True)
     print(machine_line())

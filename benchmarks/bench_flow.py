@@ -222,8 +222,11 @@ def find_script(args: argparse.Namespace) -> tuple[Path, str] | str:
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--diffusers-script", help=f"train_dreambooth_lora_flux.py (or ${SCRIPT_ENV})")
     ap.add_argument("--diffusers-python", help=f"a Python with torchvision and diffusers (or ${PYTHON_ENV})")
+    # A process spends ~15 s of CPU on imports and loading before its first step and steps take
+    # 50-100 ms here, so the long runs need hundreds of steps more than the short ones for the
+    # difference to stand above a shared machine's minute-to-minute drift.
     ap.add_argument("--flow-short", type=int, default=10, help="optimizer steps of the short runs")
-    ap.add_argument("--flow-long", type=int, default=60, help="optimizer steps of the long runs")
+    ap.add_argument("--flow-long", type=int, default=310, help="optimizer steps of the long runs")
     ap.add_argument("--flow-turns", type=int, default=3, help="turns of short and long runs of both sides")
 
 
@@ -298,6 +301,9 @@ def run_flow_row(args: argparse.Namespace, threads: int) -> int:
         ("ours / diffusers' script (speed, CPU time)", f"{theirs_cpu / ours_cpu:.2f}×", f"≥ {TARGET:.2f}×",
          verdict(theirs_cpu / ours_cpu, TARGET)),
     ]))
+    if any(t <= 0 for side in (ours, theirs) for t in side.steady(side.wall, short, long)[1]):
+        print("\nA turn's long run took no longer than its short run: the machine's load swamped the steps "
+              "(compare the CPU column); raise --flow-long or run on a quieter machine.")
     print(f"\nload average at the end: {load_average()}")
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -240,6 +240,8 @@ def run_flow_row(args: argparse.Namespace, threads: int) -> int:
 
     resolution, rank, batch, lr, weight_decay = 128, 8, 2, 1e-4, 1e-4
     short, long = args.flow_short, args.flow_long
+    if not 0 < short < long:
+        raise SystemExit(f"--flow-short ({short}) must be at least 1 and below --flow-long ({long})")
     model_dir = ensure_builtin("tiny-flux")
     work = Path(tempfile.mkdtemp(prefix="loratui-flowbench-"))
     project, instance = prepare(work, resolution=resolution, rank=rank, batch=batch, lr=lr,
@@ -269,11 +271,14 @@ def run_flow_row(args: argparse.Namespace, threads: int) -> int:
     # One untimed run of each fills loratui's latent and text caches and the OS file cache for both.
     run_ours(2)
     run_theirs(2)
-    ours.wall.clear(), ours.cpu.clear(), theirs.wall.clear(), theirs.cpu.clear()
+    for side in (ours, theirs):
+        side.wall.clear()
+        side.cpu.clear()
     for turn in range(args.flow_turns):
         # A B B A, short and long swapping each turn, so drift within a turn lands on both sides.
         first, second = (short, long) if turn % 2 == 0 else (long, short)
-        run_ours(first), run_theirs(first), run_theirs(second), run_ours(second)
+        for run, steps in ((run_ours, first), (run_theirs, first), (run_theirs, second), (run_ours, second)):
+            run(steps)
         print(f"  flow turn {turn + 1}/{args.flow_turns} done (load {load_average()})", file=sys.stderr, flush=True)
     ours_params, theirs_params = lora_parameter_counts(ours.log, work / "diffusers-out")
 

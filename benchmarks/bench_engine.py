@@ -14,7 +14,13 @@ lands on all three alike:
           clip and AdamW on tensors already in memory, with the fastest
           AdamW this torch has for the device (fused).
 
-Run: ``/work/venv/bin/python benchmarks/bench_engine.py`` (``--help`` for sizes).
+A fourth row, flow matching, trains ``builtin:tiny-flux`` with ``loratui train
+--headless`` against diffusers' ``train_dreambooth_lora_flux.py``, whole
+processes timed at two step counts (``bench_flow.py``; skipped with a message
+saying how to get the script when it is not given).
+
+Run: ``/work/venv/bin/python benchmarks/bench_engine.py`` (``--help`` for sizes;
+``--flow-only`` for the flow-matching row alone).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_flow import add_arguments as add_flow_arguments
+from bench_flow import run_flow_row
 from common import Case, interleave, machine_line, ms, quiet, scratch_project, set_threads, table, verdict
 
 FLOOR_TARGET = 0.90
@@ -271,10 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadier on a shared machine)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="change the sample project's config, e.g. train.batch_size=4")
+    ap.add_argument("--flow-only", action="store_true", help="run only the flow-matching row (bench_flow.py)")
+    add_flow_arguments(ap)
     args = ap.parse_args(argv)
 
     threads = set_threads(args.threads)
     quiet()
+    if args.flow_only:
+        return run_flow_row(args, threads)
     project = scratch_project()
     overrides = ["save.every_n_steps=0", "sample.every_n_steps=0", *args.overrides]
     print(f"project: copy of sample_project with {overrides}", file=sys.stderr)
@@ -338,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(("optimizer", "ms"), [(k, ms(v)) for k, v in optimizer_cost(trainer)]))
     print(f"\nload average at the end: {machine_line(threads).split('load average ')[1]}")
     trainer.cleanup()
-    return 0
+    # Whole processes, after the in-process rows: the engine above is cleaned up and its memory freed.
+    return run_flow_row(args, threads)
 
 
 if __name__ == "__main__":

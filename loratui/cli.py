@@ -187,6 +187,11 @@ def _run_tui(args: argparse.Namespace) -> int:
     # Asked before the app exists: the terminal can only answer while nothing else reads
     # stdin, and Textual takes NO_COLOR out of the environment.
     graphics.detect()
+    if sys.stdout.isatty():
+        # Exported COLUMNS/LINES win over the tty in Python's size lookup, which Textual uses on
+        # every resize: the screen would keep their size and never follow the window.
+        for name in ("COLUMNS", "LINES"):
+            os.environ.pop(name, None)
     cmd = args.command
     if cmd == "attach":
         from loratui.run.client import RunClient

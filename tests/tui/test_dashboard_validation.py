@@ -84,7 +84,8 @@ async def test_the_gallery_compares_one_prompt_across_steps(make_app, project):
         await wait_until(pilot, lambda: screen.state.phase == "finished", timeout=30)
         await settle(pilot, screen)
         gallery = screen.query_one(SampleGallery)
-        assert {s.step for s in gallery.samples} == {40}
+        # The gallery takes the newest samples on the dashboard's next repaint, not at the Finished event.
+        await wait_until(pilot, lambda: {s.step for s in gallery.samples} == {40}, timeout=30)
         await pilot.press("v")
         await settle(pilot, screen)
         assert [(s.prompt, s.step) for s in gallery.samples] == [("a red ball", step) for step in (25, 30, 35, 40)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,8 @@ def on_disk(project: Path) -> dict[str, Any]:
 
 async def saved(pilot: Pilot[Any], project: Path) -> dict[str, Any]:
     """loratui.toml once the wizard has written what was typed (it waits for typing to pause)."""
-    for _ in range(50):
-        if not pilot.app.screen.pending_save:
-            break
+    deadline = time.monotonic() + 30  # a loaded machine runs the save's timer late, not never
+    while pilot.app.screen.pending_save and time.monotonic() < deadline:
         await pilot.pause(0.05)
     return on_disk(project)
 

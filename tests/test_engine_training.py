@@ -51,6 +51,9 @@ def test_headless_run_writes_lora_checkpoint_samples_and_metrics(sample_project:
     assert len(samples) == 2 and samples[0].with_suffix(".txt").read_text().startswith("prompt: zxc toy")
     rows = [json.loads(line) for line in paths.metrics.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    # When training began and ended, as kohya's files say it (whole seconds).
+    assert float(meta["ss_training_started_at"]) <= rows[0]["time"] + 0.5
+    assert float(meta["ss_training_finished_at"]) >= rows[-1]["time"] - 0.5
     for field in ("step", "epoch", "loss", "lr", "step_time_s", "data_time_s", "samples_per_s"):
         assert field in rows[0]
     out = capsys.readouterr().out

@@ -100,7 +100,7 @@ def training_metadata(cfg: ProjectConfig, *, family: str, prediction_type: str, 
 
 
 def export_lora(session: TrainingSession, cfg: ProjectConfig, path: Path, *, steps: int, epoch: int,
-                fmt: str = "kohya") -> Path:
+                fmt: str = "kohya", started_at: float | None = None) -> Path:
     from loratui.data.captions import tag_frequency
     from loratui.lora.fileformat import save_diffusers, save_kohya
 
@@ -109,7 +109,7 @@ def export_lora(session: TrainingSession, cfg: ProjectConfig, path: Path, *, ste
     meta = training_metadata(
         cfg, family=session.model.family, prediction_type=session.model.prediction_type, steps=steps,
         epoch=epoch,
-        num_images=ds.plan.images_per_epoch, tag_frequency=tags)
+        num_images=ds.plan.images_per_epoch, tag_frequency=tags, started_at=started_at)
     path.parent.mkdir(parents=True, exist_ok=True)
     save = save_diffusers if fmt == "diffusers" else save_kohya
     save(path, session.networks, meta, dtype=SAVE_DTYPES[cfg.save.precision])

@@ -89,6 +89,7 @@ class Trainer:
         self.validation: Validation | None = None
         self._recent_step_s: deque[float] = deque(maxlen=20)
         self._loop_started = time.perf_counter()
+        self.started_at = time.time()  # the files' ss_training_started_at; set again when the loop starts
         self.defer_reports = False  # set in setup: on CUDA a step's numbers are read one step later
 
     # ---------------------------------------------------------------- setup
@@ -126,7 +127,7 @@ class Trainer:
             concepts=concept_summary(s.scan)))
         if self.validation is not None:
             self._status(self.validation.describe())
-        self._loop_started = time.perf_counter()
+        self._loop_started, self.started_at = time.perf_counter(), time.time()
         outcome = self._serve_commands(self._read_commands())  # a pause or stop sent while loading
         while outcome is None and self.step < self.total_steps:
             outcome = self.train_one_step()
@@ -477,13 +478,14 @@ class Trainer:
         path = self.paths.lora_file(self.cfg)
         if s.accelerator.is_main_process:
             with s.export_weights():
-                export_lora(s, self.cfg, path, steps=self.step, epoch=self.epoch, fmt=self.cfg.save.format)
+                export_lora(s, self.cfg, path, steps=self.step, epoch=self.epoch, fmt=self.cfg.save.format,
+                            started_at=self.started_at)
                 self._status(f"saved {path}")
                 if s.ema is not None:
                     ema_path = path.with_name(f"{path.stem}-ema{path.suffix}")
                     with s.ema.applied():
                         export_lora(s, self.cfg, ema_path, steps=self.step, epoch=self.epoch,
-                                    fmt=self.cfg.save.format)
+                                    fmt=self.cfg.save.format, started_at=self.started_at)
                     self._status(f"saved {ema_path} (EMA of the weights, decay {self.cfg.train.ema_decay:g})")
         return path
 

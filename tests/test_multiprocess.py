@@ -137,15 +137,20 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _rank_pid(launcher: int, rank: int) -> int | None:
-    for pid in _children(launcher):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in environ:
-            return pid
+def _rank_of(pid: int) -> int | None:
+    """The RANK a launcher gave this process, or None."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in environ:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
     return None
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    return next((pid for pid in _children(launcher) if _rank_of(pid) == rank), None)
 
 
 def test_a_killed_rank_stops_the_other_and_one_process_resumes(sample_project: Path, capsys) -> None:
@@ -341,13 +346,3 @@ def test_a_detached_run_of_two_processes_is_steered_from_a_shell(sample_project:
     assert ckpt is not None and read_state(ckpt).step == final["step"]
     assert Path(final["lora_path"]).exists()
 
-
-def _rank_of(pid: int) -> int | None:
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    for item in environ:
-        if item.startswith(b"RANK="):
-            return int(item[5:])
-    return None

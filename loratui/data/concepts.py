@@ -204,12 +204,12 @@ class ConceptCount:
 def concept_counts(report: ScanReport) -> list[ConceptCount]:
     """Per concept: how many images, how many usable, and its share of an epoch."""
     total = max(1, report.images_per_epoch)
+    trained = report.trained
     out = []
     for c in report.concepts:
         mine = [r for r in report.records if r.concept == c.index]
         usable = [r for r in mine if r.usable]
-        held = {id(r) for r in report.held_out}
-        per_epoch = sum(r.repeats for r in usable if id(r) not in held)
+        per_epoch = sum(r.repeats for r in trained if r.concept == c.index)
         out.append(ConceptCount(c, len(mine), len(usable), per_epoch, per_epoch / total))
     return out
 

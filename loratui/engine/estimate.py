@@ -74,10 +74,10 @@ def _count_text_encoders(folder: Path, family: str, cfg: ProjectConfig) -> int:
     from loratui.lora.naming import components_for
 
     total = 0
-    projected = family in ("sdxl", "sd3")
     for index, component in enumerate(components_for(family)[1:]):
         sub = "text_encoder" if index == 0 else f"text_encoder_{index + 1}"
-        cls = CLIPTextModelWithProjection if projected and (index == 1 or family == "sd3") else CLIPTextModel
+        projected = family == "sd3" or (family == "sdxl" and index == 1)
+        cls = CLIPTextModelWithProjection if projected else CLIPTextModel
         te = cls(CLIPTextConfig.from_pretrained(folder / sub))
         total += inject_lora(te, component=component, family=family, preset=cfg.lora.preset, rank=cfg.lora.rank,
                              alpha=cfg.lora.alpha, kind=cfg.lora.type,

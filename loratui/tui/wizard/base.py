@@ -43,6 +43,12 @@ class WizardState:
     """Family settings holding a value the user typed (or the project came with): never replaced."""
 
     @property
+    def family(self) -> str | None:
+        """The family training will use: model.family when set, else the detected one."""
+        chosen = self.cfg.model.family
+        return chosen if chosen != "auto" else getattr(self.model_info, "family", None)
+
+    @property
     def paths(self) -> ProjectPaths:
         """The engine's own rules for paths in loratui.toml, so the wizard checks what training will read."""
         return ProjectPaths(self.project_dir)

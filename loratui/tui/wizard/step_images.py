@@ -58,7 +58,7 @@ def summary_text(report: ScanReport, batch_size: int) -> str:
     return "\n".join(filter(None, [line, per_epoch, f"repeats: {repeats}" if repeats else ""]))
 
 
-def holdout_text(report: ScanReport, cfg: Any) -> str:
+def apply_validation_split(report: ScanReport, cfg: Any) -> str:
     """Mark the images validation.split holds out (the counts of an epoch leave them out, as the run
     will) and say which they are; empty when validation is off. A validation.folder is scanned only
     when the run starts."""
@@ -261,7 +261,7 @@ class ImagesStep(WizardStep):
         if report.error:
             summary.update(report.error)
         else:
-            holdout = holdout_text(report, self.state.cfg)  # first: the epoch counts leave them out
+            holdout = apply_validation_split(report, self.state.cfg)  # first: the epoch counts leave them out
             summary.update("\n".join(filter(None, [summary_text(report, self.state.cfg.train.batch_size), holdout])))
         for record in report.records:
             table.add_row(*record_cells(record), key=record.rel)

@@ -149,7 +149,7 @@ class ModelStep(WizardStep):
                      (("family", model.family), ("prediction type", model.prediction_type)) if value != "auto"]
         if overrides:
             lines.append("detected values overridden below: " + ", ".join(overrides))
-        family = self._family() or info.family
+        family = self.state.family
         side = family_start(family, getattr(info, "resolution", None))["data.resolution"]
         chosen = self.state.cfg.data.resolution
         if side == chosen and "data.resolution" not in self.state.chosen:
@@ -161,12 +161,8 @@ class ModelStep(WizardStep):
         result.update("\n".join(lines))
 
     def _family(self) -> str | None:
-        """The family training will use: the one set in model.family, else the detected one."""
-        info = self.state.model_info
-        if info is None:
-            return None
-        family = self.state.cfg.model.family
-        return family if family != "auto" else info.family
+        """The family training will use, once the model has been probed (nothing is proposed before)."""
+        return None if self.state.model_info is None else self.state.family
 
     def _family_start_text(self, family: str) -> list[str]:
         """What the wizard set for this family and whose numbers they are; what of the user's it kept."""

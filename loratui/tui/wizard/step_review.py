@@ -166,19 +166,14 @@ class ReviewStep(WizardStep):
             when = f"every {cfg.sample.every_n_steps} steps and on s" if cfg.sample.every_n_steps else "on s"
             lines.append(f"no sample prompts: samples ({when}) will draw "
                          + "; ".join(f"{p.prompt!r} ({src})" for p, src in zip(proposed.prompts, proposed.sources)))
-        note = memory_note(cfg, self._family())
+        note = memory_note(cfg, self.state.family)
         if note:
             lines.append(note)
         if report is not None and report.usable and (cfg.validation.split > 0 or cfg.validation.folder):
-            from loratui.tui.wizard.step_images import holdout_text
+            from loratui.tui.wizard.step_images import apply_validation_split
 
-            lines.append(holdout_text(report, cfg))
+            lines.append(apply_validation_split(report, cfg))
         return "\n".join(lines)
-
-    def _family(self) -> str | None:
-        """The family training will use: model.family when set, else the detected one."""
-        chosen = self.state.cfg.model.family
-        return chosen if chosen != "auto" else getattr(self.state.model_info, "family", None)
 
     def _proposed_prompts(self) -> Any:
         """The prompts a run without [[sample.prompts]] will draw (none when some are set)."""
@@ -216,7 +211,7 @@ class ReviewStep(WizardStep):
 
     def _estimate_now(self, *, measure: bool) -> None:
         total = planned_steps(self.state.cfg, self.state.report)
-        family = self._family()
+        family = self.state.family
         what = "measuring one training step (loads the model) …" if measure else "estimating …"
         self.query_one("#review-estimate", Static).update(what)
         self._estimate(self._key(), copy.deepcopy(self.state.cfg), total or 0, family, measure)

@@ -50,9 +50,9 @@ def planned_steps(cfg: ProjectConfig, report: ScanReport | None) -> int | None:
     if t.epochs > 0 and (report is None or not report.usable):
         return None
     if report is not None:
-        from loratui.tui.wizard.step_images import holdout_text
+        from loratui.tui.wizard.step_images import apply_validation_split
 
-        holdout_text(report, cfg)  # validation.split may have changed since the scan
+        apply_validation_split(report, cfg)  # validation.split may have changed since the scan
     per_epoch = report.steps_per_epoch(t.batch_size) if report is not None and report.usable else 0
     return planned_optimizer_steps(per_epoch, epochs=t.epochs, max_steps=t.max_steps, grad_accum=t.grad_accum)
 

@@ -16,6 +16,7 @@ import torch
 
 from loratui.config import ProjectConfig
 from loratui.data.scan import ScanReport
+from loratui.engine.checkpoint import LoadedCheckpoint, set_rng_state
 from loratui.engine.dataset import Batch, Item, PreparedDataset
 from loratui.engine.ema import LoraEMA
 from loratui.engine.latent_cache import CachedText, TextCache
@@ -202,6 +203,34 @@ class TrainingSession:
         for net in self.networks.values():
             own = {k: v for k, v in state.items() if k.split(".", 1)[0] in net}
             net.load_state_dict(own, strict=True)
+
+    def files_state(self) -> dict[str, torch.Tensor]:
+        """The LoRA as files should hold it (schedule-free: its average), copied out."""
+        with self.export_weights():
+            return {k: v.clone() for k, v in self.lora_state_dict().items()}
+
+    def resume_extra(self) -> dict[str, dict[str, torch.Tensor]]:
+        """What resume needs beyond lora.safetensors: the EMA, and schedule-free's training weights."""
+        extra = {}
+        if self.ema is not None:
+            extra["ema"] = self.ema.state_dict()
+        if is_schedule_free(self.optimizer):
+            extra["lora_train"] = {k: v.clone() for k, v in self.lora_state_dict().items()}
+        return extra
+
+    def restore(self, loaded: LoadedCheckpoint, status: StatusFn) -> None:
+        """Weights, optimizer, EMA, schedule and random state as a checkpoint saved them."""
+        self.load_lora_state_dict(loaded.extra.get("lora_train", loaded.lora))
+        self.optimizer.load_state_dict(loaded.optimizer)
+        if self.ema is not None:
+            if "ema" in loaded.extra:
+                self.ema.load_state_dict(loaded.extra["ema"])
+            else:
+                self.ema.reset()
+                status("this checkpoint has no EMA (train.ema_decay was off); the average starts from "
+                       "the resumed weights", "warning")
+        self.lr_scheduler.load_state_dict(loaded.scheduler)
+        set_rng_state(loaded.rng)
 
     def close(self) -> None:
         self.accelerator.free_memory()

@@ -29,7 +29,6 @@ from loratui.engine.compat import config_digest, describe_differences
 from loratui.engine.distributed import Ranks
 from loratui.engine.dataset import loss_weights_on
 from loratui.engine.memory import memory_snapshot
-from loratui.engine.optimizers import is_schedule_free
 from loratui.engine.build import build_session
 from loratui.engine.session import TrainingSession
 from loratui.engine.step import step_generator, to_device
@@ -348,9 +347,9 @@ class Trainer:
             best_step=self._best_step(), best_val_loss=self.validation.best_loss if self.validation else None)
         try:
             path = ckpt.write_checkpoint(
-                self.paths.checkpoints, state, lora=self._export_state(), optimizer=s.optimizer.state_dict(),
+                self.paths.checkpoints, state, lora=s.files_state(), optimizer=s.optimizer.state_dict(),
                 scheduler=s.lr_scheduler.state_dict(), config_text=render_config_toml(self.cfg),
-                extra=self._resume_state())
+                extra=s.resume_extra())
         except OSError as exc:
             # write_checkpoint removed its temporary folder; the previous checkpoints are untouched.
             previous = ckpt.latest_checkpoint(self.paths.checkpoints)
@@ -389,22 +388,6 @@ class Trainer:
         if improved and self.cfg.save.keep_best and self._last_checkpoint_step != self.step:
             self.save_checkpoint("best")
 
-    def _export_state(self) -> dict[str, torch.Tensor]:
-        """The LoRA as files should hold it (schedule-free: its average), copied out."""
-        s = self._session()
-        with s.export_weights():
-            return {k: v.clone() for k, v in s.lora_state_dict().items()}
-
-    def _resume_state(self) -> dict[str, dict[str, torch.Tensor]]:
-        """What resume needs beyond lora.safetensors: the EMA, and schedule-free's training weights."""
-        s = self._session()
-        extra = {}
-        if s.ema is not None:
-            extra["ema"] = s.ema.state_dict()
-        if is_schedule_free(s.optimizer):
-            extra["lora_train"] = {k: v.clone() for k, v in s.lora_state_dict().items()}
-        return extra
-
     def load_checkpoint(self, path: Path) -> None:
         s = self._session()
         loaded = ckpt.load_checkpoint(path)
@@ -418,17 +401,7 @@ class Trainer:
                 f"one:\n{listing}\nUndo them, or start a new run without --resume.")
         for line in harmless:
             self._status(f"resuming with a changed setting: {line}")
-        s.load_lora_state_dict(loaded.extra.get("lora_train", loaded.lora))
-        s.optimizer.load_state_dict(loaded.optimizer)
-        if s.ema is not None:
-            if "ema" in loaded.extra:
-                s.ema.load_state_dict(loaded.extra["ema"])
-            else:
-                s.ema.reset()
-                self._status("this checkpoint has no EMA (train.ema_decay was off); the average starts from "
-                             "the resumed weights", "warning")
-        s.lr_scheduler.load_state_dict(loaded.scheduler)
-        ckpt.set_rng_state(loaded.rng)
+        s.restore(loaded, self._status)
         self.step = loaded.state.step
         self.micro_batch = loaded.state.micro_batch
         self.skipped_steps = loaded.state.skipped_steps

@@ -49,6 +49,11 @@ class ModelConfig:
     base_weights: str = _f("auto", "SD3/FLUX: float8 stores the frozen transformer blocks in 8 bits and computes "
                            "them in bf16 (FLUX-dev then fits a 24 GB card); auto keeps the precision's dtype",
                            choices=("auto", "float8"))
+    base_precision: str = _f(
+        "auto", "how the frozen base is stored: auto keeps the training precision (or base_weights); bf16; fp8 (a "
+        "plain cast); fp8-scaled (block-scaled E4M3, closer to bf16); int8 / int4 (torchao weight-only); nf4 "
+        "(bitsandbytes, CUDA only). Smaller fits a smaller card, at some speed and quality",
+        choices=("auto", "bf16", "fp8", "fp8-scaled", "int8", "int4", "nf4"))
 
 
 @dataclass
@@ -128,6 +133,10 @@ class TrainConfig:
     compile_mode: str = _f("default", "with compile: reduce-overhead also captures CUDA graphs, which removes "
                            "the host's cost per step (largest gain at batch 1); max-autotune searches kernels",
                            choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    blocks_to_swap: int = _f(0, "transformer families: keep the last N blocks in host memory and stream each to "
+                             "the GPU ahead of use; saves their memory, costs PCIe time (0 = off)", min=0, max=1000)
+    activation_offload: bool = _f(False, "with gradient checkpointing: the saved block inputs wait in host memory "
+                                  "instead of on the GPU; less memory at high resolution, slower steps")
     channels_last: bool = _f(True, "channels_last memory layout for the UNet; faster convolutions on GPU")
     num_processes: int = _f(0, "processes to train with, one per GPU, each taking its share of every step; "
                             "0 uses every visible GPU (1 without a GPU)", min=0, max=1024)

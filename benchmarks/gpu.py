@@ -93,6 +93,15 @@ class Model:
     # Memory one more sample adds (batch-1 peak over what was resident), by gradient checkpointing.
     per_sample_bytes: dict[bool, int] = field(default_factory=dict)
     bs1_step_s: dict[bool, float] = field(default_factory=dict)
+    resident_bytes: int = 0  # the model, its LoRA and optimizer state on the device between steps
+
+    def take_measurements(self, other: "Model") -> None:
+        """What an earlier build of the same model measured (FLOPs, per-sample memory, step times)."""
+        self.flops_per_sample = other.flops_per_sample
+        self.compile_s = other.compile_s
+        self.per_sample_bytes = dict(other.per_sample_bytes)
+        self.bs1_step_s = dict(other.bs1_step_s)
+        self.resident_bytes = other.resident_bytes
 
     @property
     def latent(self) -> int:
@@ -134,6 +143,15 @@ class Bench:
         self.total_memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
 
     # ------------------------------------------------------------------ building
+    def release(self, model: Model) -> None:
+        """Frees the model's weights, LoRA and optimizer state; its measurements stay on the record."""
+        model.unet = model.params = model.optimizer = None
+        import gc
+
+        gc.collect()
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+
     def build(self, name: str, config_file: str, pixels: int) -> Model:
         import torch
         from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -267,7 +285,7 @@ class Bench:
         if per_sample is None or self.total_memory is None:
             return None
         # Linear in the batch from batch 1, whose fixed costs (workspaces) make this err on the safe side.
-        return self.torch.cuda.memory_allocated(self.device) + batch * per_sample
+        return model.resident_bytes + batch * per_sample
 
     def skip_reason(self, model: Model, batch: int, gc: bool, compiled: bool) -> str | None:
         projected = self.projected_bytes(model, batch, gc)
@@ -305,6 +323,7 @@ class Bench:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             resident = torch.cuda.memory_allocated(self.device)
+            model.resident_bytes = max(model.resident_bytes, resident)
         try:
             step = self.step_fn(model, unet, batch)
             t0 = time.perf_counter()
@@ -398,8 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         wanted = {m.strip() for m in args.models.split(",")}
         models = tuple(m for m in models if m[0] in wanted)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # as the engine sets for CUDA
-        torch.backends.cudnn.allow_tf32 = True
+        from loratui.engine.cuda_setup import configure_cuda_backends
+
+        configure_cuda_backends()  # the engine's settings: TF32, and cuDNN's fused attention off
     if smoke:
         torch.set_num_threads(1)  # tiny tensors: more threads only add contention on a shared machine
     bench = Bench(device, smoke, args.budget_s or (90.0 if smoke else 450.0), args.steps or (2 if smoke else 10),
@@ -408,13 +428,6 @@ def main(argv: list[str] | None = None) -> int:
     name = "CPU (smoke)" if smoke else torch.cuda.get_device_name(device)
     peak = args.peak_tflops or (None if smoke else peak_tflops(name))
 
-    built: list[Model] = []
-    for model_name, config_file, pixels in models:
-        t0 = time.perf_counter()
-        model = bench.build(model_name, config_file, pixels)
-        bench.count_flops(model)
-        print(f"  built {model_name} and counted its FLOPs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        built.append(model)
     rows: list[Row] = []
     batches = SMOKE_BATCHES if smoke else BATCHES
 
@@ -427,25 +440,42 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:  # rewritten after every case, so a run cut short still leaves its numbers
             args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
 
-    for model in built:
+    # One model on the device at a time, so each row's peak memory is that model's own; the eager cases of
+    # every model come first, and a model is built again (seconds on a GPU) for its compiled cases.
+    stats: dict[str, Model] = {}
+    for model_name, config_file, pixels in models:
+        t0 = time.perf_counter()
+        model = bench.build(model_name, config_file, pixels)
+        bench.count_flops(model)
+        print(f"  built {model_name} and counted its FLOPs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         for gc in (False, True):
             for batch in batches:
                 run(model, batch, gc, False)
+        stats[model_name] = model
+        bench.release(model)
     if not args.no_compile:
         # While time lasts: first each model's largest batch that fits, then the rest, biggest first.
         order = sorted(batches, reverse=True)
-        compiled = [(m, b, gc) for gc in (False, True) for b in order for m in built]
         first = []
-        for m in built:
+        for m in stats.values():
             fitting = [b for b in order if not (bench.skip_reason(m, b, False, False) or "").startswith(
                 "skipped: projected")]
             if fitting:
-                first.append((m, fitting[0], False))
-        compiled = first + [c for c in compiled if c not in first]
+                first.append((m.name, fitting[0], False))
+        rest = [(m.name, b, gc) for gc in (False, True) for b in order for m in stats.values()]
+        compiled = first + [c for c in rest if c not in first]
         if smoke:  # tracing a UNet takes seconds even with the eager backend: one compiled case shows the path
             compiled = compiled[:1]
-        for model, batch, gc in compiled:
-            run(model, batch, gc, True)
+        current: Model | None = None
+        for model_name, batch, gc in compiled:
+            if current is None or current.name != model_name:
+                if current is not None:
+                    bench.release(current)
+                config_file, pixels = next((c, p) for n, c, p in models if n == model_name)
+                current = bench.build(model_name, config_file, pixels)
+                current.take_measurements(stats[model_name])
+            run(current, batch, gc, True)
+            stats[model_name].compile_s = current.compile_s
 
     print(f"\n## gpu.py — {name} · {machine_line()}\n")
     peak_note = (f"peak {peak:g} TFLOP/s bf16 dense (the commonly quoted figure for this device"

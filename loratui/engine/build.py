@@ -18,6 +18,7 @@ from loratui.data.concepts import empty_concepts, scan_project
 from loratui.data.holdout import project_holdout
 from loratui.data.report import concept_lines
 from loratui.engine import distributed
+from loratui.engine.cuda_setup import configure_cuda_backends
 from loratui.engine.dataset import PreparedDataset, prepare_dataset
 from loratui.engine.ema import LoraEMA
 from loratui.engine.grad_checkpoint import enable_unet_checkpointing
@@ -115,9 +116,7 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
     acc = _make_accelerator(cfg)
     device = acc.device
     if device.type == "cuda":
-        # TF32 matmuls: free speed on Ampere+ with no visible effect on diffusion training.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        configure_cuda_backends()
     weight_dtype = _weight_dtype(cfg.train.precision, device)
 
     images_dir = paths.images(cfg)

@@ -218,12 +218,15 @@ class LoRAModule(AdapterModule):
         out = self.base(x)
         if self.multiplier == 0.0:
             return out
-        lora_dtype = self.lora_down.weight.dtype
-        delta = self.lora_up(self.lora_down(x.to(lora_dtype)))
-        # alpha is a buffer so it travels with the state dict; using it as a
-        # tensor keeps this free of host syncs on CUDA.
-        factor = self.alpha.to(delta.dtype) * (self.multiplier / self.rank)
-        return out + (delta * factor).to(out.dtype)
+        # Under autocast the factors' matmuls cast both operands themselves: a float32 copy of x would be cast
+        # straight back (two copies and their backward per layer). On a GPU the step is bound by the host
+        # launching ops, so every op per layer counts (benchmarks/README.md, GPU section).
+        h = x if torch.is_autocast_enabled(x.device.type) else x.to(self.lora_down.weight.dtype)
+        delta = self.lora_up(self.lora_down(h))
+        # alpha is a buffer so it travels with the state dict; as a 0-dim tensor it scales delta without a
+        # host sync on CUDA and without changing delta's dtype.
+        delta = delta * self.alpha * (self.multiplier / self.rank)
+        return out + delta.to(out.dtype)
 
     def low_rank_weight(self) -> torch.Tensor:
         """``up @ down`` in the base weight's shape, unscaled (float32)."""

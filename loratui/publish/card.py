@@ -201,14 +201,23 @@ def write_card_folder(inputs: CardInputs, out: Path) -> Path:
     return out
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's ``__metadata__``, read from its header alone (no torch, no tensors)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if size > 100 * 1024 * 1024:
+            raise ValueError("the safetensors header is larger than the format allows")
+        header = json.loads(f.read(size))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in (meta or {}).items()}
+
+
 def default_card_folder(lora: Path) -> Path:
     return lora.with_name(f"{lora.stem}-card")
 
 
 def card_for_project(project: Path, lora: Path, out: Path | None = None) -> Path:
     """Write the card folder of ``lora`` (a file this project trained) from the project's config and samples."""
-    from safetensors import safe_open
-
     from loratui.config import load_config
     from loratui.project import ProjectPaths
     from loratui.publish.samples import newest_samples
@@ -217,10 +226,9 @@ def card_for_project(project: Path, lora: Path, out: Path | None = None) -> Path
         raise CardError(f"{lora} does not exist; train the project or run `loratui export {project}` first")
     cfg = load_config(project)
     try:
-        with safe_open(str(lora), "pt") as f:
-            metadata = dict(f.metadata() or {})
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a broken file
-        raise CardError(f"cannot read {lora}: {exc}; export it again") from exc
+        metadata = read_metadata(lora)
+    except (OSError, ValueError) as exc:
+        raise CardError(f"cannot read the metadata of {lora} ({exc}); export it again") from exc
     steps = metadata.get("ss_steps", "")
     samples = newest_samples(ProjectPaths(project).samples, int(steps) if steps.isdigit() else None)
     return write_card_folder(CardInputs(cfg, lora, metadata, samples), out or default_card_folder(lora))

@@ -28,6 +28,8 @@ def _read_sidecar(image: Path) -> dict[str, str]:
         key, sep, value = line.partition(":")
         if sep:
             fields[key.strip()] = value.strip()
+    if "prompt" not in fields and text.strip():
+        fields = {"prompt": text.strip().splitlines()[0]}  # a bare prompt, as older samples were written
     return fields
 
 

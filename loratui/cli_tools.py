@@ -216,7 +216,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _write_card(project: Path, lora: Path, args: argparse.Namespace) -> None:
     from loratui.publish.card import card_for_project
 
-    folder = card_for_project(project, lora, args.card if isinstance(args.card, Path) else None)
+    folder = card_for_project(project, lora, args.card if isinstance(args.card, Path) else None, repo=args.push)
     console.print(f"wrote {folder}/: {lora.name}, {lora.stem}.preview.png, images/ and README.md (model card)")
     if args.push:
         from loratui.publish.hub import push_folder

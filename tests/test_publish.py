@@ -99,7 +99,7 @@ def test_export_card_writes_a_folder_whose_picture_caption_and_trigger_match_the
                                  "output": {"url": "images/00-seed1.png"}}
     assert (folder / data["widget"][1]["output"]["url"]).is_file()
     assert "*zxc toy, red ball, blue background* (seed 1)" in body
-    assert "<lora:zxc_toy:1>" in body and "load_lora_weights" in body
+    assert "<lora:zxc_toy:1>" in body and "load_lora_weights('path/to/this/folder'" in body
     assert _metadata(folder / "zxc_toy.safetensors")["modelspec.hash_sha256"] in body
 
 
@@ -135,28 +135,32 @@ def test_inspect_prints_the_publishing_fields(finished: Path, capsys) -> None:
     assert "modelspec.thumbnail: data:image/jpeg" in out and "ModelSpec: follows the rules" in out
 
 
-def test_push_uploads_exactly_the_card_folder(finished: Path, tmp_path: Path) -> None:
-    from loratui.publish.hub import push_folder, upload_plan
-
-    folder = ProjectPaths(finished).output / "zxc_toy-card"
+def test_push_uploads_exactly_the_card_folder(finished: Path, tmp_path: Path, monkeypatch) -> None:
+    from loratui.publish import hub
+    from loratui.publish.hub import upload_plan
 
     class LocalHub:
-        """Stands in for HfApi: the upload is a copy into a local folder per repository."""
+        """Stands in for HfApi: the upload is a copy into a local folder per repository, never the network."""
 
         def create_repo(self, repo_id, repo_type, private, exist_ok):
-            assert repo_type == "model" and exist_ok
-            (tmp_path / repo_id).mkdir(parents=True, exist_ok=True)
+            assert repo_type == "model" and exist_ok and not private
+            (tmp_path / "hub" / repo_id).mkdir(parents=True, exist_ok=True)
             return f"https://huggingface.co/{repo_id}"
 
         def upload_folder(self, repo_id, repo_type, folder_path, commit_message, ignore_patterns):
-            shutil.copytree(folder_path, tmp_path / repo_id, dirs_exist_ok=True,
+            shutil.copytree(folder_path, tmp_path / "hub" / repo_id, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns(*ignore_patterns))
 
-    url = push_folder(folder, "jane/zxc-toy", api=LocalHub())
-    assert url == "https://huggingface.co/jane/zxc-toy"
-    assert upload_plan(tmp_path / "jane/zxc-toy") == upload_plan(folder)
+    monkeypatch.setattr(hub, "_hub_api", LocalHub)
+    folder = tmp_path / "card"
+    assert main(["export", str(finished), "--card", str(folder), "--push", "jane/zxc-toy"]) == 0
+    assert upload_plan(tmp_path / "hub" / "jane/zxc-toy") == upload_plan(folder)
     assert {name for name, _ in upload_plan(folder)} == {
         "README.md", "zxc_toy.safetensors", "zxc_toy.preview.png", "images/00-seed1.png", "images/01-seed2.png"}
+    # The card tells diffusers to load from the repository it was pushed to.
+    assert "load_lora_weights('jane/zxc-toy'" in (folder / "README.md").read_text(encoding="utf-8")
+    with pytest.raises(hub.HubError, match="OWNER/NAME"):
+        hub.push_folder(folder, "not a repo", api=LocalHub())
 
 
 def test_push_without_a_login_says_how_to_log_in(finished: Path, tmp_path: Path, monkeypatch, capsys) -> None:

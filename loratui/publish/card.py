@@ -43,6 +43,7 @@ class CardInputs:
     lora: Path
     metadata: dict[str, str]
     samples: list[Sample] = field(default_factory=list)
+    repo: str | None = None  # the Hub repository it goes to, when known
 
     @property
     def name(self) -> str:
@@ -149,7 +150,7 @@ def _settings(inputs: CardInputs) -> list[tuple[str, str]]:
         ("optimizer", cfg.train.optimizer),
         ("learning rate", f"{cfg.train.learning_rate:g} ({cfg.train.lr_scheduler}, {cfg.train.warmup_steps} "
                           "warm-up steps)"),
-        ("precision", cfg.train.precision),
+        ("precision", {"no": "fp32"}.get(cfg.train.precision, cfg.train.precision)),
         ("seed", str(cfg.train.seed)),
         ("file hash (SHA-256 of the tensors)", meta.get("modelspec.hash_sha256", "")),
     ]
@@ -158,15 +159,19 @@ def _settings(inputs: CardInputs) -> list[tuple[str, str]]:
 
 def _how_to_load(inputs: CardInputs) -> list[str]:
     name, trigger, family = inputs.name, inputs.trigger, inputs.family
-    base = hub_base_model(inputs.cfg) or "BASE_MODEL_ID"
+    base = hub_base_model(inputs.cfg)
+    where = [] if base else [f"# the {FAMILY_NAMES.get(family, family)} model it was trained on: "
+                             f"{inputs.cfg.model.base}"]
     prompt = inputs.samples[0].prompt if inputs.samples else (trigger or "a photo")
     dtype = "torch.bfloat16" if family in ("sd3", "flux") else "torch.float16"
     prompt_tag = f"{trigger}, " if trigger else ""
+    source = inputs.repo or "path/to/this/folder"
     return [
         "## How to use it", "", "### diffusers", "", "```python", "import torch",
-        "from diffusers import AutoPipelineForText2Image", "",
-        f"pipe = AutoPipelineForText2Image.from_pretrained({base!r}, torch_dtype={dtype}).to(\"cuda\")",
-        f"pipe.load_lora_weights(\"REPO_OR_FOLDER\", weight_name=\"{name}.safetensors\")",
+        "from diffusers import AutoPipelineForText2Image", "", *where,
+        f"pipe = AutoPipelineForText2Image.from_pretrained({base or 'BASE_MODEL'!r}, torch_dtype={dtype})"
+        ".to(\"cuda\")",
+        f"pipe.load_lora_weights({source!r}, weight_name=\"{name}.safetensors\")",
         f"image = pipe({prompt!r}).images[0]", "```", "",
         "### ComfyUI", "",
         f"Copy `{name}.safetensors` and `{name}.preview.png` to `ComfyUI/models/loras/` and add a "
@@ -216,7 +221,7 @@ def default_card_folder(lora: Path) -> Path:
     return lora.with_name(f"{lora.stem}-card")
 
 
-def card_for_project(project: Path, lora: Path, out: Path | None = None) -> Path:
+def card_for_project(project: Path, lora: Path, out: Path | None = None, *, repo: str | None = None) -> Path:
     """Write the card folder of ``lora`` (a file this project trained) from the project's config and samples."""
     from loratui.config import load_config
     from loratui.project import ProjectPaths
@@ -231,4 +236,4 @@ def card_for_project(project: Path, lora: Path, out: Path | None = None) -> Path
         raise CardError(f"cannot read the metadata of {lora} ({exc}); export it again") from exc
     steps = metadata.get("ss_steps", "")
     samples = newest_samples(ProjectPaths(project).samples, int(steps) if steps.isdigit() else None)
-    return write_card_folder(CardInputs(cfg, lora, metadata, samples), out or default_card_folder(lora))
+    return write_card_folder(CardInputs(cfg, lora, metadata, samples, repo), out or default_card_folder(lora))

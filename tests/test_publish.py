@@ -204,3 +204,18 @@ def test_modelspec_rules_catch_a_broken_file(finished: Path, tmp_path: Path) -> 
     meta["modelspec.architecture"] = "stable-diffusion-v1-lora"
     assert set(modelspec.problems(meta)) == {"modelspec.title is missing", "modelspec.architecture "
                                              "'stable-diffusion-v1-lora' is not a known LoRA architecture"}
+
+
+def test_trigger_phrase_comes_from_the_concepts_trained() -> None:
+    from loratui.config import ConceptConfig, ProjectConfig
+    from loratui.engine.export import trigger_words
+
+    cfg = ProjectConfig()
+    cfg.data.trigger_word = "zxc toy"
+    assert trigger_words(cfg) == ["zxc toy"]
+    cfg.data.concepts = [ConceptConfig(folder="a"), ConceptConfig(folder="b", trigger_word="qwe cat"),
+                         ConceptConfig(folder="reg", is_reg=True, trigger_word="dog"),
+                         ConceptConfig(folder="c", trigger_word="qwe cat")]
+    assert trigger_words(cfg) == ["zxc toy", "qwe cat"]  # inherited, own; regularization images excluded
+    cfg.data.concepts[0].trigger_word = ""
+    assert trigger_words(cfg) == ["qwe cat"]

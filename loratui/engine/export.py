@@ -33,8 +33,9 @@ def base_model_version(family: str, prediction_type: str) -> str:
 
 
 def trigger_words(cfg: ProjectConfig) -> list[str]:
-    """The trigger words the training captions carry: data.trigger_word and each trained concept's."""
-    words = [cfg.data.trigger_word]
+    """The trigger words the training captions carry: data.trigger_word, or with [[data.concepts]] each
+    trained (not regularization) concept's own or inherited one."""
+    words = [] if cfg.data.concepts else [cfg.data.trigger_word]
     for concept in cfg.data.concepts:
         get = concept.get if isinstance(concept, dict) else lambda k, c=concept: getattr(c, k, None)
         if not get("is_reg"):
@@ -49,7 +50,7 @@ def _description(cfg: ProjectConfig, family: str, steps: int, num_images: int, t
     kind = {"lora": "LoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}.get(cfg.lora.type, cfg.lora.type)
     base = FAMILY_NAMES.get(family, family)
     text = f"A {kind} for {base}, trained with loratui for {steps} steps"
-    text += f" on {num_images} images." if num_images else "."
+    text += f", {num_images} images per epoch." if num_images else "."
     return text + (f" Trigger word: {trigger}." if trigger else "")
 
 

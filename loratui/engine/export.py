@@ -130,20 +130,20 @@ def training_metadata(cfg: ProjectConfig, *, family: str, prediction_type: str, 
     return meta
 
 
-def caption_tag_frequency(trained: Iterable[tuple[str, str, str]]) -> dict[str, dict[str, int]]:
-    """kohya's ``ss_tag_frequency`` from (image path in the images folder, caption, trigger word) of every
-    trained image: per folder, each tag of the caption as trained (trigger word included, lower case as
-    sd-scripts counts them) once per image."""
+def caption_tag_frequency(trained: Iterable[tuple[str, str, str, str]]) -> dict[str, dict[str, int]]:
+    """kohya's ``ss_tag_frequency`` from (concept name, image path in its folder, caption, trigger word) of
+    every trained image: per folder (a concept's own folder by its name), each tag of the caption as trained
+    (trigger word included, lower case as sd-scripts counts them) once per image."""
     import random
 
     from loratui.data.captions import build_caption, tag_frequency
 
     by_folder: dict[str, list[str]] = {}
     rng = random.Random(0)
-    for rel, caption, trigger in trained:
+    for concept, rel, caption, trigger in trained:
         folder = str(Path(rel).parent)
         text = build_caption(caption, trigger_word=trigger, rng=rng)
-        by_folder.setdefault(folder if folder != "." else "images", []).append(text.lower())
+        by_folder.setdefault(folder if folder != "." else concept, []).append(text.lower())
     return {folder: tag_frequency(caps) for folder, caps in by_folder.items()}
 
 
@@ -158,8 +158,8 @@ def project_tag_frequency(cfg: ProjectConfig, root: Path) -> tuple[dict[str, dic
     if report.usable:
         mark_held_out(report, project_holdout(ProjectPaths(root), cfg, report.usable))
     concepts = report.concepts
-    trained = [(r.rel, r.caption or "", concepts[r.concept].trigger_word if concepts else cfg.data.trigger_word)
-               for r in report.trained]
+    trained = [(concepts[r.concept].name, r.rel, r.caption or "", concepts[r.concept].trigger_word)
+               if concepts else ("images", r.rel, r.caption or "", cfg.data.trigger_word) for r in report.trained]
     return caption_tag_frequency(trained), report.images_per_epoch
 
 
@@ -181,8 +181,8 @@ def export_lora(session: TrainingSession, cfg: ProjectConfig, path: Path, *, ste
     meta = training_metadata(
         cfg, family=model.family, prediction_type=model.prediction_type, steps=steps, epoch=epoch,
         num_images=session.dataset.plan.images_per_epoch, tag_frequency=caption_tag_frequency(
-            (item.rel, item.caption, session.dataset.concepts[item.concept].trigger_word)
-            for item in session.dataset.items),
+            (concept.name, item.rel, item.caption, concept.trigger_word) for item in session.dataset.items
+            for concept in (session.dataset.concepts[item.concept],)),
         started_at=started_at, variant=model_variant(model.family, dict(getattr(model.unet, "config", {}) or {})),
         thumbnail=sample_thumbnail(samples_dir, steps))
     path.parent.mkdir(parents=True, exist_ok=True)

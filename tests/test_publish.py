@@ -219,3 +219,32 @@ def test_trigger_phrase_comes_from_the_concepts_trained() -> None:
     assert trigger_words(cfg) == ["zxc toy", "qwe cat"]  # inherited, own; regularization images excluded
     cfg.data.concepts[0].trigger_word = ""
     assert trigger_words(cfg) == ["qwe cat"]
+
+
+def test_tag_frequency_counts_each_trained_caption_as_trained() -> None:
+    from loratui.engine.export import caption_tag_frequency
+
+    trained = [("dogs", "a.png", "Brown Dog, grass", "qwe"), ("dogs", "2_close/b.png", "qwe, dog", "qwe"),
+               ("cats", "c.png", "cat", "zxc"), ("dogs", "d.png", "", "qwe")]
+    assert caption_tag_frequency(trained) == {
+        "dogs": {"qwe": 2, "brown dog": 1, "grass": 1},  # trigger prepended once, lower case
+        "2_close": {"dog": 1, "qwe": 1},  # already had the trigger word: not doubled
+        "cats": {"cat": 1, "zxc": 1},
+    }
+
+
+def test_a_run_without_samples_still_gets_a_card_without_pictures(tmp_path: Path) -> None:
+    from loratui.config import ProjectConfig
+    from loratui.publish.card import CardInputs, write_card_folder
+
+    lora = tmp_path / "mine.safetensors"
+    lora.write_bytes(b"tensors")
+    out = tmp_path / "card"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "old.png").write_bytes(b"old")  # from an earlier export
+    (out / "mine.preview.png").write_bytes(b"old")
+    write_card_folder(CardInputs(ProjectConfig(), lora, {"modelspec.title": "mine"}), out)
+    data, body = _front_matter(out / "README.md")
+    assert "widget" not in data and "instance_prompt" not in data and data["license"] == "creativeml-openrail-m"
+    assert not (out / "mine.preview.png").exists() and list((out / "images").iterdir()) == []
+    assert body.startswith("\n# mine") and "## Samples" not in body

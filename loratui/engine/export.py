@@ -154,9 +154,14 @@ def project_tag_frequency(cfg: ProjectConfig, root: Path) -> tuple[dict[str, dic
     from loratui.data.holdout import mark_held_out, project_holdout
     from loratui.project import ProjectPaths
 
-    report = scan_project(cfg, root)
-    if report.usable:
-        mark_held_out(report, project_holdout(ProjectPaths(root), cfg, report.usable))
+    from loratui.errors import UserError
+
+    try:
+        report = scan_project(cfg, root)
+        if report.usable:
+            mark_held_out(report, project_holdout(ProjectPaths(root), cfg, report.usable))
+    except (UserError, OSError):
+        return {}, 0  # the images moved since training: the weights still export, without the counts
     concepts = report.concepts
     trained = [(concepts[r.concept].name, r.rel, r.caption or "", concepts[r.concept].trigger_word)
                if concepts else ("images", r.rel, r.caption or "", cfg.data.trigger_word) for r in report.trained]

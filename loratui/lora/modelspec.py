@@ -89,9 +89,9 @@ def architecture(family: str, prediction_type: str = "epsilon", variant: str | N
     """The LoRA's ``modelspec.architecture``: the base model's ID and ``/lora``."""
     if family == "sd2" and prediction_type == "v_prediction":
         variant = "v"
-    base = VARIANT_ARCHITECTURES.get((family, variant or ""), ARCHITECTURES.get(family))
-    if base is None:
-        raise KeyError(f"no ModelSpec architecture is known for the model family {family!r}")
+    # A family without an entry still gets its file written (the name is then only loratui's own);
+    # tests require an entry for every family, so this is a fallback, never the plan.
+    base = VARIANT_ARCHITECTURES.get((family, variant or ""), ARCHITECTURES.get(family, family))
     return f"{base}/{ADAPTER}"
 
 

@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--lora", type=Path, help="with --merge: merge this LoRA file instead of the newest checkpoint")
     s.add_argument("--ema", action="store_true", help="write the checkpoint's EMA of the weights "
                                                       "(train.ema_decay) as output/NAME-ema.safetensors")
+    s.add_argument("--card", nargs="?", type=Path, const=True, default=None, metavar="FOLDER",
+                   help="also write a publishable folder (default output/NAME-card/): the LoRA, NAME.preview.png, "
+                        "the newest samples and a Hugging Face model card (README.md)")
+    s.add_argument("--push", metavar="REPO", help="upload the card folder to this Hub model repository "
+                                                 "(OWNER/NAME; needs `hf auth login` and the hub extra)")
+    s.add_argument("--private", action="store_true", help="with --push: create the repository private")
 
     s = sub.add_parser("check", help="scan the project's images and print every problem "
                                      "(one line per problem when piped)")

@@ -134,6 +134,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                               "folder and one original-layout .safetensors. Drop --format or --merge.")
         if args.lora is not None and args.checkpoint is not None:
             raise ConfigError("give either --lora FILE or --checkpoint DIR to merge, not both.")
+        if getattr(args, "card", None) is not None or getattr(args, "push", None):
+            raise ConfigError("--card and --push publish a LoRA, not a merged model; drop --merge.")
         if getattr(args, "ema", False):
             raise ConfigError("--ema writes a LoRA file; to merge the EMA, run `loratui export DIR --ema` first, "
                               "then `loratui export DIR --merge --lora output/NAME-ema.safetensors`.")
@@ -151,13 +153,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     if getattr(args, "lora", None) is not None or getattr(args, "scale", 1.0) != 1.0:
         raise ConfigError("--lora and --scale only apply with --merge; add --merge to write a merged model.")
+    args.card, args.push = getattr(args, "card", None), getattr(args, "push", None)
     import tempfile
 
     from safetensors.torch import save_file
 
     from loratui.engine import checkpoint as ckpt
-    from loratui.engine.export import SAVE_DTYPES, training_metadata
+    from loratui.engine.export import SAVE_DTYPES, project_tag_frequency, sample_thumbnail, training_metadata
     from loratui.lora.fileformat import convert_lora_file
+    from loratui.lora.modelspec import model_variant
     from loratui.models.loader import probe_model
 
     project = Path(args.dir)
@@ -186,8 +190,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                        allow_pickle=cfg.model.allow_pickle)
     family = info.family if cfg.model.family == "auto" else cfg.model.family
     pred = info.prediction_type if cfg.model.prediction_type == "auto" else cfg.model.prediction_type
+    tags, num_images = project_tag_frequency(cfg, project)
     meta = training_metadata(cfg, family=family, prediction_type=pred, steps=loaded.state.step,
-                             epoch=loaded.state.epoch, num_images=0, tag_frequency={})
+                             epoch=loaded.state.epoch, num_images=num_images, tag_frequency=tags,
+                             variant=model_variant(family, _denoiser_config(info.path)),
+                             thumbnail=sample_thumbnail(paths.samples, loaded.state.step))
     out.parent.mkdir(parents=True, exist_ok=True)
     # The checkpoint holds kohya-keyed float32 tensors; the converter writes either format from them,
     # with the chosen dtype, the hashes and an atomic rename.
@@ -201,7 +208,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     console.print(f"wrote {out} ({fmt}) from {Path(source).name}{best}")
     if fmt == "diffusers":
         _warn_diffusers_format(out)
+    if args.card is not None or args.push:
+        _write_card(project, out, args)
     return 0
+
+
+def _write_card(project: Path, lora: Path, args: argparse.Namespace) -> None:
+    from loratui.publish.card import card_for_project
+
+    folder = card_for_project(project, lora, args.card if isinstance(args.card, Path) else None, repo=args.push)
+    console.print(f"wrote {folder}/: {lora.name}, {lora.stem}.preview.png, images/ and README.md (model card)")
+    if args.push:
+        from loratui.publish.hub import push_folder
+
+        url = push_folder(folder, args.push, private=getattr(args, "private", False))
+        console.print(f"uploaded {folder}/ to {url}")
+
+
+def _denoiser_config(folder: Path | None) -> dict:
+    """A diffusers folder's transformer (or UNet) config, which names the model's variant; {} otherwise."""
+    import json
+
+    for part in ("transformer", "unet"):
+        config = Path(folder) / part / "config.json" if folder is not None else None
+        if config is not None and config.is_file():
+            try:
+                return json.loads(config.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return {}
+    return {}
 
 
 def _best_checkpoint(paths: ProjectPaths) -> Path:

@@ -255,6 +255,10 @@ def test_kohya_file_keys_metadata_and_trained_text_encoders(trained) -> None:
         == expected
     assert meta["modelspec.title"] == "zxc_toy" and meta["modelspec.resolution"] == "128x128"
     assert meta["ss_v2"] == str(family == "sd2")
+    # ModelSpec's own rules, the tensor hash recomputed from the file's bytes.
+    from loratui.lora import modelspec
+
+    assert modelspec.problems(meta, (ProjectPaths(project).output / "zxc_toy.safetensors").read_bytes()) == []
 
 
 @pytest.mark.parametrize("fmt", ["kohya", "diffusers"])

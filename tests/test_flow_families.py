@@ -108,6 +108,13 @@ def test_a_few_steps_train_and_write_the_familys_file(tmp_path: Path, name: str,
     assert keys[0] == first_key
     assert meta["ss_base_model_version"] == ("flux1" if family == "flux" else "sd3")
     assert meta["modelspec.prediction_type"] == "flow"
+    # ModelSpec's own rules, the tensor hash recomputed from the file's bytes; the tiny models are
+    # none of the published sizes, so the family's default name.
+    from loratui.lora import modelspec
+
+    assert modelspec.problems(meta, (ProjectPaths(project).output / "zxc_toy.safetensors").read_bytes()) == []
+    assert meta["modelspec.architecture"] == ("flux-1-dev/lora" if family == "flux"
+                                              else "stable-diffusion-v3-medium/lora")
     if family == "flux":
         # Black Forest Labs' layout: no diffusers-only names, q/k/v fused.
         assert all(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in keys)

@@ -254,6 +254,16 @@ class LoggingConfig:
 
 
 @dataclass
+class PublishConfig:
+    author: str = _f("", "your name or handle, for modelspec.author and the model card")
+    license: str = _f("", "the LoRA's license as the Hub names it (creativeml-openrail-m, openrail++, apache-2.0, "
+                      "other...); empty uses the base model's")
+    description: str = _f("", "what the LoRA does, in a sentence or a paragraph (markdown); empty writes one from "
+                          "the run")
+    tags: str = _f("", "comma-separated labels (style, character, ...) for modelspec.tags and the card")
+
+
+@dataclass
 class ProjectConfig:
     name: str = "my_lora"
     version: int = CONFIG_VERSION
@@ -267,6 +277,7 @@ class ProjectConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     advisor: AdvisorConfig = field(default_factory=AdvisorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
     @property
     def output_name(self) -> str:
@@ -280,6 +291,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "lora": LoraConfig,
     "train": TrainConfig, "save": SaveConfig, "sample": SampleConfig,
     "validation": ValidationConfig, "advisor": AdvisorConfig, "logging": LoggingConfig, "notify": NotifyConfig,
+    "publish": PublishConfig,
 }
 TOP_LEVEL = ("name", "version")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,16 +25,6 @@ _BASE_VERSION = {
     ("sdxl", "epsilon"): "sdxl_base_v1-0", ("sdxl", "v_prediction"): "sdxl_base_v1-0",
     ("sd3", "flow"): "sd3", ("flux", "flow"): "flux1",
 }
-_ARCHITECTURE = {
-    "sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
-    "sdxl": "stable-diffusion-xl-v1-base/lora",
-    "sd3": "stable-diffusion-v3-medium/lora", "flux": "flux-1-dev/lora",
-}
-
-
-_IMPLEMENTATION = {"sdxl": "https://github.com/Stability-AI/generative-models",
-                   "sd3": "https://github.com/Stability-AI/sd3.5",
-                   "flux": "https://github.com/black-forest-labs/flux"}
 
 
 def base_model_version(family: str, prediction_type: str) -> str:
@@ -41,23 +32,50 @@ def base_model_version(family: str, prediction_type: str) -> str:
     return _BASE_VERSION[(family, prediction_type)]
 
 
+def trigger_words(cfg: ProjectConfig) -> list[str]:
+    """The trigger words the training captions carry: data.trigger_word, or with [[data.concepts]] each
+    trained (not regularization) concept's own or inherited one."""
+    words = [] if cfg.data.concepts else [cfg.data.trigger_word]
+    for concept in cfg.data.concepts:
+        get = concept.get if isinstance(concept, dict) else lambda k, c=concept: getattr(c, k, None)
+        if not get("is_reg"):
+            own = get("trigger_word")
+            words.append(cfg.data.trigger_word if own is None else own)
+    return list(dict.fromkeys(w.strip() for w in words if w and w.strip()))
+
+
+def _description(cfg: ProjectConfig, family: str, steps: int, num_images: int, trigger: str) -> str:
+    from loratui.models.family import FAMILY_NAMES
+
+    kind = {"lora": "LoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}.get(cfg.lora.type, cfg.lora.type)
+    base = FAMILY_NAMES.get(family, family)
+    text = f"A {kind} for {base}, trained with loratui for {steps} steps"
+    text += f", {num_images} images per epoch." if num_images else "."
+    return text + (f" Trigger word: {trigger}." if trigger else "")
+
+
 def training_metadata(cfg: ProjectConfig, *, family: str, prediction_type: str, steps: int, epoch: int,
                       num_images: int, tag_frequency: dict[str, dict[str, int]],
-                      started_at: float | None = None) -> dict[str, str]:
-    """kohya's ``ss_*`` keys and the SAI modelspec keys; every value a string, as safetensors requires."""
+                      started_at: float | None = None, variant: str | None = None,
+                      thumbnail: str | None = None) -> dict[str, str]:
+    """kohya's ``ss_*`` keys and the SAI ModelSpec keys; every value a string, as safetensors requires.
+
+    ``modelspec.hash_sha256`` and ``sshs_*`` are added when the file's bytes exist (fileformat).
+    """
+    from loratui.lora import modelspec
+    from loratui.publish.licenses import license_for
+
     res = cfg.data.resolution
-    if family == "sd2" and prediction_type == "v_prediction":
-        architecture = "stable-diffusion-v2-768-v/lora"
-    else:
-        architecture = _ARCHITECTURE[family]
     now = time.time()
-    network_module, args = network_args(cfg.lora.type, cfg.lora.lokr_factor)
+    network_module, args = network_args(cfg.lora.type, cfg.lora.preset, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
+                                        lokr_factor=cfg.lora.lokr_factor)
+    trigger = ", ".join(trigger_words(cfg))
     meta = {
         "ss_output_name": cfg.output_name,
         "ss_network_module": network_module,
         "ss_network_dim": str(cfg.lora.rank),
         "ss_network_alpha": f"{cfg.lora.alpha:g}",
-        "ss_network_args": json.dumps({"preset": cfg.lora.preset, **args}),
+        "ss_network_args": json.dumps(args),
         "ss_base_model_version": base_model_version(family, prediction_type),
         "ss_v2": str(family == "sd2"),
         "ss_sd_model_name": cfg.model.base,
@@ -86,30 +104,92 @@ def training_metadata(cfg: ProjectConfig, *, family: str, prediction_type: str, 
         "ss_training_started_at": f"{started_at or now:.0f}",
         "ss_training_finished_at": f"{now:.0f}",
         "ss_training_comment": f"trained with loratui {loratui.__version__}",
-        "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": architecture,
-        "modelspec.implementation": _IMPLEMENTATION.get(family, "diffusers"),
+        "modelspec.sai_model_spec": modelspec.SPEC_VERSION,
+        "modelspec.architecture": modelspec.architecture(family, prediction_type, variant),
+        "modelspec.implementation": modelspec.implementation(family),
         "modelspec.title": cfg.output_name,
-        "modelspec.resolution": f"{res}x{res}",
-        "modelspec.prediction_type": {"v_prediction": "v", "flow": "flow"}.get(prediction_type, "epsilon"),
+        "modelspec.description": cfg.publish.description.strip() or _description(cfg, family, steps, num_images,
+                                                                                 trigger),
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)),
+        "modelspec.resolution": f"{res}x{res}",
+        "modelspec.prediction_type": modelspec.prediction_type(prediction_type),
     }
+    optional = {
+        "modelspec.author": cfg.publish.author.strip(),
+        "modelspec.tags": cfg.publish.tags.strip(),
+        "modelspec.trigger_phrase": trigger,
+        "modelspec.usage_hint": f"Trigger word: {trigger}" if trigger else "",
+        "modelspec.thumbnail": thumbnail or "",
+    }
+    chosen = license_for(family, variant, cfg.publish.license)
+    if chosen is not None:
+        optional["modelspec.license"] = chosen.spec_value
+    meta.update({k: v for k, v in optional.items() if v})
     if cfg.model.clip_skip > 1:
         meta["modelspec.encoder_layer"] = str(cfg.model.clip_skip)
     return meta
 
 
-def export_lora(session: TrainingSession, cfg: ProjectConfig, path: Path, *, steps: int, epoch: int,
-                fmt: str = "kohya", started_at: float | None = None) -> Path:
-    from loratui.data.captions import tag_frequency
-    from loratui.lora.fileformat import save_diffusers, save_kohya
+def caption_tag_frequency(trained: Iterable[tuple[str, str, str, str]]) -> dict[str, dict[str, int]]:
+    """kohya's ``ss_tag_frequency`` from (concept name, image path in its folder, caption, trigger word) of
+    every trained image: per folder (a concept's own folder by its name), each tag of the caption as trained
+    (trigger word included, lower case as sd-scripts counts them) once per image."""
+    import random
 
-    ds = session.dataset
-    tags = {folder: tag_frequency(caps) for folder, caps in ds.captions_by_folder().items()}
+    from loratui.data.captions import build_caption, tag_frequency
+
+    by_folder: dict[str, list[str]] = {}
+    rng = random.Random(0)
+    for concept, rel, caption, trigger in trained:
+        folder = str(Path(rel).parent)
+        text = build_caption(caption, trigger_word=trigger, rng=rng)
+        by_folder.setdefault(folder if folder != "." else concept, []).append(text.lower())
+    return {folder: tag_frequency(caps) for folder, caps in by_folder.items()}
+
+
+def project_tag_frequency(cfg: ProjectConfig, root: Path) -> tuple[dict[str, dict[str, int]], int]:
+    """(``ss_tag_frequency``, images per epoch) of a project's images as a run trains them (held-out ones left
+    out), read from the caption files: for an export made from a checkpoint, without the training session."""
+    from loratui.data.concepts import scan_project
+    from loratui.data.holdout import mark_held_out, project_holdout
+    from loratui.project import ProjectPaths
+
+    from loratui.errors import UserError
+
+    try:
+        report = scan_project(cfg, root)
+        if report.usable:
+            mark_held_out(report, project_holdout(ProjectPaths(root), cfg, report.usable))
+    except (UserError, OSError):
+        return {}, 0  # the images moved since training: the weights still export, without the counts
+    concepts = report.concepts
+    trained = [(concepts[r.concept].name, r.rel, r.caption or "", concepts[r.concept].trigger_word)
+               if concepts else ("images", r.rel, r.caption or "", cfg.data.trigger_word) for r in report.trained]
+    return caption_tag_frequency(trained), report.images_per_epoch
+
+
+def sample_thumbnail(samples_dir: Path | None, up_to_step: int | None = None) -> str | None:
+    """``modelspec.thumbnail`` from the newest sample image, or None when the run made none."""
+    from loratui.lora.modelspec import thumbnail_data_url
+    from loratui.publish.samples import newest_samples
+
+    found = newest_samples(samples_dir, up_to_step) if samples_dir is not None else []
+    return thumbnail_data_url(found[0].path) if found else None
+
+
+def export_lora(session: TrainingSession, cfg: ProjectConfig, path: Path, *, steps: int, epoch: int,
+                fmt: str = "kohya", started_at: float | None = None, samples_dir: Path | None = None) -> Path:
+    from loratui.lora.fileformat import save_diffusers, save_kohya
+    from loratui.lora.modelspec import model_variant
+
+    model = session.model
     meta = training_metadata(
-        cfg, family=session.model.family, prediction_type=session.model.prediction_type, steps=steps,
-        epoch=epoch,
-        num_images=ds.plan.images_per_epoch, tag_frequency=tags, started_at=started_at)
+        cfg, family=model.family, prediction_type=model.prediction_type, steps=steps, epoch=epoch,
+        num_images=session.dataset.plan.images_per_epoch, tag_frequency=caption_tag_frequency(
+            (concept.name, item.rel, item.caption, concept.trigger_word) for item in session.dataset.items
+            for concept in (session.dataset.concepts[item.concept],)),
+        started_at=started_at, variant=model_variant(model.family, dict(getattr(model.unet, "config", {}) or {})),
+        thumbnail=sample_thumbnail(samples_dir, steps))
     path.parent.mkdir(parents=True, exist_ok=True)
     save = save_diffusers if fmt == "diffusers" else save_kohya
     save(path, session.networks, meta, dtype=SAVE_DTYPES[cfg.save.precision])

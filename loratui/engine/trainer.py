@@ -452,13 +452,14 @@ class Trainer:
         if s.accelerator.is_main_process:
             with s.export_weights():
                 export_lora(s, self.cfg, path, steps=self.step, epoch=self.epoch, fmt=self.cfg.save.format,
-                            started_at=self.started_at)
+                            started_at=self.started_at, samples_dir=self.paths.samples)
                 self._status(f"saved {path}")
                 if s.ema is not None:
                     ema_path = path.with_name(f"{path.stem}-ema{path.suffix}")
                     with s.ema.applied():
                         export_lora(s, self.cfg, ema_path, steps=self.step, epoch=self.epoch,
-                                    fmt=self.cfg.save.format, started_at=self.started_at)
+                                    fmt=self.cfg.save.format, started_at=self.started_at,
+                                    samples_dir=self.paths.samples)
                     self._status(f"saved {ema_path} (EMA of the weights, decay {self.cfg.train.ema_decay:g})")
         return path
 

@@ -146,7 +146,11 @@ def _serialise_with_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str,
     # kohya hashes a serialisation that carries only its ss_* keys; the model
     # hash covers tensor bytes only, so it matches the final file regardless.
     model_hash, legacy_hash = safetensors_hashes(st_save(tensors, {k: v for k, v in metadata.items() if k.startswith("ss_")}))
-    return st_save(tensors, {**metadata, "sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash})
+    hashes = {"sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash}
+    if "modelspec.sai_model_spec" in metadata:
+        # ModelSpec hashes the same tensor bytes, spelled 0x + lower-case hex.
+        hashes["modelspec.hash_sha256"] = "0x" + model_hash
+    return st_save(tensors, {**metadata, **hashes})
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -457,6 +461,7 @@ def convert_lora_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], 
     entries = _entries_from_file(lora, fam, layers_per_block)
     # Our own hashes are recomputed for the new bytes.
     meta = {k: v for k, v in lora.metadata.items() if k not in ("sshs_model_hash", "sshs_legacy_hash", "format",
+                                                                  "modelspec.hash_sha256",
                                                                   LORA_ADAPTER_METADATA_KEY)}  # fmt: skip
     _write(Path(dst), entries, fam, meta, dtype, to)
     return load_lora_file(dst, family=fam, layers_per_block=layers_per_block)

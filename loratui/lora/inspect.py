@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from loratui.lora import modelspec
 from loratui.lora.fileformat import read_validated_bytes, load_lora_file, safetensors_hashes
 from loratui.lora.naming import TRANSFORMER_FAMILIES
 
@@ -25,7 +26,10 @@ _SHOWN_METADATA = (
     "ss_output_name", "ss_base_model_version", "ss_sd_model_name", "ss_network_module", "ss_network_dim",
     "ss_network_alpha", "ss_network_args", "ss_learning_rate", "ss_unet_lr", "ss_text_encoder_lr",
     "ss_steps", "ss_epoch", "ss_training_started_at", "ss_training_finished_at", "ss_mixed_precision",
-    "ss_seed", "ss_optimizer", "modelspec.architecture", "modelspec.title",
+    "ss_seed", "ss_optimizer", "ss_tag_frequency", "modelspec.sai_model_spec", "modelspec.architecture",
+    "modelspec.implementation", "modelspec.title", "modelspec.description", "modelspec.author", "modelspec.date",
+    "modelspec.license", "modelspec.tags", "modelspec.trigger_phrase", "modelspec.usage_hint",
+    "modelspec.resolution", "modelspec.prediction_type", "modelspec.hash_sha256", "modelspec.thumbnail",
 )  # fmt: skip
 
 
@@ -33,7 +37,8 @@ def inspect_lora_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Summary of a LoRA file: format, family, ranks, alphas, modules per component, metadata, hashes."""
     path = Path(path)
     lora = load_lora_file(path)
-    model_hash, legacy_hash = safetensors_hashes(read_validated_bytes(path))
+    data = read_validated_bytes(path)
+    model_hash, legacy_hash = safetensors_hashes(data)
     components = lora.component_counts()
     stored = lora.metadata.get("sshs_model_hash")
     layers = None
@@ -65,6 +70,9 @@ def inspect_lora_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         # A file edited after saving (or renamed tensors) no longer matches its recorded hash.
         "hash_matches_metadata": None if stored is None else stored == model_hash,
         "sshs_legacy_hash": lora.metadata.get("sshs_legacy_hash", legacy_hash),
+        # Where the file breaks Stability AI's ModelSpec (None: it carries no modelspec keys at all).
+        "modelspec_problems": modelspec.problems(lora.metadata, data) if any(
+            k.startswith("modelspec.") for k in lora.metadata) else None,
         "metadata": dict(lora.metadata),
     }
 
@@ -118,6 +126,9 @@ def inspection_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     match = summary["hash_matches_metadata"]
     note = "" if match is None else " (matches metadata)" if match else " (differs from the hash in metadata)"
     rows.append(("sshs_model_hash", summary["sshs_model_hash"] + note))
+    problems = summary.get("modelspec_problems")
+    if problems is not None:
+        rows.append(("ModelSpec", "follows the rules" if not problems else "; ".join(problems)))
     return rows
 
 
@@ -127,12 +138,33 @@ def metadata_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     for key in _SHOWN_METADATA:
         if key in meta:
-            value = meta[key]
+            value = _shown_value(key, meta[key], summary)
             rows.append((key, value if len(value) <= 200 else value[:200] + "…"))
     hidden = len([k for k in meta if k not in _SHOWN_METADATA and not k.startswith("sshs_")])
     if hidden:
         rows.append(("", f"{hidden} more keys not shown"))
     return rows
+
+
+def _shown_value(key: str, value: str, summary: dict[str, Any]) -> str:
+    """A metadata value as a person reads it: a thumbnail's size, a hash's check, the most frequent tags."""
+    if key == "modelspec.thumbnail":
+        kind = value.partition(";")[0]
+        return f"{kind} ({len(value) * 3 // 4 / 1000:.1f} kB)"
+    if key == "modelspec.hash_sha256":
+        match = value == "0x" + summary["sshs_model_hash"]
+        return value + (" (matches the tensors)" if match else " (differs from the tensors: the file changed)")
+    if key == "ss_tag_frequency":
+        try:
+            folders = json.loads(value)
+            counts: Counter[str] = Counter()
+            for tags in folders.values():
+                counts.update(tags)
+        except (ValueError, AttributeError, TypeError):
+            return value
+        top = ", ".join(f"{tag} ×{n}" for tag, n in counts.most_common(8))
+        return f"{len(counts)} tags in {len(folders)} folders" + (f"; most frequent: {top}" if top else "")
+    return value
 
 
 def render_inspection(summary: dict[str, Any]) -> Any:

@@ -82,15 +82,28 @@ def adapter_for_tensors(base: nn.Module, kind: str, tensors: Mapping[str, torch.
     return make_adapter(kind, base, rank, alpha)
 
 
-def network_args(kind: str, lokr_factor: int = -1) -> tuple[str, dict[str, str]]:
-    """(``ss_network_module``, LyCORIS' ``ss_network_args``) as kohya's metadata records a run of this type.
+# LyCORIS' built-in presets nearest each lora.preset. "attn-mlp" is exactly kohya's default
+# (every Linear and 1x1 conv in the transformer blocks, CLIP attention and MLP); "full" adds the
+# resnet and sampler blocks as "all" does, plus conv_in, conv_out and the time embedding; "attn-only"
+# finds the attention of sd-scripts' own UNets (class CrossAttention), not diffusers' (class Attention).
+LYCORIS_PRESETS = {"attention": "attn-only", "attention+ff": "attn-mlp", "all": "full"}
 
-    Loaders go by tensor names; these tell a person (and LyCORIS' own tools) how the file was trained.
+
+def network_args(kind: str, preset: str = "attention+ff", *, rank: int | None = None, alpha: float | None = None,
+                 lokr_factor: int = -1) -> tuple[str, dict[str, str]]:
+    """(``ss_network_module``, ``ss_network_args``) as kohya's metadata records a run of this type.
+
+    The args are only keys sd-scripts' ``networks.lora`` or ``lycoris.kohya.create_network`` read, with
+    values as strings like ``--network_args`` gives them, so ``create_network(..., **args)`` rebuilds the
+    network. Loaders go by tensor names; these tell a person and those tools how the file was trained.
     """
+    conv = {"conv_dim": str(rank), "conv_alpha": f"{alpha:g}"} if preset == "all" and rank is not None \
+        and alpha is not None else {}
     if kind == "lora":
-        return "networks.lora", {}
+        return "networks.lora", conv
+    args = {"algo": "lora" if kind == "dora" else kind, "preset": LYCORIS_PRESETS.get(preset, "full"), **conv}
     if kind == "dora":
-        return "lycoris.kohya", {"algo": "lora", "dora_wd": "True", "wd_on_output": "False"}
+        args.update(dora_wd="True", wd_on_output="False")
     if kind == "lokr":
-        return "lycoris.kohya", {"algo": "lokr", "factor": str(lokr_factor)}
-    return "lycoris.kohya", {"algo": kind}
+        args["factor"] = str(lokr_factor)
+    return "lycoris.kohya", args

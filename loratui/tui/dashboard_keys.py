@@ -42,6 +42,8 @@ DASHBOARD_BINDINGS = [
     Binding("right_square_bracket", "browse_samples(1)", "Newer samples", show=False),
     Binding("v", "compare_samples", "Compare samples", show=False,
             tooltip="One prompt's samples across steps side by side; again for the next prompt"),
+    Binding("u", "publish", "Publish", tooltip="Write output/NAME-card/: the LoRA, its preview, the samples and "
+                                               "a Hugging Face model card (as `loratui export DIR --card`)"),
 ]
 
 
@@ -65,6 +67,7 @@ class DashboardKeys:
         def _set_status(self, text: str) -> None: ...
         def _offer_resume(self) -> None: ...
         def start_training(self, *, resume: bool) -> None: ...
+        def run_worker(self, work: Any, **kwargs: Any) -> Any: ...
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # False hides a key from the footer, None shows it dimmed: pause and resume share p,
@@ -84,6 +87,9 @@ class DashboardKeys:
             return self.state.running
         if action == "cancel_notify":
             return self._notify_deadline is not None
+        if action == "publish":
+            done = self.state.finished
+            return not self.state.running and done is not None and bool(done.lora_path)
         return True
 
     def _send(self, command: Command) -> None:
@@ -139,6 +145,29 @@ class DashboardKeys:
         gallery = self.query_one("#samples", SampleGallery)
         gallery.compare_next()
         self.query_one("#sample-pane").border_title = gallery.caption()
+
+    def action_publish(self) -> None:
+        done = self.state.finished
+        if self.state.running or done is None or not done.lora_path:
+            return
+        from pathlib import Path
+
+        lora = Path(done.lora_path)
+        self._set_status(f"Writing the card folder for {lora.name}…")
+        self.run_worker(lambda: self._write_card(lora), thread=True, group="publish", exit_on_error=False)
+
+    def _write_card(self, lora: Path) -> None:
+        # A worker thread: the folder copies the LoRA and the samples; the screen only hears the outcome.
+        from loratui.errors import UserError
+        from loratui.publish.card import card_for_project
+
+        try:
+            folder = card_for_project(self.project_dir, lora)
+            text = (f"Wrote {folder}/: the LoRA, {lora.stem}.preview.png, images/ and README.md (model card). "
+                    f"Upload it with: loratui export {self.project_dir} --card --push OWNER/NAME")
+        except UserError as exc:
+            text = f"No card folder: {exc}"
+        self.app.call_from_thread(self._set_status, text)
 
     def action_log(self) -> None:
         def closed(_: None) -> None:

@@ -1,0 +1,1 @@
+"""Publishing a finished LoRA: the samples worth showing, the model card, the folder and the Hub upload."""

@@ -186,7 +186,8 @@ def _summary(out, backup: CaptionBackup, hint: str) -> int:  # noqa: ANN001
         console.print(f"the model wrote nothing for {len(out.empty)} image(s) (first: {out.empty[0]}); "
                       "they stay uncaptioned", markup=False)
     if backup.folder is not None:
-        console.print(f"replaced captions are kept in {backup.folder}; --restore undoes this run")
+        console.print(f"the run is recorded in {backup.folder} (with any caption it replaced); "
+                      f"`loratui caption DIR --restore` undoes it")
     if out.stopped:
         console.print(f"stopped: {out.stopped}. {len(out.written)} caption(s) were written whole, "
                       f"{out.left} image(s) were not reached; {hint}.", markup=False)

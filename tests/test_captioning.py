@@ -1,0 +1,214 @@
+"""`loratui caption`: every tiny captioner writes a caption with the trigger word beside each image of a
+bare copy of sample_project; a second run skips them; bad input is named, and nothing is ever lost."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from loratui.captioning.backup import BACKUP_DIR
+from loratui.cli import main
+from loratui.data.captions import read_caption
+from tests.captioner_models import build_florence2, build_qwen_vl, build_wd_tagger
+
+pytest.importorskip("onnxruntime")
+
+BUILDERS = {
+    "qwen2.5-vl": lambda p: build_qwen_vl(p, "2.5"),
+    "qwen3-vl": lambda p: build_qwen_vl(p, "3"),
+    "florence-2": build_florence2,
+    "wd-tagger": build_wd_tagger,
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("captioners")
+    return {name: build(root / name) for name, build in BUILDERS.items()}
+
+
+@pytest.fixture
+def bare_project(sample_project: Path) -> Path:
+    """sample_project with every caption removed."""
+    for caption in sample_project.rglob("*.txt"):
+        caption.unlink()
+    return sample_project
+
+
+def images_of(project: Path) -> list[Path]:
+    return sorted(p for p in (project / "images").rglob("*") if p.suffix in (".jpg", ".png"))
+
+
+def captions(project: Path) -> dict[str, str]:
+    return {p.name: read_caption(p.with_suffix(".txt")).text for p in images_of(project)
+            if p.with_suffix(".txt").is_file()}
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_each_captioner_captions_every_image_with_the_trigger_and_a_second_run_skips_them(
+        kind: str, models: dict[str, Path], bare_project: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["caption", str(bare_project), "--model", str(models[kind]), "--max-length", "12"]) == 0
+    written = captions(bare_project)
+    assert len(written) == len(images_of(bare_project)) == 16
+    for name, text in written.items():
+        assert text.startswith("zxc toy, "), (name, text)  # data.trigger_word of the project
+        assert len(text) > len("zxc toy, ")
+    out = capsys.readouterr().out
+    assert "wrote 16 caption(s)" in out
+    before = {p: p.stat().st_mtime_ns for p in (bare_project / "images").rglob("*.txt")}
+    assert main(["caption", str(bare_project), "--model", str(models[kind])]) == 0
+    assert "all 16 images already have a caption; nothing to do" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (bare_project / "images").rglob("*.txt")} == before
+
+
+def test_tagger_thresholds_blacklist_and_underscores(models: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (250, 0, 0)).save(folder / "red.png")
+    Image.new("RGB", (40, 40), (0, 0, 250)).save(folder / "blue.png")
+    assert main(["caption", str(folder), "--model", str(models["wd-tagger"]), "--trigger", "sks",
+                 "--blacklist", "watermark, Simple_Background"]) == 0
+    red = read_caption(folder / "red.txt").text
+    blue = read_caption(folder / "blue.txt").text
+    # The character comes first, general tags by confidence; ratings are never tags.
+    assert red == "sks, zxc character, solo, long hair, ^_^, red theme"
+    assert blue == "sks, zxc character, solo, long hair, ^_^"
+    assert main(["caption", str(folder), "--model", str(models["wd-tagger"]), "--overwrite", "--keep-underscores",
+                 "--general-threshold", "0.997", "--character-threshold", "1.0"]) == 0
+    assert read_caption(folder / "red.txt").text == "solo"  # no trigger outside a project unless given
+
+
+def test_overwrite_keeps_the_old_captions_and_restore_puts_them_back(
+        models: dict[str, Path], sample_project: Path, capsys: pytest.CaptureFixture) -> None:
+    original = captions(sample_project)
+    new = sample_project / "images" / "toy_new.jpg"
+    new.write_bytes((sample_project / "images" / "toy_00.jpg").read_bytes())
+    assert main(["caption", str(sample_project), "--model", str(models["wd-tagger"]), "--overwrite"]) == 0
+    changed = captions(sample_project)
+    assert len(changed) == 17 and all(changed[n] != original[n] for n in original)
+    backup = next((sample_project / BACKUP_DIR).iterdir())
+    manifest = [json.loads(line) for line in (backup / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == 17 and sum(r["had"] for r in manifest) == 16
+    assert main(["caption", str(sample_project), "--restore"]) == 0
+    assert "restored 16 caption(s) and removed 1" in capsys.readouterr().out
+    assert captions(sample_project) == original
+    assert main(["caption", str(sample_project), "--restore"]) == 2  # nothing left to undo
+
+
+def test_append_adds_only_new_tags(models: dict[str, Path], sample_project: Path) -> None:
+    caption = sample_project / "images" / "toy_00.txt"
+    caption.write_text("zxc toy, solo, on a table")
+    assert main(["caption", str(sample_project), "--model", str(models["wd-tagger"]), "--append"]) == 0
+    assert read_caption(caption).text == ("zxc toy, solo, on a table, zxc character, watermark, long hair, ^_^, "
+                                          "simple background, red theme")
+
+
+def test_unreadable_image_is_named_and_the_rest_captioned(
+        models: dict[str, Path], bare_project: Path, capsys: pytest.CaptureFixture) -> None:
+    (bare_project / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    assert main(["caption", str(bare_project), "--model", str(models["wd-tagger"])]) == 1
+    out = capsys.readouterr().out
+    assert "skipped broken.jpg:" in out
+    assert len(captions(bare_project)) == 16
+    assert not (bare_project / "images" / "broken.txt").exists()
+
+
+def test_folders_that_are_not_captioners_are_refused_in_words(
+        models: dict[str, Path], bare_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    (clip / "config.json").write_text('{"model_type": "clip_text_model"}')
+    no_tags = build_wd_tagger(tmp_path / "no-tags", with_tags=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        clip: "is a clip_text_model model, not a captioner",
+        no_tags: "no tag list beside it. A WD tagger needs selected_tags.csv",
+        empty: "holds neither config.json nor model.onnx",
+        tmp_path / "nowhere": "no such file or folder",
+    }
+    for model, expected in cases.items():
+        assert main(["caption", str(bare_project), "--model", str(model)]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, err
+    assert captions(bare_project) == {}
+
+
+def test_a_full_disk_stops_with_whole_files_and_says_how_to_resume(
+        models: dict[str, Path], bare_project: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    from loratui.captioning import backup as backup_module
+
+    real = backup_module.write_caption
+    calls = {"n": 0}
+
+    def filling_disk(path: Path, text: str) -> None:
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, text)
+
+    monkeypatch.setattr(backup_module, "write_caption", filling_disk)
+    assert main(["caption", str(bare_project), "--model", str(models["wd-tagger"])]) == 1
+    out = capsys.readouterr().out
+    assert "stopped: the disk is full" in out and "5 caption(s) were written whole" in out
+    assert "run `loratui caption" in out and "again to caption the rest" in out
+    assert len(captions(bare_project)) == 5
+    assert not [p for p in (bare_project / "images").rglob(".*.tmp")]
+    monkeypatch.setattr(backup_module, "write_caption", real)
+    assert main(["caption", str(bare_project), "--model", str(models["wd-tagger"])]) == 0
+    assert "11 caption(s)" in capsys.readouterr().out and len(captions(bare_project)) == 16
+
+
+def test_ctrl_c_half_way_keeps_what_was_written(models: dict[str, Path], bare_project: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    from loratui.captioning.tagger import WdTagger
+
+    real = WdTagger.caption
+    calls = {"n": 0}
+
+    def interrupted(self, images):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, images)
+
+    monkeypatch.setattr(WdTagger, "caption", interrupted)
+    assert main(["caption", str(bare_project), "--model", str(models["wd-tagger"])]) == 130
+    out = capsys.readouterr().out
+    assert "stopped: interrupted (Ctrl+C). 3 caption(s) were written whole, 13 image(s) were not reached" in out
+    assert all(text.startswith("zxc toy, ") for text in captions(bare_project).values())
+    assert len(captions(bare_project)) == 3
+
+
+def test_caption_tools_edit_in_bulk_and_each_change_can_be_undone(
+        sample_project: Path, capsys: pytest.CaptureFixture) -> None:
+    from loratui.data.captions import tag_frequency
+
+    original = captions(sample_project)
+    assert main(["caption", str(sample_project), "--frequency", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    expected = tag_frequency(original.values())
+    top = list(expected.items())[0]
+    assert f"{top[1]:6d}  {top[0]}" in out and f"{len(expected)} distinct tags in 16 captions" in out
+
+    assert main(["caption", str(sample_project), "--remove-trigger"]) == 0
+    assert not any(t.startswith("zxc toy") for t in captions(sample_project).values())
+    assert main(["caption", str(sample_project), "--add-trigger"]) == 0
+    assert all(t.startswith("zxc toy, ") for t in captions(sample_project).values())
+
+    tag = next(t for t, _ in expected.items() if t != "zxc toy")
+    assert main(["caption", str(sample_project), "--replace", tag, "REPLACED"]) == 0
+    assert any("REPLACED" in t for t in captions(sample_project).values())
+    assert main(["caption", str(sample_project), "--remove-tags", "REPLACE*"]) == 0
+    assert not any("REPLACED" in t for t in captions(sample_project).values())
+
+    for _ in range(4):  # remove-tags, replace, add-trigger, remove-trigger: newest first
+        assert main(["caption", str(sample_project), "--restore"]) == 0
+    assert captions(sample_project) == original

@@ -80,8 +80,15 @@ def backups(base: Path) -> list[Path]:
     root = Path(base) / BACKUP_DIR
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.endswith(RESTORED_SUFFIX)
-                  and (p / MANIFEST).is_file())
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.endswith(RESTORED_SUFFIX)
+             and (p / MANIFEST).is_file()]
+    return sorted(found, key=_order)
+
+
+def _order(folder: Path) -> tuple[str, int]:
+    # "20261204-150512-2" is the second run of that second; "-10" must sort after "-9".
+    stamp, _, n = folder.name.partition("-")[2].partition("-")
+    return folder.name[:8] + stamp, int(n) if n.isdigit() else 1
 
 
 def restore_latest(base: Path) -> Restored:

@@ -45,7 +45,7 @@ class CaptionBackup:
                 n += 1
                 folder = root / f"{stamp}-{n}"
             folder.mkdir(parents=True)
-            (folder / "what.txt").write_text(self.what + "\n", encoding="utf-8")
+            (folder / "what.info").write_text(self.what + "\n", encoding="utf-8")
             self.folder = folder
         return self.folder
 
@@ -102,7 +102,7 @@ def restore_latest(base: Path) -> Restored:
 def restore(folder: Path) -> Restored:
     from loratui.data.captions import read_caption
 
-    what = (folder / "what.txt").read_text(encoding="utf-8").strip() if (folder / "what.txt").is_file() else ""
+    what = (folder / "what.info").read_text(encoding="utf-8").strip() if (folder / "what.info").is_file() else ""
     result = Restored(folder, what)
     lines = (folder / MANIFEST).read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines if line.strip()]

@@ -126,7 +126,11 @@ def test_folders_that_are_not_captioners_are_refused_in_words(
     no_tags = build_wd_tagger(tmp_path / "no-tags", with_tags=False)
     empty = tmp_path / "empty"
     empty.mkdir()
+    remote = tmp_path / "Florence-2-large"
+    remote.mkdir()
+    (remote / "config.json").write_text('{"model_type": "florence2", "auto_map": {"AutoConfig": "x.Y"}}')
     cases = {
+        remote: "Microsoft's original Florence-2, which runs its own code",
         clip: "is a clip_text_model model, not a captioner",
         no_tags: "no tag list beside it. A WD tagger needs selected_tags.csv",
         empty: "holds neither config.json nor model.onnx",
@@ -212,3 +216,19 @@ def test_caption_tools_edit_in_bulk_and_each_change_can_be_undone(
     for _ in range(4):  # remove-tags, replace, add-trigger, remove-trigger: newest first
         assert main(["caption", str(sample_project), "--restore"]) == 0
     assert captions(sample_project) == original
+
+
+@pytest.mark.parametrize("kind", ["qwen2.5-vl", "qwen3-vl"])
+def test_a_batch_of_differently_sized_images_gives_the_captions_of_one_at_a_time(
+        kind: str, models: dict[str, Path]) -> None:
+    from PIL import Image
+
+    from loratui.captioning.base import CaptionOptions
+    from loratui.captioning.loading import open_captioner
+
+    images = [Image.linear_gradient("L").convert("RGB").resize((100, 80)), Image.new("RGB", (64, 128), (0, 90, 9))]
+    captioner = open_captioner(str(models[kind]), CaptionOptions(max_length=10, batch_size=2))
+    assert captioner.batch_size == 2 and captioner.device == "cpu"
+    batched = captioner.caption(images)
+    assert batched == [captioner.caption([image])[0] for image in images]
+    assert batched[0] != batched[1]  # the picture reaches the model: the padding did not hide it

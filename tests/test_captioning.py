@@ -232,3 +232,38 @@ def test_a_batch_of_differently_sized_images_gives_the_captions_of_one_at_a_time
     batched = captioner.caption(images)
     assert batched == [captioner.caption([image])[0] for image in images]
     assert batched[0] != batched[1]  # the picture reaches the model: the padding did not hide it
+
+
+def test_a_captioner_failing_half_way_keeps_what_was_written(models: dict[str, Path], bare_project: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    from loratui.captioning.base import CaptionerError
+    from loratui.captioning.tagger import WdTagger
+
+    real = WdTagger.caption
+    calls = {"n": 0}
+
+    def out_of_memory(self, images):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise CaptionerError("out of GPU memory captioning 1 image(s) at once: use --batch-size 1")
+        return real(self, images)
+
+    monkeypatch.setattr(WdTagger, "caption", out_of_memory)
+    assert main(["caption", str(bare_project), "--model", str(models["wd-tagger"])]) == 1
+    out = capsys.readouterr().out
+    assert "stopped: out of GPU memory" in out and "2 caption(s) were written whole" in out
+    assert len(captions(bare_project)) == 2
+
+
+def test_the_wizard_and_the_tagger_import_no_torch(models: dict[str, Path], bare_project: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; import loratui.tui.wizard.screen, loratui.tui.wizard.caption_run, "
+            "loratui.tui.wizard.caption_tools; from loratui.cli import main; "
+            f"main(['caption', {str(bare_project)!r}, '--model', {str(models['wd-tagger'])!r}]); "
+            "print('loaded:', [m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "loaded: []" in out.stdout, out.stdout + out.stderr
+    assert len(captions(bare_project)) == 16

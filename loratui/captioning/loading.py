@@ -18,17 +18,6 @@ def resolve_name(model: str) -> str:
     return SHORTHANDS.get(model.strip(), model.strip())
 
 
-def describe_kind(model: str) -> str:
-    """'tags' or 'text' for a model without loading it (a guess for hub ids not yet downloaded)."""
-    name = resolve_name(model)
-    path = Path(name).expanduser()
-    if path.suffix == ".onnx" or (path.is_dir() and any(path.glob("*.onnx"))):
-        return "tags"
-    if path.exists():
-        return "text"
-    return "tags" if "tagger" in name.lower() else "text"
-
-
 def model_type_of(folder: Path) -> tuple[str, dict]:
     config = folder / "config.json"
     try:
@@ -113,4 +102,4 @@ def _open_hub(name: str, options: CaptionOptions) -> Captioner:
     return VlmCaptioner(name, name, model_type, options)
 
 
-__all__ = ["open_captioner", "describe_kind", "resolve_name", "QWEN_TYPES", "FLORENCE_TYPES"]
+__all__ = ["open_captioner", "resolve_name", "QWEN_TYPES", "FLORENCE_TYPES"]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loratui.captioning.backup import CaptionBackup
-from loratui.captioning.base import Captioner
+from loratui.captioning.base import Captioner, CaptionerError
 from loratui.captioning.targets import CaptionJob
 from loratui.data.captions import has_trigger, split_tags
 
@@ -114,7 +114,11 @@ class CaptionRun:
                 except ImageProblem as exc:
                     out.failed.append(f"{job.rel}: {exc.reason}")
                     done += 1
-            captions = self.captioner.caption(images) if images else []
+            try:
+                captions = self.captioner.caption(images) if images else []
+            except CaptionerError as exc:  # e.g. out of GPU memory: what was written stays, the rest waits
+                out.stopped = str(exc)
+                break
             for job, generated in zip(batch, captions):
                 done += 1
                 if not generated.strip():

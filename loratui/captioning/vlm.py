@@ -100,8 +100,13 @@ class VlmCaptioner:
         inputs = self._florence_inputs(images) if self.florence else self._qwen_inputs(images)
         inputs = {k: (v.to(self.device, self.dtype) if torch.is_floating_point(v) else v.to(self.device))
                   for k, v in inputs.items()}
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_length, do_sample=False, num_beams=1)
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(**inputs, max_new_tokens=self.max_length, do_sample=False, num_beams=1)
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            raise CaptionerError(f"out of GPU memory captioning {len(images)} image(s) at once with {self.name}: "
+                                 "use --batch-size 1 (or a smaller model)") from exc
         if not self.model.config.is_encoder_decoder:
             out = out[:, inputs["input_ids"].shape[1]:]  # a decoder-only model repeats the prompt first
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)

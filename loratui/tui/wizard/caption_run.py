@@ -229,6 +229,9 @@ class CaptionRunScreen(ModalScreen[bool]):
         self._collect()
         self.dismiss(self.wrote > 0)
 
+    def on_unmount(self) -> None:
+        self._stop.set()  # quitting the app mid-run ends the worker after its batch, not after every image
+
     def _status(self, text: str, *, error: bool = False) -> None:
         status = self.query_one("#cr-status", Static)
         status.update(text)

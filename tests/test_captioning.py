@@ -135,6 +135,7 @@ def test_folders_that_are_not_captioners_are_refused_in_words(
         no_tags: "no tag list beside it. A WD tagger needs selected_tags.csv",
         empty: "holds neither config.json nor model.onnx",
         tmp_path / "nowhere": "no such file or folder",
+        "someone/not-downloaded": "not in the local hub cache and the hub cannot be reached",  # the hub is off
     }
     for model, expected in cases.items():
         assert main(["caption", str(bare_project), "--model", str(model)]) == 2

@@ -78,12 +78,12 @@ def _open_hub(name: str, options: CaptionOptions) -> Captioner:
     def fetch(filename: str) -> Path | None:
         try:
             return Path(hf_hub_download(name, filename))
-        except EntryNotFoundError:
-            return None
-        except LocalEntryNotFoundError as exc:
+        except LocalEntryNotFoundError as exc:  # a subclass of EntryNotFoundError: it goes first
             raise CaptionerError(f"{name}: not in the local hub cache and the hub cannot be reached "
                                  "(offline?). Download it where there is a network, or give a local folder."
                                  ) from exc
+        except EntryNotFoundError:
+            return None
         except (HfHubHTTPError, OSError, ValueError) as exc:
             raise CaptionerError(f"{name}: cannot download from the hub ({str(exc).splitlines()[0]}).") from exc
 

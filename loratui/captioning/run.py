@@ -44,7 +44,6 @@ class Outcome:
     empty: list[str] = field(default_factory=list)  # the model answered nothing
     stopped: str = ""  # why the run ended early, "" when it did not
     seconds: float = 0.0
-    captions: dict[str, str] = field(default_factory=dict)  # image path -> caption written
 
     @property
     def left(self) -> int:
@@ -136,7 +135,6 @@ class CaptionRun:
                     continue
                 job.text = text
                 out.written.append(job.rel)
-                out.captions[str(job.image)] = text
             elapsed = self.clock() - start
             out.seconds = elapsed
             if progress is not None:

@@ -58,6 +58,7 @@ def test_each_captioner_captions_every_image_with_the_trigger_and_a_second_run_s
         assert len(text) > len("zxc toy, ")
     out = capsys.readouterr().out
     assert "wrote 16 caption(s)" in out
+    assert "captioned 1/16 (" in out and "s/image, about" in out  # measured, with the time left
     before = {p: p.stat().st_mtime_ns for p in (bare_project / "images").rglob("*.txt")}
     assert main(["caption", str(bare_project), "--model", str(models[kind])]) == 0
     assert "all 16 images already have a caption; nothing to do" in capsys.readouterr().out

@@ -164,6 +164,9 @@ def _run_captioner(args: argparse.Namespace, target: CaptionTarget) -> int:
     console.print(f"{name} ({captioner.kind}) on {captioner.device} in {time.monotonic() - started:.1f} s; "
                   f"captioning {len(todo)} image(s), batch {captioner.batch_size}"
                   + (f", {skipped} already captioned skipped" if skipped else ""))
+    if captioner.device == "cpu" and captioner.kind == "text":
+        console.print("no GPU: a vision-language model on the CPU takes seconds to minutes per image; "
+                      "the time left is shown once the first one is measured")
     backup = CaptionBackup(target.base, f"caption --model {name} ({mode})")
     run = CaptionRun(captioner, backup, mode=mode)
     try:

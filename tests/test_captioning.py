@@ -269,3 +269,26 @@ def test_the_wizard_and_the_tagger_import_no_torch(models: dict[str, Path], bare
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "loaded: []" in out.stdout, out.stdout + out.stderr
     assert len(captions(bare_project)) == 16
+
+
+def test_a_chat_template_kept_beside_the_processor_is_used(models: dict[str, Path], tmp_path: Path) -> None:
+    """Several Qwen-VL repositories keep the template that places images only in chat_template.json."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from loratui.captioning.base import CaptionOptions
+    from loratui.captioning.loading import open_captioner
+    from tests.captioner_models import QWEN_TEMPLATE
+
+    folder = tmp_path / "qwen"
+    shutil.copytree(models["qwen2.5-vl"], folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_TEMPLATE}))
+    image = Image.linear_gradient("L").convert("RGB").resize((100, 80))
+    original = open_captioner(str(models["qwen2.5-vl"]), CaptionOptions(max_length=10)).caption([image])
+    assert open_captioner(str(folder), CaptionOptions(max_length=10)).caption([image]) == original

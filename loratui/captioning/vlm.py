@@ -41,6 +41,28 @@ def _limit_pixels(image: Image.Image) -> Image.Image:
     return image.resize((max(28, int(w * scale)), max(28, int(h * scale))))
 
 
+def _processor_chat_template(source: str, tokenizer: Any) -> str | None:
+    """The chat template that places images, when the tokenizer's own does not.
+
+    Several VL repositories keep it only beside the processor (chat_template.jinja or
+    chat_template.json), which AutoProcessor would read and the tokenizer does not.
+    """
+    import json
+
+    from transformers.utils import cached_file
+
+    if "image" in (tokenizer.chat_template or ""):
+        return None
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = cached_file(source, name, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False)
+        if path is None:
+            continue
+        text = open(path, encoding="utf-8").read()
+        return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return None
+
+
 class VlmCaptioner:
     """A transformers image-text-to-text model that writes a sentence or two per image."""
 
@@ -82,6 +104,7 @@ class VlmCaptioner:
             raise CaptionerError(f"{name}: cannot load this {model_type} model ({str(exc).splitlines()[0]}). "
                                  "Check that the folder or hub id holds a complete model "
                                  "(config.json, weights, tokenizer and preprocessor files).") from exc
+        self.chat_template = None if self.florence else _processor_chat_template(source, self.tokenizer)
         self.model.to(self.device).eval()
         self.dtype = dtype
         # Batches are padded on the left so every prompt ends where generation begins.
@@ -114,7 +137,8 @@ class VlmCaptioner:
 
     def _qwen_inputs(self, images: list[Image.Image]) -> dict[str, Any]:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]
-        template = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        template = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                      chat_template=self.chat_template)
         image_token = getattr(self.tokenizer, "image_token", None) or "<|image_pad|>"
         if image_token not in template:
             raise CaptionerError(f"{self.name}: its chat template has no {image_token} placeholder, so the "

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loratui.captioning.base import BACKUP_DIR
 from loratui.data.captions import write_caption
 from loratui.errors import UserError
 
-BACKUP_DIR = ".caption-backup"
 MANIFEST = "manifest.jsonl"
 RESTORED_SUFFIX = ".restored"
 

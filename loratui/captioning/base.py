@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 DEFAULT_VLM = "Qwen/Qwen2.5-VL-3B-Instruct"
 DEFAULT_TAGGER = "SmilingWolf/wd-eva02-large-tagger-v3"
 SHORTHANDS = {"vlm": DEFAULT_VLM, "tags": DEFAULT_TAGGER}
+BACKUP_DIR = ".caption-backup"  # in the project (or image folder): what each run replaced
 
 DEFAULT_PROMPT = ("Describe this image in one or two sentences for an image-generation caption: "
                   "the subject, what it wears or holds, the setting, the lighting and the style. "

@@ -8,15 +8,32 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
+from typing import TYPE_CHECKING
 
-from loratui.captioning.backup import BACKUP_DIR, CaptionBackup, restore_latest
-from loratui.captioning.base import CaptionOptions
-from loratui.captioning.targets import CaptionTarget, caption_target
+from loratui.captioning.base import BACKUP_DIR, CaptionOptions
 from loratui.errors import UserError
 
-console = Console(highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from loratui.captioning.backup import CaptionBackup
+    from loratui.captioning.targets import CaptionTarget
+
 EXIT_INTERRUPTED = 130
+
+
+class _LazyConsole:
+    """rich is loaded when something is printed, not when `loratui --help` builds the parser."""
+
+    _console = None
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        if _LazyConsole._console is None:
+            from rich.console import Console
+
+            _LazyConsole._console = Console(highlight=False, soft_wrap=True)
+        return getattr(_LazyConsole._console, name)
+
+
+console = _LazyConsole()
 
 
 def add_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
@@ -79,6 +96,9 @@ def _options(args: argparse.Namespace) -> CaptionOptions:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
+    from loratui.captioning.backup import restore_latest
+    from loratui.captioning.targets import caption_target
+
     if args.restore:
         result = restore_latest(Path(args.dir).expanduser().absolute())
         console.print(f"restored {result.restored} caption(s) and removed {result.removed} written by "
@@ -113,6 +133,7 @@ def _print_frequency(target: CaptionTarget, top: int) -> int:
 
 def _run_tools(args: argparse.Namespace, target: CaptionTarget) -> int:
     from loratui.captioning import tools
+    from loratui.captioning.backup import CaptionBackup
 
     steps = []
     if args.replace:
@@ -148,6 +169,7 @@ def _run_tools(args: argparse.Namespace, target: CaptionTarget) -> int:
 
 
 def _run_captioner(args: argparse.Namespace, target: CaptionTarget) -> int:
+    from loratui.captioning.backup import CaptionBackup
     from loratui.captioning.loading import open_captioner, resolve_name
     from loratui.captioning.run import CaptionRun, resume_hint, to_caption
 

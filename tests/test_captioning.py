@@ -292,3 +292,29 @@ def test_a_chat_template_kept_beside_the_processor_is_used(models: dict[str, Pat
     image = Image.linear_gradient("L").convert("RGB").resize((100, 80))
     original = open_captioner(str(models["qwen2.5-vl"]), CaptionOptions(max_length=10)).caption([image])
     assert open_captioner(str(folder), CaptionOptions(max_length=10)).caption([image]) == original
+
+
+@pytest.mark.parametrize("kind", ["wd-tagger", "qwen2.5-vl"])
+def test_a_hub_id_is_read_from_the_hub_cache(kind: str, models: dict[str, Path], bare_project: Path,
+                                             tmp_path: Path) -> None:
+    """A hub id goes through huggingface_hub like a download; here the hub is off and the files are in
+    its cache, laid out as a download leaves them."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    repo = f"someone/tiny-{kind}"
+    cache = tmp_path / "hub"
+    entry = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    shutil.copytree(models[kind], entry / "snapshots" / commit)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, "-m", "loratui", "caption", str(bare_project), "--model", repo,
+                          "--max-length", "8"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{repo} ({'tags' if kind == 'wd-tagger' else 'text'}) on cpu" in out.stdout
+    assert len(captions(bare_project)) == 16

@@ -75,13 +75,14 @@ def _open_hub(name: str, options: CaptionOptions) -> Captioner:
     from loratui.captioning.tagger import WdTagger
     from loratui.captioning.vlm import VlmCaptioner
 
+    offline: list[str] = []
+
     def fetch(filename: str) -> Path | None:
         try:
             return Path(hf_hub_download(name, filename))
-        except LocalEntryNotFoundError as exc:  # a subclass of EntryNotFoundError: it goes first
-            raise CaptionerError(f"{name}: not in the local hub cache and the hub cannot be reached "
-                                 "(offline?). Download it where there is a network, or give a local folder."
-                                 ) from exc
+        except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: it goes first
+            offline.append(filename)  # not cached and the hub is off: whether it exists is unknown
+            return None
         except EntryNotFoundError:
             return None
         except (HfHubHTTPError, OSError, ValueError) as exc:
@@ -95,6 +96,9 @@ def _open_hub(name: str, options: CaptionOptions) -> Captioner:
             raise CaptionerError(f"{name}: has {TAGS_FILE} but no model.onnx; {WHAT_WORKS}.")
         return WdTagger(name, onnx_file, options)
     config = fetch("config.json")
+    if config is None and offline:
+        raise CaptionerError(f"{name}: not in the local hub cache and the hub cannot be reached (offline?). "
+                             "Download it where there is a network, or give a local folder.")
     if config is None:
         raise CaptionerError(f"{name}: neither config.json nor {TAGS_FILE} on the hub; {WHAT_WORKS}.")
     model_type, data = model_type_of(config.parent)

@@ -31,6 +31,7 @@ class CaptionToolsScreen(ModalScreen[bool]):
     CaptionToolsScreen #ct-table { height: 1fr; min-height: 4; margin-top: 1; }
     CaptionToolsScreen .ct-row { height: 1; margin-top: 1; }
     CaptionToolsScreen .ct-row Label { width: 16; }
+    CaptionToolsScreen .ct-row Label.-inline { width: auto; padding: 0 1; }
     CaptionToolsScreen .ct-row Input { width: 1fr; }
     CaptionToolsScreen .ct-row Button { margin-left: 1; }
     CaptionToolsScreen #ct-status { height: auto; color: $text-muted; margin: 1 0; }
@@ -53,7 +54,7 @@ class CaptionToolsScreen(ModalScreen[bool]):
             with Horizontal(classes="ct-row"):
                 yield Label("find")
                 yield Input(id="ct-find", compact=True, placeholder="text in every caption")
-                yield Label(" replace with", classes="-inline")
+                yield Label("with", classes="-inline")
                 yield Input(id="ct-replace", compact=True, placeholder="(nothing removes it)")
                 yield Button("Replace", id="ct-do-replace", compact=True)
             with Horizontal(classes="ct-row"):
@@ -62,9 +63,9 @@ class CaptionToolsScreen(ModalScreen[bool]):
                 yield Button("Remove", id="ct-do-remove", compact=True)
             with Horizontal(classes="ct-row"):
                 yield Label("trigger word")
-                yield Button("Add to every caption", id="ct-add-trigger", compact=True)
-                yield Button("Remove from every caption", id="ct-remove-trigger", compact=True)
-                yield Button("Undo last change", id="ct-undo", compact=True)
+                yield Button("Add to all", id="ct-add-trigger", compact=True)
+                yield Button("Remove from all", id="ct-remove-trigger", compact=True)
+                yield Button("Undo last", id="ct-undo", compact=True)
             yield Static("", id="ct-status", markup=False)
 
     def on_mount(self) -> None:

@@ -182,7 +182,12 @@ def _run_captioner(args: argparse.Namespace, target: CaptionTarget) -> int:
     name = resolve_name(args.model)
     console.print(f"loading {name} …")
     started = time.monotonic()
-    captioner = open_captioner(args.model, _options(args))
+    options = _options(args)
+    try:
+        captioner = open_captioner(args.model, options)
+    except KeyboardInterrupt:
+        console.print("interrupted while loading the model; no caption was written.")
+        return EXIT_INTERRUPTED
     console.print(f"{name} ({captioner.kind}) on {captioner.device} in {time.monotonic() - started:.1f} s; "
                   f"captioning {len(todo)} image(s), batch {captioner.batch_size}"
                   + (f", {skipped} already captioned skipped" if skipped else ""))

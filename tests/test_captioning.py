@@ -318,3 +318,21 @@ def test_a_hub_id_is_read_from_the_hub_cache(kind: str, models: dict[str, Path],
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"{repo} ({'tags' if kind == 'wd-tagger' else 'text'}) on cpu" in out.stdout
     assert len(captions(bare_project)) == 16
+
+
+def test_stopping_on_request_ends_after_the_current_batch(models: dict[str, Path], bare_project: Path) -> None:
+    """What the wizard's Stop does: the run checks between batches, so every caption written is whole."""
+    from loratui.captioning.backup import CaptionBackup
+    from loratui.captioning.base import CaptionOptions
+    from loratui.captioning.loading import open_captioner
+    from loratui.captioning.run import CaptionRun
+    from loratui.captioning.targets import caption_target
+
+    target = caption_target(bare_project)
+    run = CaptionRun(open_captioner(str(models["wd-tagger"]), CaptionOptions(batch_size=2)),
+                     CaptionBackup(bare_project, "test"))
+    seen = []
+    out = run.run(target.jobs, progress=seen.append, should_stop=lambda: len(seen) >= 2)
+    assert out.stopped == "stopped on request" and len(out.written) == 4 and out.left == 12
+    assert [p.done for p in seen] == [2, 4] and seen[-1].eta_seconds is not None
+    assert len(captions(bare_project)) == 4

@@ -103,7 +103,7 @@ class CaptionRun:
         done = 0
         for first in range(0, len(todo), size):
             if should_stop():
-                out.stopped = "stopped"
+                out.stopped = "stopped on request"
                 break
             batch, images = [], []
             for job in todo[first:first + size]:

@@ -185,11 +185,11 @@ class CaptionRunScreen(ModalScreen[bool]):
             out = run.run(target.jobs, progress=progress, should_stop=self._stop.is_set)
         finally:
             captioner.close()
-        self.post_message(self.Finished(self._summary(out, skipped), bool(out.failed or out.stopped),
+        self.post_message(self.Finished(self._summary(out, skipped, mode), bool(out.failed or out.stopped),
                                         len(out.written)))
 
     @staticmethod
-    def _summary(out, skipped: int) -> str:  # noqa: ANN001
+    def _summary(out, skipped: int, mode: str) -> str:  # noqa: ANN001
         parts = [f"wrote {len(out.written)} caption(s) in {out.seconds:.1f} s"]
         if skipped:
             parts.append(f"{skipped} already captioned, skipped")
@@ -198,7 +198,9 @@ class CaptionRunScreen(ModalScreen[bool]):
         if out.empty:
             parts.append(f"the model wrote nothing for {len(out.empty)}")
         if out.stopped:
-            parts.append(f"stopped ({out.stopped}): the captions written are whole; Run again captions the rest")
+            rest = ("Run again captions the rest" if mode == "skip" else
+                    "the images not reached keep their captions; Undo in the tools (F6) reverts this run")
+            parts.append(f"{out.stopped}: the captions written are whole; {rest}")
         return "; ".join(parts)
 
     def on_caption_run_screen_progressed(self, event: Progressed) -> None:

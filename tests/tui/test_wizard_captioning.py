@@ -113,3 +113,29 @@ async def test_review_pass_walks_every_picture_with_its_caption(project: Path) -
             assert screen.focused is screen.query_one("#caption-text")
         assert seen == ["", "a photo of sks dog on a beach", "sks dog running in a park", "close-up of sks dog"]
         assert "reviewing 1 of 4" in status(screen, "#captions-status")
+
+
+async def test_a_folder_that_is_not_a_captioner_is_named_in_the_panel(project: Path, tmp_path: Path) -> None:
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "config.json").write_text('{"model_type": "clip_text_model"}')
+    app = WizardHost(project, services=fake_services())
+    async with app.run_test(size=(110, 34)) as pilot:
+        await open_captions(pilot)
+        await pilot.press("f5")
+        await pilot.pause()
+        panel = app.screen
+        panel.query_one("#cr-model", Input).value = str(tmp_path / "clip")
+        panel.query_one("#cr-max-length", Input).value = "0"
+        await pilot.press("f5")
+        await settle(pilot)
+        assert "max length is at least 1" in status(panel, "#cr-status")
+        panel.query_one("#cr-max-length", Input).value = "40"
+        await pilot.press("f5")
+        await settle(pilot)
+        text = status(panel, "#cr-status")
+        assert "is a clip_text_model model, not a captioner" in text
+        assert panel.query_one("#cr-status").has_class("-error")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen.query_one("#caption-list", OptionList)  # back on the step, nothing written
+    assert not (project / "images" / "10_dog" / "sofa.txt").exists()

@@ -70,6 +70,12 @@ class VlmCaptioner:
 
     def __init__(self, name: str, source: str, model_type: str, options: CaptionOptions) -> None:
         import torch
+        import transformers
+
+        if tuple(int(p) for p in transformers.__version__.split(".")[:2] if p.isdigit()) < (4, 57):
+            raise CaptionerError(f"captioning with {name} needs transformers 4.57 or newer (Qwen3-VL and "
+                                 f"Florence-2 are built in from there); this is {transformers.__version__}: "
+                                 "pip install -U transformers")
         from transformers import AutoModelForImageTextToText, AutoTokenizer
         from transformers.utils import logging as transformers_logging
 

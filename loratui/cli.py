@@ -18,7 +18,7 @@ class UsageError(UserError):
     pass
 
 COMMANDS = ("new", "open", "train", "sample", "export", "check", "inspect", "convert", "bench",
-            "attach", "status", "stop", "pause", "resume", "logs", "import")
+            "attach", "status", "stop", "pause", "resume", "logs", "import", "caption")
 RUN_COMMANDS = ("status", "stop", "pause", "resume", "logs")
 
 
@@ -126,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--kohya", type=Path, help="sd-scripts argument file (--config_file TOML) or kohya_ss GUI .json")
     s.add_argument("--dataset", type=Path, help="sd-scripts dataset config (--dataset_config TOML)")
     s.add_argument("--force", action="store_true", help="replace an existing loratui.toml (kept as .bak)")
+
+    from loratui.captioning.command import add_parser as add_caption_parser
+
+    add_caption_parser(sub)
     return p
 
 
@@ -179,6 +183,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from loratui.headless import run_headless
 
         return run_headless(args.dir, resume=args.resume, overrides=args.overrides, max_steps=args.max_steps)
+    if cmd == "caption":
+        from loratui.captioning.command import cmd_caption
+
+        return cmd_caption(args)
     if cmd in (None, "new", "open", "train", "attach"):
         return _run_tui(args)
     from loratui import cli_tools

@@ -1,4 +1,5 @@
-"""Step 2, Captions: browse the images, edit each caption beside a preview, bulk prefixes."""
+"""Step 2, Captions: browse the images, edit each caption beside a preview, bulk prefixes;
+caption them with a model (F5), edit them in bulk (F6), review them one by one (F4)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class CaptionsStep(WizardStep):
 
     BINDINGS = [
         Binding("f3", "next_uncaptioned", "Next uncaptioned"),
+        Binding("f4", "review_next", "Review", tooltip="The next picture with its caption, ready to edit"),
+        Binding("f5", "caption_images", "Caption", tooltip="Caption the images with a model"),
+        Binding("f6", "caption_tools", "Tools", tooltip="Tag counts, find/replace, remove tags, trigger word, undo"),
     ]
 
     class PrefixApplied(Message):
@@ -57,6 +61,7 @@ class CaptionsStep(WizardStep):
         self._shown_report: ScanReport | None = None
         self._records: list[ImageRecord] = []
         self.current: ImageRecord | None = None
+        self._caption_settings: Any = None
 
     def compose_step(self) -> ComposeResult:
         with Horizontal(id="captions-settings"):
@@ -141,6 +146,53 @@ class CaptionsStep(WizardStep):
                 self.query_one("#caption-text", TextArea).focus()
                 return
         self._status("Every image has a caption file.")
+
+    def action_review_next(self) -> None:
+        """The review pass: the next picture with its caption ready to edit (the edit is saved on moving on)."""
+        if not self._records:
+            return
+        index = (self._records.index(self.current) + 1) % len(self._records) if self.current in self._records else 0
+        self.query_one("#caption-list", OptionList).highlighted = index
+        self._select(self._records[index])
+        self.query_one("#caption-text", TextArea).focus()
+        self._status(f"reviewing {index + 1} of {len(self._records)}: edit the caption, F4 for the next picture")
+
+    # -- captioning with a model, and the bulk tools --------------------------
+
+    def action_caption_images(self) -> None:
+        from loratui.tui.wizard.caption_run import CaptionRunScreen, CaptionSettings
+
+        self.flush()
+        self.screen.save_now()  # the panel reads the trigger word and folders from loratui.toml
+        if self._caption_settings is None:
+            self._caption_settings = CaptionSettings()
+        self.app.push_screen(CaptionRunScreen(self.state.project_dir, self._caption_settings), self._captions_changed)
+
+    def action_caption_tools(self) -> None:
+        from loratui.tui.wizard.caption_tools import CaptionToolsScreen
+
+        self.flush()
+        self.screen.save_now()
+        self.app.push_screen(CaptionToolsScreen(self.state.project_dir), self._captions_changed)
+
+    def _captions_changed(self, changed: bool | None) -> None:
+        if not changed:
+            return
+        from loratui.data.captions import read_caption
+
+        extension = self.state.cfg.data.caption_extension
+        for record in self._records:
+            found = find_caption(record.path, extension)
+            try:
+                record.caption = read_caption(found.path).text if found.exists else None
+            except OSError:
+                continue
+            record.caption_path = found.path if found.exists else None
+            self._relabel(record)
+        if self.current is not None:
+            self.query_one("#caption-text", TextArea).load_text(self.current.caption or "")
+            self._describe(self.current)
+        self._refresh_trigger_count()
 
     # -- editing --------------------------------------------------------------
 

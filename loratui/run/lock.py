@@ -94,7 +94,9 @@ def lock_path(project: Path) -> Path:
 
 
 def _key(path: Path) -> str:
-    return os.path.abspath(path)
+    # One project reached through a symlink is still one lock (a second hold in this process would
+    # meet its own flock and call the project busy).
+    return os.path.realpath(path)
 
 
 def _own_hold(path: Path) -> _Hold | None:

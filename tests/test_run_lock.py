@@ -260,3 +260,22 @@ def test_without_flock_the_pid_and_host_decide_and_it_is_said_once(tmp_path: Pat
     paths.lock.write_text(json.dumps({"pid": 1, "host": "gpu-box-7"}))
     with pytest.raises(ProjectLocked, match="on gpu-box-7"):
         RunLock(paths).acquire()
+
+
+def test_where_flock_is_posix_locks_underneath_asking_about_our_own_run_keeps_its_lock(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    """NFS emulates flock with POSIX locks, which a process loses when it closes any descriptor of the
+    file: the run's own status answers and messages must not open it again."""
+    import fcntl
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", fcntl.lockf)
+    paths = ProjectPaths(tmp_path)
+    other = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n    sys.exit(3)\n")
+    with RunLock(paths):
+        record = RunRecord(project=str(tmp_path), pid=os.getpid(), host=socket.gethostname(), started_at=0.0,
+                           config_digest="", socket="")
+        for _ in range(3):
+            assert probe_lock(paths.lock).held and record.process_alive()
+            assert read_owner(paths.lock).pid == os.getpid()
+        assert subprocess.run([sys.executable, "-c", other, str(paths.lock)]).returncode == 3  # still ours

@@ -118,10 +118,20 @@ def _command_line() -> str:
 def read_owner(path: Path) -> LockOwner | None:
     """The owner the lock file names, or None (no file, empty, unreadable). An older loratui wrote
     only the pid."""
+    hold = _own_hold(Path(path))
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace").strip()
+        if hold is not None:
+            # Through the held descriptor: where flock is emulated with POSIX locks (NFS), closing any
+            # other descriptor of the file would drop this process's lock.
+            text = os.pread(hold.fd, 4096, 0).decode("utf-8", errors="replace")
+        else:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
+    return _parse_owner(text.strip())
+
+
+def _parse_owner(text: str) -> LockOwner | None:
     if not text:
         return None
     try:

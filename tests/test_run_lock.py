@@ -279,3 +279,32 @@ def test_where_flock_is_posix_locks_underneath_asking_about_our_own_run_keeps_it
             assert probe_lock(paths.lock).held and record.process_alive()
             assert read_owner(paths.lock).pid == os.getpid()
         assert subprocess.run([sys.executable, "-c", other, str(paths.lock)]).returncode == 3  # still ours
+
+
+def test_a_run_on_another_machine_sharing_the_folder_is_not_called_dead(tmp_path: Path, monkeypatch) -> None:
+    from loratui.run.client import NoLiveRun, RunClient
+    from loratui.run.record import write_record
+    from loratui.run.status import format_line, run_status
+
+    monkeypatch.setenv("LORATUI_STATE_DIR", str(tmp_path / "state"))
+    project = tmp_path / "proj"
+    project.mkdir()
+    holder = _holder(ProjectPaths(project).lock)
+    try:
+        _wait_held(holder)
+        write_record(RunRecord(project=str(project.resolve()), pid=holder.pid, host=socket.gethostname(),
+                               started_at=time.time(), config_digest="", socket=str(project / "x.sock"),
+                               state="training", step=12, total_steps=100))
+        first_machine = socket.gethostname()
+        monkeypatch.setattr(socket, "gethostname", lambda: "gpu-b")  # we look from the second machine
+        status = run_status(project)
+        assert status["state"] == "training" and status["step"] == 12
+        assert f"runs on {first_machine}" in format_line(status)
+        with pytest.raises(NoLiveRun, match="attach from"):
+            RunClient.connect(project)
+    finally:
+        holder.kill()
+        holder.wait()
+    status = run_status(project)
+    assert status["state"] == "dead"  # its process ended: the lock is free, on any machine
+

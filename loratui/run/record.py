@@ -65,13 +65,21 @@ class RunRecord:
 
     def process_alive(self) -> bool:
         """Whether this record's process still runs on this machine."""
+        lock_says = self._lock_says_alive()
+        if lock_says is None:  # a filesystem without file locks: the pid is all there is
+            return self.on_this_host and pid_alive(self.pid)
+        return self.on_this_host and lock_says
+
+    def alive_elsewhere(self) -> bool:
+        """Whether this record's process runs on another machine sharing the project folder."""
+        return not self.on_this_host and self._lock_says_alive() is True
+
+    def _lock_says_alive(self) -> bool | None:
         from loratui.run.lock import lock_path, probe_lock
 
         probe = probe_lock(lock_path(Path(self.project)))
-        if probe.held is None:  # a filesystem without file locks: the pid is all there is
-            return self.on_this_host and pid_alive(self.pid)
-        if not probe.held or not self.on_this_host:
-            return False
+        if not probe.held:
+            return probe.held
         owner = probe.owner
         # Held by another run (one starting over this old record) is no life of this record's process.
         return owner is None or (owner.pid == self.pid and owner.host in ("", self.host))

@@ -228,22 +228,34 @@ def no_flock(monkeypatch):
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(run_lock.fcntl, "flock", refuse)
-    monkeypatch.setattr(run_lock, "_warned_no_flock", set())
 
 
-def test_without_flock_the_pid_and_host_decide_and_it_is_said_once(tmp_path: Path, no_flock, caplog) -> None:
-    paths = ProjectPaths(tmp_path)
+def test_without_flock_a_run_says_so_once_and_the_pid_and_host_decide(tmp_path: Path, no_flock,
+                                                                      monkeypatch) -> None:
+    from loratui.engine import runner
+    from loratui.events import Status
+    from loratui.project import create_project
+    from loratui.run.service import serve_run
+
+    monkeypatch.setenv("LORATUI_STATE_DIR", str(tmp_path / "state"))
+    project = tmp_path / "proj"
+    create_project(project)
+    paths = ProjectPaths(project)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     paths.lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
-    with caplog.at_level(logging.WARNING, logger="loratui.run"):
-        with RunLock(paths) as lock:
-            assert read_owner(paths.lock).pid == os.getpid()
-            assert "does not support file locks" in (lock.fallback_note or "")
-        assert not paths.lock.exists()
-        with RunLock(paths):
-            pass
-    assert sum("does not support file locks" in r.getMessage() for r in caplog.records) == 1
+
+    def engine(project_dir: Path, **_: object) -> None:
+        with RunLock(ProjectPaths(project_dir)):  # the engine takes it again inside the service
+            assert read_owner(paths.lock).pid == os.getpid()  # the dead run's file was taken over
+
+    monkeypatch.setattr(runner, "run_training", engine)
+    events: list = []
+    serve_run(project, emit=events.append)
+    said = [e.text for e in events if isinstance(e, Status) and "does not support file locks" in e.text]
+    assert len(said) == 1 and said[0].startswith(f"the filesystem of {project.resolve()}")
+    assert paths.log_file.read_text().count("does not support file locks") == 1
+    assert not paths.lock.exists()
 
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
@@ -251,7 +263,7 @@ def test_without_flock_the_pid_and_host_decide_and_it_is_said_once(tmp_path: Pat
         with pytest.raises(ProjectLocked, match=f"process {sleeper.pid}.*delete"):
             RunLock(paths).acquire()
         assert probe_lock(paths.lock).held is None  # cannot tell: status falls back to the pid
-        record = RunRecord(project=str(tmp_path), pid=sleeper.pid, host=socket.gethostname(), started_at=0.0,
+        record = RunRecord(project=str(project), pid=sleeper.pid, host=socket.gethostname(), started_at=0.0,
                            config_digest="", socket="")
         assert record.process_alive()
     finally:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import logging
 import os
 import shlex
 import socket
@@ -33,7 +32,6 @@ from pathlib import Path
 
 from loratui.errors import UserError
 
-log = logging.getLogger("loratui.run")
 
 LOCK_NAME = ".loratui.lock"
 
@@ -86,7 +84,6 @@ class _Hold:
 
 _holds: dict[str, _Hold] = {}
 _holds_guard = threading.Lock()
-_warned_no_flock: set[int] = set()
 
 
 def lock_path(project: Path) -> Path:
@@ -197,7 +194,8 @@ class RunLock:
     """One training per project: an flock held on ``.loratui.lock`` for the life of the run.
 
     Taking it twice in one process (the run service, then the engine inside it) counts, and only the
-    last release lets it go. ``fallback_note`` says why the lock is weaker where flock is missing.
+    last release lets it go. ``fallback_note`` says why the lock is weaker where flock is missing; the run
+    service says it once, on the console, the dashboard and in ``train.log``.
     """
 
     def __init__(self, paths: object) -> None:
@@ -241,17 +239,20 @@ class RunLock:
             return
 
     def _open(self) -> tuple[int, bool]:
+        """The lock file open for writing, and whether this call created it."""
         flags = os.O_RDWR | os.O_CLOEXEC
-        try:
+        while True:
             try:
-                return os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
-            except FileExistsError:
-                return os.open(self.path, flags), False
-        except FileNotFoundError:
-            return self._open()  # removed between the two opens
-        except OSError as exc:
-            raise UserError(f"cannot create the run lock {self.path}: {exc.strerror or exc}. Make the project "
-                            "folder writable and run again.") from None
+                try:
+                    return os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+                except FileExistsError:
+                    try:
+                        return os.open(self.path, flags), False
+                    except FileNotFoundError:
+                        continue  # its owner removed it between the two opens
+            except OSError as exc:
+                raise UserError(f"cannot create the run lock {self.path}: {exc.strerror or exc}. Make the "
+                                "project folder writable and run again.") from None
 
     def _acquire_without_flock(self, created: bool, why: OSError) -> None:
         """Where flock is missing: who created the file (atomically) owns it; a file naming a process
@@ -259,13 +260,6 @@ class RunLock:
         note = (f"the filesystem of {self.path.parent} does not support file locks ({why.strerror or why}); "
                 "loratui checks the lock file's host and process instead, which cannot rule out two runs "
                 "started at the same instant.")
-        try:
-            device = os.stat(self.path.parent).st_dev
-        except OSError:
-            device = -1
-        if device not in _warned_no_flock:
-            _warned_no_flock.add(device)
-            log.warning("%s", note)
         for _ in range(5):
             if not created:
                 owner = read_owner(self.path)

@@ -244,6 +244,7 @@ def serve_run(project_dir: Path, *, emit: EventSink | None = None, commands: Com
         if emit is not None:
             fan.add(emit)
         if service.lock.fallback_note:
+            log.warning("%s", service.lock.fallback_note)
             fan(Status(text=service.lock.fallback_note, level="warning"))
         try:
             lora = run_training(project, emit=fan, commands=commands, resume=resume, overrides=overrides,

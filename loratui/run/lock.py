@@ -29,9 +29,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loratui.errors import UserError
 
+if TYPE_CHECKING:
+    from loratui.project import ProjectPaths
 
 LOCK_NAME = ".loratui.lock"
 
@@ -198,7 +201,7 @@ class RunLock:
     service says it once, on the console, the dashboard and in ``train.log``.
     """
 
-    def __init__(self, paths: object) -> None:
+    def __init__(self, paths: ProjectPaths | Path | str) -> None:
         self.path = Path(getattr(paths, "lock", paths))
         self.held = False
 

@@ -154,14 +154,15 @@ def _quiet(project: Path, *assignments: str) -> None:
 
 def test_two_trainings_started_at_once_on_one_project_one_trains_the_other_says_so(sample_project: Path) -> None:
     _quiet(sample_project, "save.every_n_steps=0")
-    first, second = _headless(sample_project, "--max-steps", "8"), _headless(sample_project, "--max-steps", "8")
+    # Long enough that the winner still trains when the other, started with it, reaches the lock.
+    first, second = _headless(sample_project, "--max-steps", "16"), _headless(sample_project, "--max-steps", "16")
     results = [(p.returncode, out) for p, out in ((p, p.communicate(timeout=300)[0]) for p in (first, second))]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
     refused = next(out for code, out in results if code == 2)
     assert "already training" in refused and f"loratui attach {sample_project.resolve()}" in refused, refused
     rows = read_metric_rows(ProjectPaths(sample_project).metrics)
-    assert [r["step"] for r in rows] == list(range(1, 9))  # one run's steps, not two interleaved
+    assert [r["step"] for r in rows] == list(range(1, 17))  # one run's steps, not two interleaved
 
 
 def test_sigkill_at_random_moments_then_resume_always_resumes(sample_project: Path, record_property) -> None:

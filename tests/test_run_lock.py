@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import random
 import signal
@@ -144,11 +143,8 @@ def _headless(project: Path, *args: str) -> subprocess.Popen:
 
 def _quiet(project: Path, *assignments: str) -> None:
     cfg = load_config(project)
-    for item in ("sample.every_n_steps=0", "validation.every_n_steps=0", *assignments):
-        try:
-            apply_override(cfg, item)
-        except Exception:  # noqa: BLE001 - a field this version does not have
-            continue
+    for item in ("sample.every_n_steps=0", *assignments):
+        apply_override(cfg, item)
     save_config(project, cfg)
 
 

@@ -1,15 +1,16 @@
-"""The project folder: where each file lives, creating a project, and the run lock."""
+"""The project folder: where each file lives, and creating a project (the run lock is ``loratui.run.lock``)."""
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from loratui.config import CONFIG_NAME, ConfigError, ProjectConfig, load_config, save_config
-from loratui.errors import UserError
+from loratui.run.lock import LOCK_NAME, ProjectLocked, RunLock
+
+__all__ = ["ProjectLocked", "ProjectPaths", "RunLock", "create_project", "safe_name"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class ProjectPaths:
 
     @property
     def lock(self) -> Path:
-        return self.root / ".loratui.lock"
+        return self.root / LOCK_NAME
 
     def lora_file(self, cfg: ProjectConfig) -> Path:
         return self.output / f"{safe_name(cfg.output_name)}.safetensors"
@@ -100,62 +101,3 @@ def create_project(root: Path, *, name: str | None = None, cfg: ProjectConfig | 
     (root / cfg.data.images).mkdir(parents=True, exist_ok=True)
     save_config(root, cfg)
     return cfg
-
-
-class ProjectLocked(UserError):
-    pass
-
-
-class RunLock:
-    """One training per project. The lock file holds the owner's pid; a lock whose process
-    is gone (a crash, a kill -9, a reboot) is taken over instead of blocking forever."""
-
-    def __init__(self, paths: ProjectPaths) -> None:
-        self.path = paths.lock
-        self.held = False
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                pid = _read_pid(self.path)
-                if pid is not None and pid != os.getpid() and _alive(pid):
-                    raise ProjectLocked(
-                        f"{self.path.parent} is already training (process {pid}). Attach to it, or stop it "
-                        f"first; if no loratui is running, delete {self.path}.") from None
-                self.path.unlink(missing_ok=True)  # stale: its owner is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            self.held = True
-            return
-        raise ProjectLocked(f"could not take the run lock {self.path}; delete it if no loratui is running.")
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip() or "x")
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    return True

@@ -187,11 +187,9 @@ def test_a_killed_rank_stops_the_other_and_one_process_resumes(sample_project: P
 
 
 def _alive_lock(paths: ProjectPaths) -> bool:
-    try:
-        os.kill(int(paths.lock.read_text()), 0)
-    except (OSError, ValueError):
-        return False
-    return True
+    from loratui.run.lock import probe_lock
+
+    return bool(probe_lock(paths.lock).held)
 
 
 def test_resume_check_names_a_change_in_the_number_of_processes() -> None:

@@ -30,7 +30,7 @@ from loratui.project import ProjectPaths
 from loratui.run.client import NoLiveRun, RunClient
 from loratui.run.launch import RunDidNotStart, child_env, start_run
 from loratui.run.location import OUTPUT_NAME
-from loratui.run.record import pid_alive, read_record
+from loratui.run.record import read_record
 
 log = logging.getLogger("loratui.engine.child")
 
@@ -148,7 +148,7 @@ def _describe_end(project: Path, process: subprocess.Popen[bytes] | None) -> str
     if code is not None:
         return f"the training process ended with exit code {code} before finishing."
     record = read_record(project)
-    if record is not None and not pid_alive(record.pid):
+    if record is not None and not record.process_alive():
         return (f"the training process ({record.pid}) is gone without finishing. The newest checkpoint is kept; "
                 "press t to resume.")
     return "the connection to the training process closed before the run ended."

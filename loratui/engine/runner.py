@@ -80,9 +80,10 @@ def check_writable(paths: ProjectPaths) -> None:
     for folder in (paths.output, paths.checkpoints, paths.logs, paths.cache):
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write-test"
+            # One name per process: two starters probing at once must not remove each other's file.
+            probe = folder / f".write-test-{os.getpid()}"
             probe.write_text("")
-            probe.unlink()
+            probe.unlink(missing_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot write to {folder}: {exc.strerror}. Make the project folder writable "
                               "(or copy the project somewhere you can write) and run again.") from None

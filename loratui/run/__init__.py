@@ -7,6 +7,7 @@ and writes a small record beside it. Dashboards, ``loratui status`` and
 sockets: it emits events and reads commands as it always did.
 
 - ``location``: where the socket, the record and the per-user registry live.
+- ``lock``: the run lock, an flock the kernel drops when the run's process ends.
 - ``record``: the run record and the registry of this user's runs.
 - ``server``: the socket server inside the training process.
 - ``client``: what the dashboard and the shell commands use to talk to a run.

@@ -45,6 +45,9 @@ class RunClient:
         if record is None:
             raise NoLiveRun(f"no run of {project} was found (no {project}/.loratui/run.json). Start one with "
                             f"`loratui train {project} --detach`.")
+        if record.alive_elsewhere():
+            raise NoLiveRun(f"the run of {project} runs on {record.host} (process {record.pid}); its socket "
+                            f"answers only there: attach from {record.host}.")
         if not record.process_alive():
             raise NoLiveRun(f"the run of {project} is not running (process {record.pid} is gone; it ended as "
                             f"{record.state!r}). `loratui status {project}` shows where it stopped.")

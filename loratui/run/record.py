@@ -5,7 +5,9 @@ time, config digest and socket; it is rewritten when the run changes state
 (training, paused, finished…), never per step. The registry is a folder in
 the user's state folder with one small file per project, so ``loratui
 status`` with no folder finds every run of this user on this machine. A
-record whose process is gone is stale: the run is shown as dead.
+record whose process is gone is stale: the run is shown as dead. Whether the
+process is gone is asked of the project's run lock, which the kernel drops
+when the process ends, not of the pid (pids are reused; a zombie keeps its).
 """
 
 from __future__ import annotations
@@ -62,7 +64,25 @@ class RunRecord:
         return self.host == socket.gethostname()
 
     def process_alive(self) -> bool:
-        return self.on_this_host and pid_alive(self.pid)
+        """Whether this record's process still runs on this machine."""
+        lock_says = self._lock_says_alive()
+        if lock_says is None:  # a filesystem without file locks: the pid is all there is
+            return self.on_this_host and pid_alive(self.pid)
+        return self.on_this_host and lock_says
+
+    def alive_elsewhere(self) -> bool:
+        """Whether this record's process runs on another machine sharing the project folder."""
+        return not self.on_this_host and self._lock_says_alive() is True
+
+    def _lock_says_alive(self) -> bool | None:
+        from loratui.run.lock import lock_path, probe_lock
+
+        probe = probe_lock(lock_path(Path(self.project)))
+        if not probe.held:
+            return probe.held
+        owner = probe.owner
+        # Held by another run (one starting over this old record) is no life of this record's process.
+        return owner is None or (owner.pid == self.pid and owner.host in ("", self.host))
 
 
 def config_text_digest(project: Path) -> str:

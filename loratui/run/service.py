@@ -23,8 +23,8 @@ from typing import Any, Callable, Sequence
 from loratui.commands import Command, CommandChannel
 from loratui.errors import UserError
 from loratui.events import CheckpointSaved, Event, EventFanout, EventSink, Failed, Finished, NotifyDone, \
-    NotifyPending, Paused, Resumed, Started
-from loratui.project import ProjectLocked, ProjectPaths, RunLock
+    NotifyPending, Paused, Resumed, Started, Status
+from loratui.project import ProjectPaths, RunLock
 from loratui.run import notify
 from loratui.run.client import live_record
 from loratui.run.location import RunFiles, private_folder
@@ -36,10 +36,6 @@ log = logging.getLogger("loratui.run")
 
 ENGINE_COMMANDS = {c.value for c in Command} - {Command.DETACH.value, Command.CANCEL_NOTIFY.value}
 PAUSE_CHECK_S = 5.0
-
-
-class RunAlreadyLive(ProjectLocked):
-    pass
 
 
 def resume_command(project: Path) -> str:
@@ -63,19 +59,18 @@ class RunService:
         self._notified_pause: float | None = None
         self._checkpoint_at = 0.0
         self._pause_watch: threading.Thread | None = None
+        self.lock = RunLock(self.paths)
 
     # ------------------------------------------------------------------ start and end
-    def refuse_if_live(self) -> None:
-        existing = live_record(self.project)
-        if existing is not None and existing.pid != os.getpid():
-            raise RunAlreadyLive(
-                f"{self.project} is already training (process {existing.pid}, started "
-                f"{time.strftime('%H:%M', time.localtime(existing.started_at))}). Attach to it with "
-                f"`loratui attach {self.project}`, or stop it with `loratui stop {self.project}`.")
+    def take_lock(self) -> None:
+        """The project's run lock (``ProjectLocked`` when another run holds it); held until ``close``."""
+        if not self.lock.held:
+            self.lock.acquire()
 
     def open(self) -> None:
-        """Take the project's socket and write the record; refuses a project that already has a live run."""
-        self.refuse_if_live()
+        """Take the project's lock and socket and write the record; refuses a project that already has a
+        live run."""
+        self.take_lock()
         private_folder(self.files.folder)
         path = self.files.socket_path()
         if path != self.files.preferred_socket:
@@ -99,6 +94,7 @@ class RunService:
             self.server.close()
         if self.record is not None and self.record.state not in FINAL_STATES:
             self._update_record("failed", message="the run ended without saying how")
+        self.lock.release()  # last: once it is free, the record above is the whole truth
 
     # ------------------------------------------------------------------ events from the engine
     def on_event(self, event: Event) -> None:
@@ -236,9 +232,8 @@ def serve_run(project_dir: Path, *, emit: EventSink | None = None, commands: Com
     cfg = prepare_config(project, overrides)
     check_writable(ProjectPaths(project))
     service = RunService(project, commands, notify.NotifySettings.from_config(cfg))
-    service.refuse_if_live()  # the clearer message first; the lock and the socket make it race-free
-    lock = RunLock(ProjectPaths(project))
-    lock.acquire()
+    # Before the log file: a second starter must not write into the live run's train.log.
+    service.take_lock()
     handler = file_logging(ProjectPaths(project).log_file)  # also the socket's and the notification's lines
     lora: Path | None = None
     try:
@@ -248,6 +243,9 @@ def serve_run(project_dir: Path, *, emit: EventSink | None = None, commands: Com
         fan = EventFanout(service.on_event)
         if emit is not None:
             fan.add(emit)
+        if service.lock.fallback_note:
+            log.warning("%s", service.lock.fallback_note)
+            fan(Status(text=service.lock.fallback_note, level="warning"))
         try:
             lora = run_training(project, emit=fan, commands=commands, resume=resume, overrides=overrides,
                                 max_steps=max_steps)
@@ -258,7 +256,6 @@ def serve_run(project_dir: Path, *, emit: EventSink | None = None, commands: Com
         return lora
     finally:
         service.close()
-        lock.release()
         if handler is not None:
             logging.getLogger("loratui").removeHandler(handler)
             handler.close()

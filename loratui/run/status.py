@@ -8,6 +8,7 @@ logged step, with the command that resumes it.
 from __future__ import annotations
 
 import math
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,17 @@ def run_status(project: Path) -> dict[str, Any]:
     record = read_record(project)
     base: dict[str, Any] = {"project": str(project), "name": project.name, "state": "none", "step": 0,
                             "total_steps": None, "loss": None, "it_s": None, "eta_s": None, "cost": None,
-                            "cost_projected": None, "pid": None, "lora_path": None, "message": None,
+                            "cost_projected": None, "pid": None, "host": None, "lora_path": None, "message": None,
                             "resume_command": None}
     if record is None:
         return {**base, **_from_metrics(project), "state": "none"}
-    base.update(pid=record.pid, resume_command=record.resume_command, lora_path=record.lora_path or None,
-                message=record.message or None, total_steps=record.total_steps or None, step=record.step)
+    base.update(pid=record.pid, host=record.host, resume_command=record.resume_command,
+                lora_path=record.lora_path or None, message=record.message or None,
+                total_steps=record.total_steps or None, step=record.step)
+    if record.alive_elsewhere():  # a project folder shared between machines: only that one can ask it
+        from_disk = _from_metrics(project)
+        return {**base, **from_disk, "state": record.state, "step": max(record.step, from_disk["step"]),
+                "message": f"it runs on {record.host} (process {record.pid}); ask there: loratui status {project}"}
     if record.process_alive():
         try:
             with RunClient.connect(project) as client:
@@ -96,6 +102,8 @@ def format_line(status: dict[str, Any]) -> str:
     line = "  ".join(parts)
     if status["state"] == "dead":
         line += f"\n  resume with: {status.get('resume_command')}"
+    elif status.get("host") and status["host"] != socket.gethostname() and status.get("message"):
+        line += f"\n  {status['message']}"
     elif status["state"] == "failed" and status.get("message"):
         line += f"\n  {str(status['message']).splitlines()[0]}"
     return line

@@ -84,7 +84,9 @@ def _prompt_kwargs(model: LoadedModel, p: SamplePrompt, cfg: ProjectConfig, devi
         kwargs = {"prompt": p.prompt, "max_sequence_length": t5_length(model, cfg.model.t5_max_length)}
         # FLUX-dev is guidance-distilled: guidance_scale feeds its guidance embedding and there is no
         # negative prompt; SD3 uses classifier-free guidance with one.
-        if model.family == "sd3":
+        from loratui.models.text import family_module
+
+        if getattr(family_module(model.family), "NEGATIVE_PROMPT", False):
             kwargs["negative_prompt"] = p.negative or None
         return kwargs
     if clip_skip <= 1:

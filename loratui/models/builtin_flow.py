@@ -126,4 +126,8 @@ def build_flow_pipeline(name: str, work_dir: Path) -> Any:
             transformer=_sd3_transformer(),
             scheduler=_flow_scheduler(shift=3.0),
         )
+    if name == "tiny-zimage":
+        from loratui.models import builtin_zimage
+
+        return builtin_zimage.build(work_dir)
     raise ValueError(f"not a flow-matching built-in: {name}")

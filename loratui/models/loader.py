@@ -204,9 +204,12 @@ def _text_components(pipe: Any, family: str, spec: str) -> tuple[list[Any], list
     encoders = [getattr(pipe, f"text_encoder{n}", None) for n in names]
     tokenizers = [getattr(pipe, f"tokenizer{n}", None) for n in names]
     if family in FLOW_FAMILIES and (encoders[-1] is None or tokenizers[-1] is None):
+        from loratui.models.text import family_module
+
+        kind = getattr(family_module(family), "TEXT_ENCODER_NAME", "T5")
         raise ModelLoadError(
-            f"{spec} has no T5 text encoder (text_encoder{names[-1]}/tokenizer{names[-1]}); {family} models "
-            "condition on T5, so loratui needs it: use a complete diffusers folder, or for one file set "
+            f"{spec} has no {kind} text encoder (text_encoder{names[-1]}/tokenizer{names[-1]}); {family} models "
+            f"condition on {kind}, so loratui needs it: use a complete diffusers folder, or for one file set "
             "model.config_source to a diffusers folder or hub id of the same model that has it")
     if any(m is None for m in encoders + tokenizers) or denoiser is None or pipe.vae is None:
         what = "transformer" if family in FLOW_FAMILIES else "UNet"
@@ -250,7 +253,7 @@ def _load_pipeline(kind: str, where: Path | str, family: str, config_source: str
     cls = _pipeline_class(family)
     # Image encoders and feature extractors serve IP-adapters and the safety
     # checker; training never uses them, so they are not loaded.
-    extra: dict[str, Any] = {"feature_extractor": None, "image_encoder": None}
+    extra: dict[str, Any] = {k: None for k in ("feature_extractor", "image_encoder") if k in _init_names(cls)}
     if family not in ("sdxl", *FLOW_FAMILIES):
         extra.update(safety_checker=None, requires_safety_checker=False)
     extra.update(_dtype_kwarg(dtype))
@@ -272,6 +275,12 @@ def _load_pipeline(kind: str, where: Path | str, family: str, config_source: str
         raise
     except Exception as exc:  # noqa: BLE001 - diffusers raises many types for bad input
         raise ModelLoadError(_explain_failure(kind, where, config_source, exc)) from exc
+
+
+def _init_names(cls: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(cls.__init__).parameters)
 
 
 def _flow_single_file(path: Path, family: str, config_source: str | None, cls: Any, extra: dict[str, Any],
@@ -314,10 +323,21 @@ def _flow_single_file(path: Path, family: str, config_source: str | None, cls: A
                 "from (FLUX.1-dev and FLUX.1-schnell differ in their guidance embedding)") from None
         transformer.to(dtype)
     else:
-        from diffusers import SD3Transformer2DModel
+        import diffusers
 
-        transformer = SD3Transformer2DModel.from_single_file(str(path), config=source, subfolder="transformer",
+        from loratui.models.text import family_module
+
+        # diffusers' own converters read SD3's MMDiT layout and Z-Image's original (fused qkv) layout.
+        transformer_class = getattr(diffusers, getattr(family_module(family), "TRANSFORMER", "SD3Transformer2DModel"))
+        try:
+            transformer = transformer_class.from_single_file(str(path), config=source, subfolder="transformer",
                                                              **_dtype_kwarg(dtype), **local)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise ModelLoadError(
+                f"{path} does not fit the {family} transformer config of {config_source} "
+                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); set "
+                "model.config_source to the diffusers folder or hub id of the model this file was made from, "
+                "or model.family to the family the file belongs to") from None
     return cls.from_pretrained(source, transformer=transformer, **extra, **local)
 
 

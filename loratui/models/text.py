@@ -164,6 +164,10 @@ def family_module(family: str) -> Any:
         from loratui.models import sd3
 
         return sd3
+    if family == "zimage":
+        from loratui.models import zimage
+
+        return zimage
     raise ValueError(f"{family} is not a flow-matching transformer family")
 
 

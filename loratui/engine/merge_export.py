@@ -135,7 +135,9 @@ def _save_flow_single_file(single: Path, model: Any, dtype: torch.dtype, meta: d
 
     from loratui.models.zimage_checkpoint import zimage_to_original
 
-    to_original = {"flux": flux_to_bfl, "zimage": zimage_to_original}.get(model.family, sd3_to_mmdit)
+    # Qwen-Image's published single files keep diffusers' own names.
+    to_original = {"flux": flux_to_bfl, "zimage": zimage_to_original,
+                   "qwen_image": dict}.get(model.family, sd3_to_mmdit)
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.unet.state_dict().items()}
     write_atomic(single, save(to_original(state), {k: v for k, v in meta.items() if isinstance(v, str)}))
     return single

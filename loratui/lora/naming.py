@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "zimage")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "zimage", "qwen_image")
 # Flow-matching transformers: their denoiser is named by loratui.lora.transformer_names.
-TRANSFORMER_FAMILIES = ("sd3", "flux", "zimage")
+TRANSFORMER_FAMILIES = ("sd3", "flux", "zimage", "qwen_image")
 COMPONENTS = ("unet", "te", "te1", "te2")
 
 KOHYA_PREFIX = {"unet": "lora_unet", "te": "lora_te", "te1": "lora_te1", "te2": "lora_te2"}
@@ -33,13 +33,14 @@ _FAMILY_ALIASES = {
     "sd3.5_large": "sd3",
     "flux": "flux", "flux1": "flux", "flux.1": "flux", "flux1_dev": "flux", "flux1_schnell": "flux",
     "zimage": "zimage", "z_image": "zimage", "z-image": "zimage", "z_image_turbo": "zimage",
+    "qwen_image": "qwen_image", "qwen-image": "qwen_image", "qwenimage": "qwen_image",
 }  # fmt: skip
 
 
 # Families whose text encoders are LLMs that never get a LoRA: their files hold the transformer alone.
-_TRANSFORMER_ONLY = ("zimage",)
+_TRANSFORMER_ONLY = ("zimage", "qwen_image")
 _VERSIONS = {"flux": "flux1", "sd3": "sd3"}
-_ARCHITECTURE_PREFIX = {"zimage": "z-image"}
+_ARCHITECTURE_PREFIX = {"zimage": "z-image", "qwen_image": "qwen-image"}
 
 
 def normalize_family(family: str) -> str:

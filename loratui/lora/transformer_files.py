@@ -19,6 +19,10 @@ Which layout loads where (read from each program's loader):
   name of ``z_image_to_diffusers`` (comfy/utils.py) onto its fused
   ``attention.qkv`` (q, k, v at their row offsets) and ``attention.out``.
   The text encoder (Qwen3) gets no LoRA.
+- Qwen-Image, ``transformer.`` PEFT keys: diffusers' Qwen-Image loader takes
+  them as they are; ComfyUI's ``model_lora_keys_unet`` maps ``transformer.`` +
+  every weight of its Qwen-Image model, whose names are diffusers' own. The
+  text encoder (Qwen2.5-VL) gets no LoRA.
 
 PEFT keys carry no alpha that ComfyUI reads, so those files have each
 module's alpha / rank folded into its up matrix (alpha = rank everywhere),
@@ -146,6 +150,9 @@ def guess_transformer_family(keys: list[str]) -> str | None:
         return "flux"
     if any(k.startswith("transformer.single_transformer_blocks.") for k in keys):
         return "flux"
+    if any(k.startswith("transformer.transformer_blocks.") and (".img_mlp." in k or ".img_mod." in k)
+           for k in keys):
+        return "qwen_image"  # only these layers tell it from SD3 without the file's metadata
     if any(k.startswith(("transformer.transformer_blocks.", "lora_unet_joint_blocks_")) for k in keys):
         return "sd3"
     return None
@@ -202,8 +209,8 @@ def read_transformer_file(tensors: dict[str, torch.Tensor], metadata: Mapping[st
         else:
             raise LoRAFileError(
                 f"LoRA file {where}: {module!r} is not a {family} module in a layout loratui reads "
-                "(FLUX: lora_unet_ + Black Forest Labs names or transformer. keys; SD3 and Z-Image: "
-                "transformer. keys)")
+                "(FLUX: lora_unet_ + Black Forest Labs names or transformer. keys; SD3, Z-Image and "
+                "Qwen-Image: transformer. keys)")
     return modules, fmt
 
 

@@ -31,7 +31,8 @@ BUILTIN_MODELS: dict[str, str] = {
     "tiny-sdxl": "tiny random SDXL layout (two text encoders, size conditioning, 128 px)",
     "tiny-sd3": "tiny random SD3.5 layout (joint transformer blocks, CLIP-L + CLIP-G + T5, flow matching, 128 px)",
     "tiny-flux": "tiny random FLUX.1-dev layout (double and single blocks, CLIP-L + T5, guidance, flow matching, 128 px)",
-    "tiny-zimage": "tiny random Z-Image layout (single-stream refiners and layers, Qwen3 text encoder, FLUX VAE, 128 px)",
+    "tiny-zimage": "tiny random Z-Image layout (refiners and single-stream layers, Qwen3, FLUX VAE, 128 px)",
+    "tiny-qwen-image": "tiny random Qwen-Image layout (dual-stream MMDiT, Qwen2.5-VL, 3D VAE, 128 px)",
 }
 
 # (family, prediction type) of each built-in, known without building it.
@@ -42,6 +43,7 @@ BUILTIN_FAMILIES: dict[str, tuple[str, str]] = {
     "tiny-sd3": ("sd3", "flow"),
     "tiny-flux": ("flux", "flow"),
     "tiny-zimage": ("zimage", "flow"),
+    "tiny-qwen-image": ("qwen_image", "flow"),
 }
 
 # One seed per component, so building a component never depends on what was

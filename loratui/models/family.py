@@ -9,21 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "zimage")
-# The flow-matching transformers (SD3.x, FLUX.1, Z-Image) are trained on the flow ε − x.
-FLOW_FAMILIES = ("sd3", "flux", "zimage")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "zimage", "qwen_image")
+# The flow-matching transformers (SD3.x, FLUX.1, Z-Image, Qwen-Image) are trained on the flow ε − x.
+FLOW_FAMILIES = ("sd3", "flux", "zimage", "qwen_image")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
 
 FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "Stable Diffusion XL",
-                "sd3": "Stable Diffusion 3.x", "flux": "FLUX.1", "zimage": "Z-Image"}
+                "sd3": "Stable Diffusion 3.x", "flux": "FLUX.1", "zimage": "Z-Image",
+                "qwen_image": "Qwen-Image"}
 
 # Native training resolution of the published models, used when a model's
 # own config does not say (single files without a sample_size).
-NATIVE_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024, "zimage": 1024}
+NATIVE_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024, "zimage": 1024,
+                     "qwen_image": 1024}
 
 # The denoiser class of each transformer family in a diffusers folder's transformer/config.json.
 TRANSFORMER_CLASSES = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux",
-                       "ZImageTransformer2DModel": "zimage"}
+                       "ZImageTransformer2DModel": "zimage", "QwenImageTransformer2DModel": "qwen_image"}
 
 
 def family_from_transformer_config(transformer_config: Mapping[str, Any]) -> str:
@@ -33,8 +35,8 @@ def family_from_transformer_config(transformer_config: Mapping[str, Any]) -> str
         return TRANSFORMER_CLASSES[name]
     raise FamilyError(
         f"its transformer is a {name or 'model of unknown class'}; loratui trains the transformers of "
-        "Stable Diffusion 3.x (SD3Transformer2DModel), FLUX.1 (FluxTransformer2DModel) and Z-Image "
-        "(ZImageTransformer2DModel)"
+        "Stable Diffusion 3.x (SD3Transformer2DModel), FLUX.1 (FluxTransformer2DModel), Z-Image "
+        "(ZImageTransformer2DModel) and Qwen-Image (QwenImageTransformer2DModel)"
     )
 
 
@@ -103,6 +105,8 @@ _FLUX_KEYS = ("double_blocks.", "single_blocks.", "model.diffusion_model.double_
 # Z-Image in its original (ComfyUI) layout: fused qkv; its refiners are the sure sign.
 _ZIMAGE_KEYS = ("noise_refiner.", "context_refiner.", "model.diffusion_model.noise_refiner.",
                 "model.diffusion_model.context_refiner.")
+# Qwen-Image's files keep diffusers' names; its image-stream MLP (img_mlp) is its own.
+_QWEN_IMAGE_BLOCKS = ("transformer_blocks.", "model.diffusion_model.transformer_blocks.")
 
 
 def _channels_message(channels: object) -> str:
@@ -126,6 +130,8 @@ def family_from_keys(keys: Iterable[str], shapes: Mapping[str, Any] | None = Non
 
     if has(_ZIMAGE_KEYS):
         return "zimage"
+    if any(k.startswith(_QWEN_IMAGE_BLOCKS) and ".img_mlp." in k for k in key_list):
+        return "qwen_image"
     if has(_FLUX_KEYS):
         return "flux"
     if has(_SD3_KEYS):
@@ -205,9 +211,10 @@ _PUBLISHED = {
     "flux": "black-forest-labs/FLUX.1-dev (or FLUX.1-schnell)",
     "sd3": "stabilityai/stable-diffusion-3.5-medium (24 joint blocks) or -3.5-large (38)",
     "zimage": "Tongyi-MAI/Z-Image-Turbo",
+    "qwen_image": "Qwen/Qwen-Image",
 }
 # The parts a transformer-only file of each family needs from elsewhere.
-_COMPANIONS = {"zimage": "text encoder (Qwen3), VAE"}
+_COMPANIONS = {"zimage": "text encoder (Qwen3), VAE", "qwen_image": "text encoder (Qwen2.5-VL), VAE"}
 
 
 def single_file_advice(path: object, family: str, joint_blocks: int | None = None) -> str:

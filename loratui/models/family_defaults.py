@@ -38,6 +38,13 @@ the ones the peers publish (read from their guides and example configs):
   distilled: use 1", its off). The same file trains in bf16 with gradient checkpointing (as
   here) but with Prodigy at lr 1.0, which is not a plain-AdamW start, so 1e-4 is kept.
 
+- Qwen-Image layers ``attention+ff``: musubi-tuner's ``networks/lora_qwen_image.py`` wraps every
+  Linear of the QwenImageTransformerBlocks and leaves out the ``img_mod``/``txt_mod`` modulation by
+  default (``exclude_mod``). Samples at guidance 4: ``QwenImagePipeline``'s ``true_cfg_scale``
+  default, with a negative prompt of " " when none is given, as its examples do. ai-toolkit's
+  ``train_lora_qwen_image_24gb.yaml`` trains at ``lr: 1e-4`` in bf16 with gradient checkpointing
+  (and quantizes the transformer to 3 bits, "required for 24GB", which loratui does not do).
+
 The UNet families (SD1, SD2, SDXL) start from loratui's defaults, which follow kohya's.
 """
 
@@ -60,10 +67,12 @@ _FAMILY_START: dict[str, dict[str, Any]] = {
     "sd3": {**_FLOW_START, "lora.preset": "attention"},
     "flux": {**_FLOW_START, "lora.preset": "all", "sample.guidance": 3.5},
     "zimage": {**_FLOW_START, "lora.preset": "attention+ff", "sample.guidance": 0.0},
+    "qwen_image": {**_FLOW_START, "lora.preset": "attention+ff", "sample.guidance": 4.0},
 }
 
 FAMILY_SOURCES = {"sd3": "sd-scripts and diffusers", "flux": "sd-scripts, ai-toolkit and diffusers",
-                  "zimage": "musubi-tuner, ai-toolkit and diffusers"}
+                  "zimage": "musubi-tuner, ai-toolkit and diffusers",
+                  "qwen_image": "musubi-tuner, ai-toolkit and diffusers"}
 """Whose published starting settings a family's values are, as the wizard names them."""
 
 

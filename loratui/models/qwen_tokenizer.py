@@ -7,6 +7,11 @@ bytes; ``<|endoftext|>`` (the padding) and the chat markers ``<|im_start|>`` /
 one conversation turn exactly as Qwen's published template does for a plain user
 message (``<|im_start|>user\\n…<|im_end|>\\n``, then ``<|im_start|>assistant\\n``
 when a generation prompt is asked for), which is all the image pipelines use.
+
+``words`` adds byte-pair merges that make each given word one token, as Qwen's real
+vocabulary does for common words; Qwen-Image's built-in uses it so that its prompt
+template's system prefix is 34 tokens long, as with Qwen's tokenizer, and the
+pipeline's fixed cut of 34 tokens removes exactly that prefix.
 """
 
 from __future__ import annotations
@@ -20,25 +25,38 @@ CHAT_TEMPLATE = (
 )
 
 
-def vocab() -> dict[str, int]:
+def _merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Left-to-right merges building each word (byte-level: a leading space is "Ġ") out of its characters."""
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        text = word.replace(" ", "\u0120")
+        for end in range(2, len(text) + 1):
+            pair = (text[:end - 1], text[end - 1])
+            if pair not in merges:
+                merges.append(pair)
+    return merges
+
+
+def vocab(words: tuple[str, ...] = ()) -> dict[str, int]:
     from loratui.models.tokenizer import byte_level_alphabet
 
     tokens = byte_level_alphabet() + list(SPECIALS)
-    return {tok: i for i, tok in enumerate(tokens)}
+    tokens += [a + b for a, b in _merges(words) if a + b not in tokens]
+    return {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
 
 
-def vocab_size() -> int:
-    return len(vocab())
+def vocab_size(words: tuple[str, ...] = ()) -> int:
+    return len(vocab(words))
 
 
 def pad_token_id() -> int:
     return vocab()["<|endoftext|>"]
 
 
-def build_qwen_tokenizer(*, model_max_length: int) -> Any:
+def build_qwen_tokenizer(*, model_max_length: int, words: tuple[str, ...] = ()) -> Any:
     from transformers import Qwen2Tokenizer
 
-    tok = Qwen2Tokenizer(vocab=vocab(), merges=[], model_max_length=model_max_length,
+    tok = Qwen2Tokenizer(vocab=vocab(words), merges=_merges(words), model_max_length=model_max_length,
                          errors="replace", unk_token=None, bos_token=None, eos_token="<|im_end|>",
                          pad_token="<|endoftext|>")
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})

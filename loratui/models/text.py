@@ -168,6 +168,10 @@ def family_module(family: str) -> Any:
         from loratui.models import zimage
 
         return zimage
+    if family == "qwen_image":
+        from loratui.models import qwen_image
+
+        return qwen_image
     raise ValueError(f"{family} is not a flow-matching transformer family")
 
 

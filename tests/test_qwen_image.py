@@ -303,6 +303,35 @@ def test_a_comfyui_file_is_detected_and_loads_with_its_config_source(tmp_path: P
         load_model("builtin:tiny-qwen-image", family="zimage")
 
 
+def test_merged_folder_and_file_hold_the_lora_and_inspect_knows_the_family(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from loratui.cli import main
+    from loratui.engine.merge_export import export_merged
+    from loratui.lora import inject_from_file, load_lora_file
+    from loratui.models.loader import load_model
+
+    project = make_project(tmp_path, "lora.preset=all")
+    train(project, 2)
+    lora = ProjectPaths(project).output / OUTPUT
+    assert main(["inspect", str(lora), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["family"] == "qwen_image"
+    pipe = pipeline()
+    networks = inject_from_file(load_lora_file(lora, family="qwen_image"), {"unet": pipe.transformer})
+    ours = transformer_output(pipe)
+    for net in networks.values():
+        net.remove()
+    folder, single = export_merged(project, scale=1.0)
+    merged = load_model(str(folder))
+    assert merged.family == "qwen_image"
+    pipe.transformer = merged.unet
+    assert torch.allclose(transformer_output(pipe), ours, atol=1e-4)
+    from_file = load_model(str(single), config_source=str(folder))
+    a, b = from_file.unet.state_dict(), merged.unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
 def test_review_says_what_fits_on_24_48_and_80_gb() -> None:
     from loratui.config import ProjectConfig
     from loratui.tui.wizard.step_review import memory_note

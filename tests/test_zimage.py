@@ -335,12 +335,23 @@ def test_merged_folder_and_comfyui_file_hold_the_lora(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
-def test_inspect_names_the_family_and_layout(tmp_path: Path) -> None:
+def test_inspect_and_convert_know_the_family(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from safetensors.torch import load_file
+
     from loratui.cli import main
 
     project = make_project(tmp_path)
     train(project, 1)
-    assert main(["inspect", str(ProjectPaths(project).output / OUTPUT)]) == 0
+    path = ProjectPaths(project).output / OUTPUT
+    assert main(["inspect", str(path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["family"] == "zimage" and "q/k/v apart" in summary["layout"]
+    assert main(["convert", str(path), str(tmp_path / "c.safetensors"), "--to", "kohya"]) == 0
+    assert "zimage files are always written in this layout" in " ".join(capsys.readouterr().out.split())
+    a, b = load_file(str(path)), load_file(str(tmp_path / "c.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_bad_input_gets_a_message_not_a_traceback(tmp_path: Path) -> None:

@@ -363,12 +363,13 @@ def test_bad_input_gets_a_message_not_a_traceback(tmp_path: Path) -> None:
     # A Z-Image folder named as FLUX.
     with pytest.raises(ModelLoadError, match="model.family is set to flux but the model looks like zimage"):
         load_model("builtin:tiny-zimage", family="flux")
-    # A folder without its text encoder.
-    folder = tmp_path / "no-te"
-    shutil.copytree(ensure_builtin("tiny-zimage"), folder)
-    shutil.rmtree(folder / "text_encoder")
-    with pytest.raises(ModelLoadError, match=str(folder)):
-        load_model(str(folder))
+    # A folder without its text encoder, or without its VAE.
+    for part in ("text_encoder", "vae"):
+        folder = tmp_path / f"no-{part}"
+        shutil.copytree(ensure_builtin("tiny-zimage"), folder)
+        shutil.rmtree(folder / part)
+        with pytest.raises(ModelLoadError, match=f"{folder} has no {part}/ .*copy or download the whole folder"):
+            load_model(str(folder))
     model = load_model("builtin:tiny-zimage")
     cfg = load_config(make_project(tmp_path))
     cfg.data.bucket_step = 24

@@ -299,6 +299,18 @@ def test_a_comfyui_file_is_detected_and_loads_with_its_config_source(tmp_path: P
     loaded = load_model(str(path), config_source=str(ensure_builtin("tiny-qwen-image")))
     again = loaded.unet.state_dict()
     assert again.keys() == state.keys() and all(torch.equal(again[k], state[k]) for k in state)
+    # The same weights under ComfyUI's checkpoint prefix load the same.
+    prefixed = tmp_path / "qwen_image_comfy.safetensors"
+    save_file({"model.diffusion_model." + k: v.contiguous() for k, v in state.items()}, str(prefixed))
+    assert probe_model(str(prefixed)).family == "qwen_image"
+    again = load_model(str(prefixed), config_source=str(ensure_builtin("tiny-qwen-image"))).unet.state_dict()
+    assert all(torch.equal(again[k], state[k]) for k in state)
+    # A Z-Image file named as Qwen-Image: a message naming the file and the setting.
+    zimage = load_model("builtin:tiny-zimage").unet.state_dict()
+    wrong = tmp_path / "z.safetensors"
+    save_file({k: v.contiguous() for k, v in zimage.items()}, str(wrong))
+    with pytest.raises(ModelLoadError, match=r"z.safetensors does not fit the Qwen-Image transformer.*config_source"):
+        load_model(str(wrong), family="qwen_image", config_source=str(ensure_builtin("tiny-qwen-image")))
     with pytest.raises(ModelLoadError, match="model.family is set to zimage but the model looks like qwen_image"):
         load_model("builtin:tiny-qwen-image", family="zimage")
 

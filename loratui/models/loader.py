@@ -337,6 +337,16 @@ def _flow_single_file(path: Path, family: str, config_source: str | None, cls: A
                 "set model.config_source to the diffusers folder or hub id of the model this file was made "
                 "from (FLUX.1-dev and FLUX.1-schnell differ in their guidance embedding)") from None
         transformer.to(dtype)
+    elif family == "qwen_image":
+        from loratui.models.qwen_image import load_single_file
+
+        try:
+            transformer = load_single_file(path, source, local).to(dtype)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise ModelLoadError(
+                f"{path} does not fit the Qwen-Image transformer config of {config_source} "
+                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); set "
+                "model.config_source to the diffusers folder or hub id of the model this file was made from") from None
     else:
         import diffusers
 

@@ -88,6 +88,20 @@ def latent_normalisation(vae: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, 1.0 / std
 
 
+def load_single_file(path: Any, source: str, local: dict[str, Any]) -> Any:
+    """A transformer file (diffusers' names, bare or under ComfyUI's ``model.diffusion_model.``) with the
+    architecture from ``source``'s transformer config."""
+    from diffusers import QwenImageTransformer2DModel
+    from safetensors.torch import load_file
+
+    config = QwenImageTransformer2DModel.load_config(source, subfolder="transformer", **local)
+    with torch.device("meta"):
+        transformer = QwenImageTransformer2DModel.from_config(config)
+    state = {k.removeprefix("model.diffusion_model."): v for k, v in load_file(str(path)).items()}
+    transformer.load_state_dict(state, strict=True, assign=True)
+    return transformer
+
+
 def check_latent_size(height: int, width: int) -> None:
     if height % 2 or width % 2:
         raise ValueError(f"Qwen-Image packs latents 2x2; a {height}x{width} latent cannot be packed "

@@ -23,7 +23,11 @@ MAX_TOKENS = 77
 
 @dataclass
 class TextEmbedding:
-    """Per-caption conditioning: hidden [B, 77, D]; pooled [B, P] for SDXL, else None."""
+    """Per-caption conditioning: hidden [B, 77, D]; pooled [B, P] for SDXL, else None.
+
+    The flow families always fill ``pooled``: SD3's and FLUX's pooled CLIP vectors; for Z-Image and
+    Qwen-Image, which have none, the mask of real text tokens [B, L] (1 = a token), so captions of
+    different lengths cache and batch at one padded length."""
 
     hidden: torch.Tensor
     pooled: torch.Tensor | None = None

@@ -16,6 +16,7 @@ import torch
 
 from loratui.models import builtin
 from loratui.models.family import (
+    FAMILY_NAMES,
     FLOW_FAMILIES,
     FamilyError,
     check_family,
@@ -292,6 +293,12 @@ def _load_pipeline(kind: str, where: Path | str, family: str, config_source: str
         raise ModelLoadError(_explain_failure(kind, where, config_source, exc)) from exc
 
 
+def _family_module(family: str) -> Any:
+    from loratui.models.text import family_module
+
+    return family_module(family)
+
+
 def _init_names(cls: Any) -> set[str]:
     import inspect
 
@@ -337,14 +344,13 @@ def _flow_single_file(path: Path, family: str, config_source: str | None, cls: A
                 "set model.config_source to the diffusers folder or hub id of the model this file was made "
                 "from (FLUX.1-dev and FLUX.1-schnell differ in their guidance embedding)") from None
         transformer.to(dtype)
-    elif family == "qwen_image":
-        from loratui.models.qwen_image import load_single_file
-
+    elif hasattr(_family_module(family), "load_single_file"):
+        # Families whose files diffusers has no converter for (Qwen-Image's keeps diffusers' names).
         try:
-            transformer = load_single_file(path, source, local).to(dtype)
+            transformer = _family_module(family).load_single_file(path, source, local).to(dtype)
         except (ValueError, RuntimeError, KeyError) as exc:
             raise ModelLoadError(
-                f"{path} does not fit the Qwen-Image transformer config of {config_source} "
+                f"{path} does not fit the {FAMILY_NAMES[family]} transformer config of {config_source} "
                 f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); set "
                 "model.config_source to the diffusers folder or hub id of the model this file was made from") from None
     else:

@@ -184,6 +184,26 @@ def test_loratui_train_on_the_sample_project_trains_samples_and_writes_the_lora(
     assert "zimage" in done.stdout
 
 
+def test_loratui_sample_uses_the_familys_pipeline_and_scale_0_is_the_base(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from loratui.cli import main
+
+    project = make_project(tmp_path, "lora.preset=all", "train.learning_rate=0.01", "sample.guidance=4")
+    train(project, 3)
+    images = {}
+    for scale in ("0", "1"):
+        out = tmp_path / f"s{scale}.png"
+        assert main(["sample", str(project), "--prompt", "zxc toy", "--scale", scale, "--steps", "3",
+                     "--out", str(out)]) == 0
+        images[scale] = np.asarray(Image.open(out)).astype(int)
+    base = tmp_path / "base.png"
+    assert main(["sample", str(project), "--prompt", "zxc toy", "--no-lora", "--steps", "3", "--out", str(base)]) == 0
+    assert (np.asarray(Image.open(base)).astype(int) == images["0"]).all()
+    assert (images["0"] != images["1"]).any()
+
+
 # -- files: diffusers and ComfyUI ------------------------------------------------------------
 
 

@@ -56,3 +56,16 @@ async def test_review_says_plainly_what_full_size_qwen_image_fits_on(project: Pa
         assert "Qwen-Image 40.8 GB before anything trains" in run
         assert "80 GB card in bf16" in run and "48 GB card only with" in run and "24 GB card not at all" in run
         assert "Qwen-Image (20.4 B parameters)" in text_of(app.screen, "#review-estimate")
+
+
+def test_the_rough_estimate_agrees_with_what_fits() -> None:
+    from loratui.config import ProjectConfig
+    from loratui.tui.wizard.services import rough_estimate
+
+    cfg = ProjectConfig()
+    cfg.model.base, cfg.data.resolution = "Qwen/Qwen-Image", 1024
+    cfg.train.precision, cfg.train.gradient_checkpointing = "bf16", True
+    bf16 = rough_estimate(cfg, 100, "qwen_image").peak_memory_mb
+    cfg.model.base_weights = "float8"
+    fp8 = rough_estimate(cfg, 100, "qwen_image").peak_memory_mb
+    assert 80 * 1024 > bf16 > 48 * 1024 > fp8 > 24 * 1024

@@ -259,6 +259,24 @@ def test_comfyui_key_rules_map_every_module(tmp_path: Path) -> None:
     assert len(modules) == 2 * 14  # preset all: 8 attention, 4 MLP and 2 modulation linears per block
 
 
+def test_files_with_ai_toolkits_diffusion_model_prefix_are_read_as_the_same_modules(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from loratui.lora import load_lora_file
+
+    project = make_project(tmp_path, "lora.alpha=4")
+    train(project, 1)
+    ours = load_lora_file(ProjectPaths(project).output / OUTPUT)
+    tensors = load_file(str(ProjectPaths(project).output / OUTPUT))
+    other = tmp_path / "other.safetensors"
+    save_file({k.replace("transformer.", "diffusion_model.", 1): v for k, v in tensors.items()}, str(other))
+    theirs = load_lora_file(other)  # no metadata: the family comes from the names
+    assert theirs.family == ours.family == "qwen_image" and theirs.modules.keys() == ours.modules.keys()
+    for name, w in ours.modules.items():
+        t = theirs.modules[name]
+        assert torch.equal(t.up * (t.alpha / t.rank), w.up * (w.alpha / w.rank)) and torch.equal(t.down, w.down)
+
+
 # -- names on the real architecture ----------------------------------------------------------
 
 QWEN_IMAGE = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,

@@ -48,6 +48,9 @@ from loratui.lora.transformer_names import (
 )
 
 TRANSFORMER_PREFIX = "transformer"
+_DIFFUSION_MODEL = "diffusion_model."
+# Families whose other trainers also write diffusers' paths under ``diffusion_model.`` (ai-toolkit).
+_DIFFUSERS_NAMED = ("zimage", "qwen_image")
 _TE_PREFIX = {"text_encoder": "te1", "text_encoder_2": "te2"}
 
 
@@ -143,6 +146,7 @@ def transformer_diffusers_tensors(entries: list[Any], cast: Callable[[torch.Tens
 
 def guess_transformer_family(keys: list[str]) -> str | None:
     if any(k.startswith(("transformer.noise_refiner.", "transformer.context_refiner.", "transformer.layers.",
+                         "diffusion_model.noise_refiner.", "diffusion_model.context_refiner.", "diffusion_model.layers.",
                          "lora_unet_noise_refiner_", "lora_unet_context_refiner_", "lora_unet_layers_"))
            for k in keys):
         return "zimage"
@@ -150,8 +154,8 @@ def guess_transformer_family(keys: list[str]) -> str | None:
         return "flux"
     if any(k.startswith("transformer.single_transformer_blocks.") for k in keys):
         return "flux"
-    if any(k.startswith("transformer.transformer_blocks.") and (".img_mlp." in k or ".img_mod." in k)
-           for k in keys):
+    if any(k.startswith(("transformer.transformer_blocks.", "diffusion_model.transformer_blocks."))
+           and (".img_mlp." in k or ".img_mod." in k) for k in keys):
         return "qwen_image"  # only these layers tell it from SD3 without the file's metadata
     if any(k.startswith(("transformer.transformer_blocks.", "lora_unet_joint_blocks_")) for k in keys):
         return "sd3"
@@ -189,6 +193,12 @@ def read_transformer_file(tensors: dict[str, torch.Tensor], metadata: Mapping[st
             fmt = "diffusers"
             path = module[len(TRANSFORMER_PREFIX) + 1:]
             modules[internal_name(path)] = make_weights(down, up, _peft_alpha(adapter, TRANSFORMER_PREFIX, path, rank))
+        elif module.startswith(_DIFFUSION_MODEL) and family in _DIFFUSERS_NAMED:
+            # ai-toolkit's and ComfyUI's spelling of the same diffusers paths, sometimes with an alpha.
+            fmt = "diffusers"
+            path = module[len(_DIFFUSION_MODEL):]
+            alpha = _alpha(parts, rank) if "alpha" in parts else _peft_alpha(adapter, TRANSFORMER_PREFIX, path, rank)
+            modules[internal_name(path)] = make_weights(down, up, alpha)
         elif module.split(".", 1)[0] in _TE_PREFIX:
             fmt = "diffusers"
             prefix, _, path = module.partition(".")

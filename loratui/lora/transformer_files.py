@@ -146,7 +146,8 @@ def transformer_diffusers_tensors(entries: list[Any], cast: Callable[[torch.Tens
 
 def guess_transformer_family(keys: list[str]) -> str | None:
     if any(k.startswith(("transformer.noise_refiner.", "transformer.context_refiner.", "transformer.layers.",
-                         "diffusion_model.noise_refiner.", "diffusion_model.context_refiner.", "diffusion_model.layers.",
+                         "diffusion_model.noise_refiner.", "diffusion_model.context_refiner.",
+                         "diffusion_model.layers.",
                          "lora_unet_noise_refiner_", "lora_unet_context_refiner_", "lora_unet_layers_"))
            for k in keys):
         return "zimage"

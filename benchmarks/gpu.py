@@ -1,9 +1,9 @@
-"""LoRA training steps on real SD1.5, SDXL, SD3.5-Medium and FLUX.1-dev shapes, on one CUDA GPU.
+"""LoRA training steps on real SD1.5, SDXL, SD3.5-Medium, FLUX.1-dev, Z-Image and Qwen-Image shapes, on one CUDA GPU.
 
-The transformers (SD3.5-Medium, FLUX.1-dev) are built and trained the same
-way with the flow-matching objective (``flow_matching_loss``, FLUX's
-resolution shift and guidance 1.0, SD3's shift 3), on text tokens of their
-real lengths (FLUX-dev 512 T5 tokens; SD3 77 CLIP + 256 T5).
+The transformers (SD3.5-Medium, FLUX.1-dev, Z-Image-Turbo 6 B, Qwen-Image 20 B) are built and trained the
+same way with the flow-matching objective (``flow_matching_loss``, FLUX's and Qwen-Image's resolution
+shifts and guidance 1.0, SD3's and Z-Image's shift 3), on text tokens of their real lengths (FLUX-dev 512
+T5 tokens; SD3 77 CLIP + 256 T5; Z-Image and Qwen-Image their pipelines' longest caption, 512).
 
 UNets are built from the published configs (JSON, random weights, no network)
 in bf16, with loratui's LoRA on the default preset (attention, rank 16) in
@@ -46,11 +46,20 @@ HERE = Path(__file__).resolve().parent
 CONFIG_DIRS = (HERE / "configs", HERE.parent / "tests" / "data" / "real_configs")
 # (name, config file, pixels); SDXL's pooled text size follows from its config.
 REAL_MODELS = (("SD1.5", "sd15_unet.json", 512), ("SDXL", "sdxl_unet.json", 1024),
-               ("SD3.5-M", "sd35_medium_transformer.json", 1024), ("FLUX-dev", "flux_dev_transformer.json", 1024))
+               ("SD3.5-M", "sd35_medium_transformer.json", 1024), ("FLUX-dev", "flux_dev_transformer.json", 1024),
+               ("Z-Image", "zimage_transformer.json", 1024), ("Qwen-Image", "qwen_image_transformer.json", 1024))
 SMOKE_MODELS = (("tiny-sd", "tiny_sd_unet.json", 64), ("tiny-sdxl", "tiny_sdxl_unet.json", 64),
-                ("tiny-sd3", "tiny_sd3_transformer.json", 64), ("tiny-flux", "tiny_flux_transformer.json", 64))
-# Text tokens the transformers attend to: FLUX-dev's T5 length; SD3's 77 CLIP tokens + 256 T5.
-TEXT_TOKENS = {"flux": 512, "sd3": 77 + 256}
+                ("tiny-sd3", "tiny_sd3_transformer.json", 64), ("tiny-flux", "tiny_flux_transformer.json", 64),
+                ("tiny-zimage", "tiny_zimage_transformer.json", 64),
+                ("tiny-qwen-image", "tiny_qwen_image_transformer.json", 64))
+# Text tokens the transformers attend to: FLUX-dev's T5 length; SD3's 77 CLIP tokens + 256 T5; Z-Image's and
+# Qwen-Image's pipelines' longest caption (512; they attend to a caption's real tokens only).
+TEXT_TOKENS = {"flux": 512, "sd3": 77 + 256, "zimage": 512, "qwen_image": 512}
+# Each transformer class: its family and the config key of its text width.
+TRANSFORMERS = {"FluxTransformer2DModel": ("flux", "joint_attention_dim"),
+                "SD3Transformer2DModel": ("sd3", "joint_attention_dim"),
+                "ZImageTransformer2DModel": ("zimage", "cap_feat_dim"),
+                "QwenImageTransformer2DModel": ("qwen_image", "joint_attention_dim")}
 BATCHES = (1, 4, 16)
 SMOKE_BATCHES = (1, 2)
 # Commonly quoted dense bf16 tensor-core peaks, TFLOP/s (not sparse); the first match on the device name wins.
@@ -59,7 +68,8 @@ PEAK_TFLOPS: tuple[tuple[str, float | None], ...] = (
     ("H100 PCIe", 756.0), ("H100 NVL", None), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0),
     ("L40S", 362.0), ("4090", 165.0))
 # First compile of a UNet, before one has been measured on this machine (seconds).
-COMPILE_GUESS_S = {"SD1.5": 120.0, "SDXL": 240.0, "SD3.5-M": 240.0, "FLUX-dev": 300.0}
+COMPILE_GUESS_S = {"SD1.5": 120.0, "SDXL": 240.0, "SD3.5-M": 240.0, "FLUX-dev": 300.0, "Z-Image": 240.0,
+                   "Qwen-Image": 420.0}
 MEMORY_HEADROOM = 0.90  # skip a case projected to use more of the GPU than this
 
 
@@ -159,7 +169,7 @@ class Bench:
         from loratui.lora.inject import inject_lora
 
         config = json.loads(find_config(config_file).read_text())
-        if config.get("_class_name") in ("FluxTransformer2DModel", "SD3Transformer2DModel"):
+        if config.get("_class_name") in TRANSFORMERS:
             return self.build_transformer(name, config, pixels)
         torch.manual_seed(0)
         # Built directly on the device: a 2.6 B-parameter SDXL UNet initialises in seconds there.
@@ -181,27 +191,34 @@ class Bench:
 
     def build_transformer(self, name: str, config: dict[str, Any], pixels: int) -> Model:
         import torch
-        from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
+        import diffusers
+        from diffusers import FlowMatchEulerDiscreteScheduler
 
         from loratui.lora.inject import inject_lora
 
-        flux = config["_class_name"] == "FluxTransformer2DModel"
-        cls = FluxTransformer2DModel if flux else SD3Transformer2DModel
+        family, text_key = TRANSFORMERS[config["_class_name"]]
+        flux = family == "flux"
+        cls = getattr(diffusers, config["_class_name"])
         torch.manual_seed(0)
         with torch.device(self.device):
             model = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
         model.to(self.dtype).requires_grad_(False).train()
-        family = "flux" if flux else "sd3"
         net = inject_lora(model, component="unet", family=family, preset="attention", rank=16, alpha=16.0,
                           generator=torch.Generator("cpu").manual_seed(0))
         params = list(net.parameters())
         optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=self.device.type in ("cuda", "cpu"))
-        # FLUX.1-dev's and SD3's published scheduler settings, which the σ sampling reads.
-        scheduler = FlowMatchEulerDiscreteScheduler(
-            shift=3.0, use_dynamic_shifting=flux, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
-            max_image_seq_len=4096)
-        return Model(name, pixels, model, params, optimizer, scheduler, config["joint_attention_dim"],
-                     config["pooled_projection_dim"], family)
+        # The published scheduler settings the σ sampling reads: FLUX.1-dev's, SD3's and Z-Image's (fixed
+        # shift 3), Qwen-Image's (its own resolution-dependent range).
+        if family == "qwen_image":
+            scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                        max_shift=0.9, base_image_seq_len=256, max_image_seq_len=8192)
+        else:
+            scheduler = FlowMatchEulerDiscreteScheduler(
+                shift=3.0, use_dynamic_shifting=flux, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                max_image_seq_len=4096)
+        # Z-Image and Qwen-Image have no pooled vector; their conditioning carries the text mask instead.
+        return Model(name, pixels, model, params, optimizer, scheduler, config[text_key],
+                     config.get("pooled_projection_dim"), family)
 
     def inputs(self, model: Model, batch: int) -> tuple[Any, Any]:
         import torch
@@ -213,6 +230,8 @@ class Bench:
             latents = torch.randn(batch, 16, model.latent, model.latent, generator=g).to(self.device)
             tokens = TEXT_TOKENS[model.family] if not self.smoke else 16
             hidden = torch.randn(batch, tokens, model.hidden_dim, generator=g).to(self.device, self.dtype)
+            if model.pooled_dim is None:
+                return latents, Conditioning(hidden, torch.ones(batch, tokens, device=self.device))
             pooled = torch.randn(batch, model.pooled_dim, generator=g).to(self.device, self.dtype)
             return latents, Conditioning(hidden, pooled)
         latents = torch.randn(batch, 4, model.latent, model.latent, generator=g).to(self.device)
@@ -238,12 +257,12 @@ class Bench:
             if not model.is_flow:
                 return diffusion_loss(unet, model.scheduler, latents, cond, gen, prediction_type="epsilon",
                                       unet_dtype=self.dtype)
-            from loratui.engine.flow import flow_matching_loss
+            from loratui.engine.flow import flow_matching_loss, resolve_sampling
             from loratui.models.text import family_module
 
             return flow_matching_loss(
                 family_module(model.family), unet, latents, cond, gen,
-                sampling="flux_shift" if model.family == "flux" else "shift", sigmoid_scale=1.0, shift=3.0,
+                sampling=resolve_sampling("auto", model.family), sigmoid_scale=1.0, shift=3.0,
                 scheduler_config=model.scheduler.config, guidance=1.0, dtype=self.dtype)
 
         def step() -> None:

@@ -283,6 +283,13 @@ def _check_flow_settings(cfg: ProjectConfig, model: LoadedModel) -> None:
             raise ConfigError(
                 f"train.{name} = {value:g} belongs to the UNets' noise schedule; {model.family} is trained with flow "
                 f"matching, where it has no meaning. Set train.{name} = 0 (σ is chosen by train.timestep_sampling).")
+    from loratui.models.text import family_module
+
+    if cfg.lora.train_text_encoder and not getattr(family_module(model.family), "TEXT_ENCODER_LORA", True):
+        raise ConfigError(
+            f"lora.train_text_encoder = true, but {model.family}'s text encoder "
+            f"({family_module(model.family).TEXT_ENCODER_NAME}) gets no LoRA: its loaders read transformer LoRAs "
+            "only. Set lora.train_text_encoder = false.")
     if model.family == "flux" and not model.unet.config.get("guidance_embeds") and cfg.train.guidance_scale != 1.0:
         raise ConfigError(
             f"train.guidance_scale = {cfg.train.guidance_scale:g} is set, but {cfg.model.base} has no guidance "

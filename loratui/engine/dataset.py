@@ -131,12 +131,17 @@ def encode_image_latent(vae: torch.nn.Module, scaling_factor: float, path: Path,
     pixels = image_to_tensor(cropped.image).unsqueeze(0)
     device = next(vae.parameters()).device
     dtype = next(vae.parameters()).dtype
+    # Video VAEs (Qwen-Image's) take frames [B, C, T, H, W]: a picture is one frame.
+    frames = "temperal_downsample" in getattr(vae, "config", {})
     with torch.no_grad():
-        dist = vae.encode(pixels.to(device, dtype)).latent_dist
-        # FLUX's and SD3's VAEs centre the latents (shift) before scaling them; a shifted posterior
-        # keeps its spread, so only the mean moves.
-        mean = ((dist.mean.float() - shift_factor) * scaling_factor)[0].cpu()
-        std = (dist.std.float() * scaling_factor)[0].cpu()
+        dist = vae.encode(pixels.to(device, dtype).unsqueeze(2) if frames else pixels.to(device, dtype)).latent_dist
+        z_mean, z_std = (dist.mean[:, :, 0], dist.std[:, :, 0]) if frames else (dist.mean, dist.std)
+        # FLUX's and SD3's VAEs centre the latents (shift) before scaling them, Qwen-Image's per channel;
+        # a shifted posterior keeps its spread, so only the mean moves.
+        shift = torch.as_tensor(shift_factor, dtype=torch.float32, device=z_mean.device)
+        scale = torch.as_tensor(scaling_factor, dtype=torch.float32, device=z_mean.device)
+        mean = ((z_mean.float() - shift) * scale)[0].cpu()
+        std = (z_std.float() * scale)[0].cpu()
     if not torch.isfinite(mean).all():
         raise ImageProblem(path, "the VAE produced NaN latents for it (an fp16 VAE overflow?); skipped")
     return CachedLatent(mean, std, cropped.original_size, cropped.crop_top_left, cropped.target_size)

@@ -24,6 +24,7 @@ _BASE_VERSION = {
     ("sd2", "epsilon"): "sd_v2", ("sd2", "v_prediction"): "sd_v2_v",
     ("sdxl", "epsilon"): "sdxl_base_v1-0", ("sdxl", "v_prediction"): "sdxl_base_v1-0",
     ("sd3", "flow"): "sd3", ("flux", "flow"): "flux1",
+    ("zimage", "flow"): "zimage", ("qwen_image", "flow"): "qwen_image",
 }
 
 

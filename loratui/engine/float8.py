@@ -40,8 +40,10 @@ class Float8Linear(nn.Linear):
 def store_blocks_in_float8(transformer: nn.Module) -> int:
     """Turn every frozen Linear inside the transformer's blocks into a Float8Linear; returns how many bytes
     that saved. Embeddings, norms and the final layer stay as they are (small, and sensitive to rounding)."""
+    from loratui.lora.transformer_names import BLOCK_LISTS
+
     saved = 0
-    for list_name in ("transformer_blocks", "single_transformer_blocks"):
+    for list_name in BLOCK_LISTS:
         blocks = getattr(transformer, list_name, None)
         if blocks is None:
             continue

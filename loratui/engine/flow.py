@@ -31,13 +31,15 @@ from loratui.engine.step import to_device
 from loratui.models.text import TextEmbedding
 
 TIMESTEP_SAMPLING = ("auto", "uniform", "logit_normal", "shift", "flux_shift")
+# Families whose schedulers shift σ with the image's token count (``use_dynamic_shifting``).
+_RESOLUTION_SHIFT = ("flux", "qwen_image")
 
 
 def resolve_sampling(method: str, family: str) -> str:
     """``auto`` is FLUX's own resolution shift for FLUX and the fixed shift for SD3."""
     if method != "auto":
         return method
-    return "flux_shift" if family == "flux" else "shift"
+    return "flux_shift" if family in _RESOLUTION_SHIFT else "shift"
 
 
 def flux_mu(image_tokens: int, scheduler_config: Mapping[str, Any]) -> float:

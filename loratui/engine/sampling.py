@@ -49,11 +49,12 @@ def render(model: LoadedModel, networks: dict[str, LoRANetwork], prompts: list[S
         for i, p in enumerate(prompts):
             gen = torch.Generator("cpu").manual_seed(p.seed)
             # Half-precision UNet and fp32 VAE meet inside the pipeline; autocast reconciles them.
+            guidance = {_guidance_argument(model): p.guidance or cfg.sample.guidance}
             with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype,
                                                  enabled=autocast_dtype != torch.float32):
                 image = pipe(
                     **_prompt_kwargs(model, p, cfg, device), width=width, height=height,
-                    num_inference_steps=p.steps or cfg.sample.steps, guidance_scale=p.guidance or cfg.sample.guidance,
+                    num_inference_steps=p.steps or cfg.sample.steps, **guidance,
                     generator=gen, output_type="pil").images[0]
             path = out_dir / f"{i:02d}-seed{p.seed}.png"
             tmp = path.with_suffix(".png.tmp")
@@ -75,6 +76,15 @@ def render(model: LoadedModel, networks: dict[str, LoRANetwork], prompts: list[S
             model.unet.train()
 
 
+def _guidance_argument(model: LoadedModel) -> str:
+    """The pipeline argument sample.guidance goes to (QwenImagePipeline's classifier-free scale is true_cfg_scale)."""
+    if not model.is_flow:
+        return "guidance_scale"
+    from loratui.models.text import family_module
+
+    return getattr(family_module(model.family), "GUIDANCE_ARGUMENT", "guidance_scale")
+
+
 def _prompt_kwargs(model: LoadedModel, p: SamplePrompt, cfg: ProjectConfig, device: torch.device) -> dict:
     """Prompts as the training saw them, clip skip (UNets) and T5 length (SD3, FLUX) included."""
     clip_skip = cfg.model.clip_skip
@@ -84,8 +94,11 @@ def _prompt_kwargs(model: LoadedModel, p: SamplePrompt, cfg: ProjectConfig, devi
         kwargs = {"prompt": p.prompt, "max_sequence_length": t5_length(model, cfg.model.t5_max_length)}
         # FLUX-dev is guidance-distilled: guidance_scale feeds its guidance embedding and there is no
         # negative prompt; SD3 uses classifier-free guidance with one.
-        if model.family == "sd3":
-            kwargs["negative_prompt"] = p.negative or None
+        from loratui.models.text import family_module
+
+        fam = family_module(model.family)
+        if getattr(fam, "NEGATIVE_PROMPT", False):
+            kwargs["negative_prompt"] = p.negative or getattr(fam, "EMPTY_NEGATIVE", None)
         return kwargs
     if clip_skip <= 1:
         return {"prompt": p.prompt, "negative_prompt": p.negative or None}

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "zimage", "qwen_image")
 # Flow-matching transformers: their denoiser is named by loratui.lora.transformer_names.
-TRANSFORMER_FAMILIES = ("sd3", "flux")
+TRANSFORMER_FAMILIES = ("sd3", "flux", "zimage", "qwen_image")
 COMPONENTS = ("unet", "te", "te1", "te2")
 
 KOHYA_PREFIX = {"unet": "lora_unet", "te": "lora_te", "te1": "lora_te1", "te2": "lora_te2"}
@@ -32,7 +32,15 @@ _FAMILY_ALIASES = {
     "sd3": "sd3", "sd3.5": "sd3", "sd35": "sd3", "sd3_medium": "sd3", "sd3_large": "sd3", "sd3.5_medium": "sd3",
     "sd3.5_large": "sd3",
     "flux": "flux", "flux1": "flux", "flux.1": "flux", "flux1_dev": "flux", "flux1_schnell": "flux",
+    "zimage": "zimage", "z_image": "zimage", "z-image": "zimage", "z_image_turbo": "zimage",
+    "qwen_image": "qwen_image", "qwen-image": "qwen_image", "qwenimage": "qwen_image",
 }  # fmt: skip
+
+
+# Families whose text encoders are LLMs that never get a LoRA: their files hold the transformer alone.
+_TRANSFORMER_ONLY = ("zimage", "qwen_image")
+_VERSIONS = {"flux": "flux1", "sd3": "sd3"}
+_ARCHITECTURE_PREFIX = {"zimage": "z-image", "qwen_image": "qwen-image"}
 
 
 def normalize_family(family: str) -> str:
@@ -52,6 +60,8 @@ def components_for(family: str) -> tuple[str, ...]:
     FLUX's CLIP-L is ``te1`` (sd-scripts' ``lora_te1_``), SD3's CLIP-L and CLIP-G ``te1``/``te2``; T5 gets no LoRA.
     """
     family = normalize_family(family)
+    if family in _TRANSFORMER_ONLY:
+        return ("unet",)
     if family in ("sdxl", "sd3"):
         return ("unet", "te1", "te2")
     return ("unet", "te1") if family == "flux" else ("unet", "te")
@@ -297,12 +307,14 @@ def base_model_version(family: str, v_prediction: bool = False) -> str:
     if family == "sdxl":
         return "sdxl_base_v1-0"
     if family in TRANSFORMER_FAMILIES:
-        return "flux1" if family == "flux" else "sd3"  # sd-scripts' spellings
+        return _VERSIONS.get(family, family)  # sd-scripts' spellings for FLUX and SD3
     return ("sd_v2" if family == "sd2" else "sd_v1") + ("_v" if v_prediction else "")
 
 
 def family_from_metadata(metadata: dict[str, str]) -> str | None:
     version = metadata.get("ss_base_model_version", "")
+    if version in _TRANSFORMER_ONLY:
+        return version
     if version.startswith("flux"):
         return "flux"
     if version.startswith("sd3"):
@@ -314,6 +326,9 @@ def family_from_metadata(metadata: dict[str, str]) -> str | None:
     if version.startswith("sd_v1"):
         return "sd1"
     arch = metadata.get("modelspec.architecture", "")
+    for family, prefix in _ARCHITECTURE_PREFIX.items():
+        if arch.startswith(prefix):
+            return family
     if arch.startswith("flux"):
         return "flux"
     if arch.startswith("stable-diffusion-v3"):

@@ -13,6 +13,16 @@ Which layout loads where (read from each program's loader):
   are ``text_encoder.`` / ``text_encoder_2.``.
 - FLUX with ``save.format = "diffusers"``: ``transformer.`` PEFT keys, read
   by diffusers, ComfyUI and Forge alike.
+- Z-Image, ``transformer.`` PEFT keys with diffusers' separate q, k, v: the
+  one layout both read. diffusers' Z-Image loader takes them as they are;
+  ComfyUI's ``model_lora_keys_unet`` maps ``transformer.`` + every diffusers
+  name of ``z_image_to_diffusers`` (comfy/utils.py) onto its fused
+  ``attention.qkv`` (q, k, v at their row offsets) and ``attention.out``.
+  The text encoder (Qwen3) gets no LoRA.
+- Qwen-Image, ``transformer.`` PEFT keys: diffusers' Qwen-Image loader takes
+  them as they are; ComfyUI's ``model_lora_keys_unet`` maps ``transformer.`` +
+  every weight of its Qwen-Image model, whose names are diffusers' own. The
+  text encoder (Qwen2.5-VL) gets no LoRA.
 
 PEFT keys carry no alpha that ComfyUI reads, so those files have each
 module's alpha / rank folded into its up matrix (alpha = rank everywhere),
@@ -38,6 +48,9 @@ from loratui.lora.transformer_names import (
 )
 
 TRANSFORMER_PREFIX = "transformer"
+_DIFFUSION_MODEL = "diffusion_model."
+# Families whose other trainers also write diffusers' paths under ``diffusion_model.`` (ai-toolkit).
+_DIFFUSERS_NAMED = ("zimage", "qwen_image")
 _TE_PREFIX = {"text_encoder": "te1", "text_encoder_2": "te2"}
 
 
@@ -132,10 +145,19 @@ def transformer_diffusers_tensors(entries: list[Any], cast: Callable[[torch.Tens
 
 
 def guess_transformer_family(keys: list[str]) -> str | None:
+    if any(k.startswith(("transformer.noise_refiner.", "transformer.context_refiner.", "transformer.layers.",
+                         "diffusion_model.noise_refiner.", "diffusion_model.context_refiner.",
+                         "diffusion_model.layers.",
+                         "lora_unet_noise_refiner_", "lora_unet_context_refiner_", "lora_unet_layers_"))
+           for k in keys):
+        return "zimage"
     if any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in keys):
         return "flux"
     if any(k.startswith("transformer.single_transformer_blocks.") for k in keys):
         return "flux"
+    if any(k.startswith(("transformer.transformer_blocks.", "diffusion_model.transformer_blocks."))
+           and (".img_mlp." in k or ".img_mod." in k) for k in keys):
+        return "qwen_image"  # only these layers tell it from SD3 without the file's metadata
     if any(k.startswith(("transformer.transformer_blocks.", "lora_unet_joint_blocks_")) for k in keys):
         return "sd3"
     return None
@@ -172,6 +194,12 @@ def read_transformer_file(tensors: dict[str, torch.Tensor], metadata: Mapping[st
             fmt = "diffusers"
             path = module[len(TRANSFORMER_PREFIX) + 1:]
             modules[internal_name(path)] = make_weights(down, up, _peft_alpha(adapter, TRANSFORMER_PREFIX, path, rank))
+        elif module.startswith(_DIFFUSION_MODEL) and family in _DIFFUSERS_NAMED:
+            # ai-toolkit's and ComfyUI's spelling of the same diffusers paths, sometimes with an alpha.
+            fmt = "diffusers"
+            path = module[len(_DIFFUSION_MODEL):]
+            alpha = _alpha(parts, rank) if "alpha" in parts else _peft_alpha(adapter, TRANSFORMER_PREFIX, path, rank)
+            modules[internal_name(path)] = make_weights(down, up, alpha)
         elif module.split(".", 1)[0] in _TE_PREFIX:
             fmt = "diffusers"
             prefix, _, path = module.partition(".")
@@ -181,7 +209,8 @@ def read_transformer_file(tensors: dict[str, torch.Tensor], metadata: Mapping[st
             name = te_kohya_name(_TE_PREFIX[prefix], int(m.group(1)), m.group(2))
             modules[name] = make_weights(down, up, _peft_alpha(adapter, prefix, path.removeprefix("text_model."),
                                                                rank))
-        elif module.startswith(("lora_unet_transformer_blocks_", "lora_unet_single_transformer_blocks_")):
+        elif module.startswith(("lora_unet_transformer_blocks_", "lora_unet_single_transformer_blocks_",
+                                "lora_unet_noise_refiner_", "lora_unet_context_refiner_", "lora_unet_layers_")):
             # loratui's own names, as checkpoints hold them.
             modules[module] = make_weights(down, up, _alpha(parts, rank))
         elif family == "flux" and module.startswith("lora_unet_"):
@@ -191,7 +220,8 @@ def read_transformer_file(tensors: dict[str, torch.Tensor], metadata: Mapping[st
         else:
             raise LoRAFileError(
                 f"LoRA file {where}: {module!r} is not a {family} module in a layout loratui reads "
-                "(FLUX: lora_unet_ + Black Forest Labs names or transformer. keys; SD3: transformer. keys)")
+                "(FLUX: lora_unet_ + Black Forest Labs names or transformer. keys; SD3, Z-Image and "
+                "Qwen-Image: transformer. keys)")
     return modules, fmt
 
 

@@ -1,4 +1,4 @@
-"""LoRA targets and file names of the flow-matching transformers (SD3.x, FLUX.1).
+"""LoRA targets and file names of the flow-matching transformers (SD3.x, FLUX.1, Z-Image, Qwen-Image).
 
 Presets mean what they mean on the UNets:
 
@@ -10,6 +10,11 @@ Presets mean what they mean on the UNets:
   single blocks' ``proj_mlp``).
 - ``all``: every linear layer inside the blocks, the adaptive-norm
   modulation included; this is what sd-scripts trains on FLUX by default.
+
+Z-Image's blocks (``noise_refiner``, ``context_refiner``, ``layers``) name their
+attention ``attention.to_q`` … ``attention.to_out.0`` and their SwiGLU
+feed-forward ``feed_forward.w1/w2/w3``; Qwen-Image's dual-stream blocks use the
+``attn.`` names above and ``img_mlp``/``txt_mlp`` feed-forwards.
 
 Inside loratui a module is named ``lora_unet_`` + its diffusers path with
 underscores. FLUX files are written in Black Forest Labs' module layout, as
@@ -28,12 +33,13 @@ from torch import nn
 from loratui.lora.naming import underscore_to_path
 
 INTERNAL_PREFIX = "lora_unet_"
-BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
+BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "noise_refiner", "context_refiner", "layers")
 
 _ATTENTION = re.compile(
     r"attn2?\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)$|^proj_out$"
+    r"|^attention\.(to_q|to_k|to_v|to_out\.0)$"
 )
-_FEED_FORWARD = re.compile(r"(ff|ff_context)\.net\.(0\.proj|2)$|^proj_mlp$")
+_FEED_FORWARD = re.compile(r"(ff|ff_context|img_mlp|txt_mlp)\.net\.(0\.proj|2)$|^proj_mlp$|^feed_forward\.w[123]$")
 
 
 def internal_name(path: str) -> str:
@@ -77,6 +83,8 @@ def _unwrap(root: nn.Module) -> nn.Module:
 def expected_transformer_count(config: object, family: str, preset: str) -> int | None:
     """Layers a preset wraps, from the transformer's config alone (None for an unknown layout)."""
     get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    if family in _COUNTS:
+        return _COUNTS[family](get, preset)
     layers = get("num_layers")
     if not isinstance(layers, int):
         return None
@@ -95,6 +103,26 @@ def expected_transformer_count(config: object, family: str, preset: str) -> int 
         last = 7 + (2 if ff else 0) + (2 if mod else 0)
         return (layers - 1) * full + last + 4 * dual
     return None
+
+
+def _zimage_count(get, preset: str) -> int | None:
+    layers, refiners = get("n_layers"), get("n_refiner_layers")
+    if not isinstance(layers, int) or not isinstance(refiners, int):
+        return None
+    each = 4 + (3 if preset in ("attention+ff", "all") else 0)
+    # The context refiner has no modulation (its blocks are built with modulation=False).
+    modulated = (layers + refiners) if preset == "all" else 0
+    return (layers + 2 * refiners) * each + modulated
+
+
+def _qwen_image_count(get, preset: str) -> int | None:
+    layers = get("num_layers")
+    if not isinstance(layers, int):
+        return None
+    return layers * (8 + (4 if preset in ("attention+ff", "all") else 0) + (2 if preset == "all" else 0))
+
+
+_COUNTS = {"zimage": _zimage_count, "qwen_image": _qwen_image_count}
 
 
 # -- FLUX: diffusers paths <-> Black Forest Labs modules ---------------------------------------
@@ -172,7 +200,9 @@ def flux_fused_dims(bfl_module: str, part_out: int) -> list[int]:
 # Identifiers with "_" inside them in the transformers' diffusers paths, longest first.
 _TRANSFORMER_COMPOUND = sorted(
     ["single_transformer_blocks", "transformer_blocks", "to_q", "to_k", "to_v", "to_out", "add_q_proj",
-     "add_k_proj", "add_v_proj", "to_add_out", "ff_context", "norm1_context", "proj_mlp", "proj_out"],
+     "add_k_proj", "add_v_proj", "to_add_out", "ff_context", "norm1_context", "proj_mlp", "proj_out",
+     "noise_refiner", "context_refiner", "feed_forward", "adaLN_modulation", "img_mlp", "txt_mlp", "img_mod",
+     "txt_mod"],
     key=lambda s: -s.count("_"),
 )
 

@@ -31,6 +31,8 @@ BUILTIN_MODELS: dict[str, str] = {
     "tiny-sdxl": "tiny random SDXL layout (two text encoders, size conditioning, 128 px)",
     "tiny-sd3": "tiny random SD3.5 layout (joint transformer blocks, CLIP-L + CLIP-G + T5, flow matching, 128 px)",
     "tiny-flux": "tiny random FLUX.1-dev layout (double and single blocks, CLIP-L + T5, guidance, flow matching, 128 px)",
+    "tiny-zimage": "tiny random Z-Image layout (refiners and single-stream layers, Qwen3, FLUX VAE, 128 px)",
+    "tiny-qwen-image": "tiny random Qwen-Image layout (dual-stream MMDiT, Qwen2.5-VL, 3D VAE, 128 px)",
 }
 
 # (family, prediction type) of each built-in, known without building it.
@@ -40,6 +42,8 @@ BUILTIN_FAMILIES: dict[str, tuple[str, str]] = {
     "tiny-sdxl": ("sdxl", "epsilon"),
     "tiny-sd3": ("sd3", "flow"),
     "tiny-flux": ("flux", "flow"),
+    "tiny-zimage": ("zimage", "flow"),
+    "tiny-qwen-image": ("qwen_image", "flow"),
 }
 
 # One seed per component, so building a component never depends on what was
@@ -302,8 +306,8 @@ def ensure_builtin(name: str) -> Path:
             # tokenizer.json; with them the folder loads with slow and fast
             # CLIP tokenizers alike, whichever transformers is installed.
             for saved in tmp.glob("tokenizer*"):
-                # The T5 tokenizers (Flux, SD3) are whole in their tokenizer.json.
-                if saved.is_dir() and "T5" not in (saved / "tokenizer_config.json").read_text(encoding="utf-8"):
+                # The T5 and Qwen tokenizers are whole in their tokenizer.json.
+                if saved.is_dir() and "CLIP" in (saved / "tokenizer_config.json").read_text(encoding="utf-8"):
                     chartok.write_char_tokenizer_files(saved)
         if target.exists() and not (target / "model_index.json").is_file():
             # A half folder without model_index.json (not ours: ours are

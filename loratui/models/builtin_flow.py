@@ -126,4 +126,12 @@ def build_flow_pipeline(name: str, work_dir: Path) -> Any:
             transformer=_sd3_transformer(),
             scheduler=_flow_scheduler(shift=3.0),
         )
+    if name == "tiny-zimage":
+        from loratui.models import builtin_zimage
+
+        return builtin_zimage.build(work_dir)
+    if name == "tiny-qwen-image":
+        from loratui.models import builtin_qwen_image
+
+        return builtin_qwen_image.build(work_dir)
     raise ValueError(f"not a flow-matching built-in: {name}")

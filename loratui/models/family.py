@@ -9,30 +9,34 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
-# The flow-matching transformers (SD3.x, FLUX.1) always predict the flow ε − x.
-FLOW_FAMILIES = ("sd3", "flux")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "zimage", "qwen_image")
+# The flow-matching transformers (SD3.x, FLUX.1, Z-Image, Qwen-Image) are trained on the flow ε − x.
+FLOW_FAMILIES = ("sd3", "flux", "zimage", "qwen_image")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
 
 FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "Stable Diffusion XL",
-                "sd3": "Stable Diffusion 3.x", "flux": "FLUX.1"}
+                "sd3": "Stable Diffusion 3.x", "flux": "FLUX.1", "zimage": "Z-Image",
+                "qwen_image": "Qwen-Image"}
 
 # Native training resolution of the published models, used when a model's
 # own config does not say (single files without a sample_size).
-NATIVE_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024}
+NATIVE_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024, "zimage": 1024,
+                     "qwen_image": 1024}
 
 # The denoiser class of each transformer family in a diffusers folder's transformer/config.json.
-TRANSFORMER_CLASSES = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
+TRANSFORMER_CLASSES = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux",
+                       "ZImageTransformer2DModel": "zimage", "QwenImageTransformer2DModel": "qwen_image"}
 
 
 def family_from_transformer_config(transformer_config: Mapping[str, Any]) -> str:
-    """sd3 or flux from a diffusers folder's transformer/config.json."""
+    """The family of a diffusers folder from its transformer/config.json."""
     name = str(transformer_config.get("_class_name", ""))
     if name in TRANSFORMER_CLASSES:
         return TRANSFORMER_CLASSES[name]
     raise FamilyError(
         f"its transformer is a {name or 'model of unknown class'}; loratui trains the transformers of "
-        "Stable Diffusion 3.x (SD3Transformer2DModel) and FLUX.1 (FluxTransformer2DModel)"
+        "Stable Diffusion 3.x (SD3Transformer2DModel), FLUX.1 (FluxTransformer2DModel), Z-Image "
+        "(ZImageTransformer2DModel) and Qwen-Image (QwenImageTransformer2DModel)"
     )
 
 
@@ -98,6 +102,11 @@ _UNET_KEYS = ("model.diffusion_model.",)
 # SD3's MMDiT and Black Forest Labs' FLUX layout, bare or under ComfyUI's model.diffusion_model.
 _SD3_KEYS = ("joint_blocks.", "model.diffusion_model.joint_blocks.")
 _FLUX_KEYS = ("double_blocks.", "single_blocks.", "model.diffusion_model.double_blocks.")
+# Z-Image in its original (ComfyUI) layout: fused qkv; its refiners are the sure sign.
+_ZIMAGE_KEYS = ("noise_refiner.", "context_refiner.", "model.diffusion_model.noise_refiner.",
+                "model.diffusion_model.context_refiner.")
+# Qwen-Image's files keep diffusers' names; its image-stream MLP (img_mlp) is its own.
+_QWEN_IMAGE_BLOCKS = ("transformer_blocks.", "model.diffusion_model.transformer_blocks.")
 
 
 def _channels_message(channels: object) -> str:
@@ -119,6 +128,10 @@ def family_from_keys(keys: Iterable[str], shapes: Mapping[str, Any] | None = Non
     def has(prefixes: tuple[str, ...]) -> bool:
         return any(k.startswith(prefixes) for k in key_list)
 
+    if has(_ZIMAGE_KEYS):
+        return "zimage"
+    if any(k.startswith(_QWEN_IMAGE_BLOCKS) and ".img_mlp." in k for k in key_list):
+        return "qwen_image"
     if has(_FLUX_KEYS):
         return "flux"
     if has(_SD3_KEYS):
@@ -197,7 +210,11 @@ def check_prediction_type(value: str) -> str:
 _PUBLISHED = {
     "flux": "black-forest-labs/FLUX.1-dev (or FLUX.1-schnell)",
     "sd3": "stabilityai/stable-diffusion-3.5-medium (24 joint blocks) or -3.5-large (38)",
+    "zimage": "Tongyi-MAI/Z-Image-Turbo",
+    "qwen_image": "Qwen/Qwen-Image",
 }
+# The parts a transformer-only file of each family needs from elsewhere.
+_COMPANIONS = {"zimage": "text encoder (Qwen3), VAE", "qwen_image": "text encoder (Qwen2.5-VL), VAE"}
 
 
 def single_file_advice(path: object, family: str, joint_blocks: int | None = None) -> str:
@@ -208,6 +225,7 @@ def single_file_advice(path: object, family: str, joint_blocks: int | None = Non
         size = (f" Its {joint_blocks} joint blocks are {known[joint_blocks]}'s." if joint_blocks in known
                 else f" Its size ({joint_blocks} joint blocks) is not one of the published SD3 models, so the "
                      "architecture must come from a folder made for it.")
-    return (f"{path} holds a {FAMILY_NAMES[family]} transformer; its text encoders (CLIP, T5), VAE and "
+    parts = _COMPANIONS.get(family, "text encoders (CLIP, T5), VAE")
+    return (f"{path} holds a {FAMILY_NAMES[family]} transformer; its {parts} and "
             "configs come from elsewhere. Set model.config_source to a diffusers folder or hub id of the same "
             f"model, e.g. {_PUBLISHED[family]}.{size}")

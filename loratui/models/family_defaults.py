@@ -28,6 +28,23 @@ the ones the peers publish (read from their guides and example configs):
 - Resolution: the model's own size (its config's ``sample_size``, or the family's published
   size: 512 for SD1/SD2, 1024 for SDXL, SD3 and FLUX).
 
+- Z-Image layers ``attention+ff``: musubi-tuner's ``networks/lora_zimage.py`` wraps every
+  Linear of the ZImageTransformerBlocks (attention and SwiGLU feed-forward) and leaves out
+  the adaptive-norm modulation (``exclude_patterns`` ``.*(_modulation|_refiner).*``); loratui's
+  preset also covers the two refiners' blocks.
+- Z-Image samples without classifier-free guidance (``sample.guidance = 0``): Z-Image-Turbo is
+  guidance-distilled; ``ZImagePipeline``'s own example draws it with ``guidance_scale=0.0``, and
+  ai-toolkit's ``train_lora_zimage_turbo_32gb.yaml`` samples with ``guidance_scale: 1`` ("Turbo
+  distilled: use 1", its off). The same file trains in bf16 with gradient checkpointing (as
+  here) but with Prodigy at lr 1.0, which is not a plain-AdamW start, so 1e-4 is kept.
+
+- Qwen-Image layers ``attention+ff``: musubi-tuner's ``networks/lora_qwen_image.py`` wraps every
+  Linear of the QwenImageTransformerBlocks and leaves out the ``img_mod``/``txt_mod`` modulation by
+  default (``exclude_mod``). Samples at guidance 4: ``QwenImagePipeline``'s ``true_cfg_scale``
+  default, with a negative prompt of " " when none is given, as its examples do. ai-toolkit's
+  ``train_lora_qwen_image_24gb.yaml`` trains at ``lr: 1e-4`` in bf16 with gradient checkpointing
+  (and quantizes the transformer to 3 bits, "required for 24GB", which loratui does not do).
+
 The UNet families (SD1, SD2, SDXL) start from loratui's defaults, which follow kohya's.
 """
 
@@ -49,9 +66,13 @@ _FAMILY_START: dict[str, dict[str, Any]] = {
     "sd1": {}, "sd2": {}, "sdxl": {},
     "sd3": {**_FLOW_START, "lora.preset": "attention"},
     "flux": {**_FLOW_START, "lora.preset": "all", "sample.guidance": 3.5},
+    "zimage": {**_FLOW_START, "lora.preset": "attention+ff", "sample.guidance": 0.0},
+    "qwen_image": {**_FLOW_START, "lora.preset": "attention+ff", "sample.guidance": 4.0},
 }
 
-FAMILY_SOURCES = {"sd3": "sd-scripts and diffusers", "flux": "sd-scripts, ai-toolkit and diffusers"}
+FAMILY_SOURCES = {"sd3": "sd-scripts and diffusers", "flux": "sd-scripts, ai-toolkit and diffusers",
+                  "zimage": "musubi-tuner, ai-toolkit and diffusers",
+                  "qwen_image": "musubi-tuner, ai-toolkit and diffusers"}
 """Whose published starting settings a family's values are, as the wizard names them."""
 
 

@@ -16,6 +16,7 @@ import torch
 
 from loratui.models import builtin
 from loratui.models.family import (
+    FAMILY_NAMES,
     FLOW_FAMILIES,
     FamilyError,
     check_family,
@@ -50,12 +51,14 @@ class LoadedModel:
     noise_scheduler: Any
     fingerprint: str
     resolution: int
-    vae_scaling_factor: float
+    # One number for most VAEs; per-channel [C, 1, 1] tensors where the VAE publishes a latent mean and
+    # std per channel (Qwen-Image).
+    vae_scaling_factor: float | torch.Tensor
     # The scheduler the model ships for sampling (DDIM, Euler, PNDM, ...).
     sample_scheduler: Any = None
     pipeline_config: dict[str, Any] = field(default_factory=dict)
     # Subtracted from VAE latents before scaling (FLUX and SD3 VAEs; 0 for the UNet families).
-    vae_shift_factor: float = 0.0
+    vae_shift_factor: float | torch.Tensor = 0.0
 
     @property
     def is_flow(self) -> bool:
@@ -167,6 +170,7 @@ def load_model(
     for module in [denoiser, pipe.vae, *text_encoders]:
         module.requires_grad_(False)
         module.eval()
+    scaling, shift = _latent_normalisation(pipe.vae, fam)
     if kind == "builtin":
         resolution = builtin.BUILTIN_RESOLUTION
     else:
@@ -183,13 +187,25 @@ def load_model(
         noise_scheduler=make_noise_scheduler(pipe.scheduler.config, pred),
         fingerprint=_fingerprint(kind, where, config_source),
         resolution=resolution,
-        vae_scaling_factor=float(pipe.vae.config.get("scaling_factor", 0.18215)),
-        vae_shift_factor=float(pipe.vae.config.get("shift_factor") or 0.0),
+        vae_scaling_factor=scaling,
+        vae_shift_factor=shift,
         sample_scheduler=sample_scheduler,
         # The pipeline's own flags (e.g. SDXL's force_zeros_for_empty_prompt),
         # not its component entries, for make_pipeline to pass on.
         pipeline_config={k: v for k, v in pipe.config.items() if isinstance(v, (bool, int, float)) and k[0] != "_"},
     )
+
+
+def _latent_normalisation(vae: Any, family: str) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+    """(scale, shift) from the latent the VAE gives to the one the denoiser takes: (z − shift) · scale."""
+    if family in FLOW_FAMILIES:
+        from loratui.models.text import family_module
+
+        per_channel = getattr(family_module(family), "latent_normalisation", None)
+        if per_channel is not None:
+            shift, scale = per_channel(vae)
+            return scale, shift
+    return float(vae.config.get("scaling_factor", 0.18215)), float(vae.config.get("shift_factor") or 0.0)
 
 
 def _text_components(pipe: Any, family: str, spec: str) -> tuple[list[Any], list[Any]]:
@@ -204,9 +220,12 @@ def _text_components(pipe: Any, family: str, spec: str) -> tuple[list[Any], list
     encoders = [getattr(pipe, f"text_encoder{n}", None) for n in names]
     tokenizers = [getattr(pipe, f"tokenizer{n}", None) for n in names]
     if family in FLOW_FAMILIES and (encoders[-1] is None or tokenizers[-1] is None):
+        from loratui.models.text import family_module
+
+        kind = getattr(family_module(family), "TEXT_ENCODER_NAME", "T5")
         raise ModelLoadError(
-            f"{spec} has no T5 text encoder (text_encoder{names[-1]}/tokenizer{names[-1]}); {family} models "
-            "condition on T5, so loratui needs it: use a complete diffusers folder, or for one file set "
+            f"{spec} has no {kind} text encoder (text_encoder{names[-1]}/tokenizer{names[-1]}); {family} models "
+            f"condition on {kind}, so loratui needs it: use a complete diffusers folder, or for one file set "
             "model.config_source to a diffusers folder or hub id of the same model that has it")
     if any(m is None for m in encoders + tokenizers) or denoiser is None or pipe.vae is None:
         what = "transformer" if family in FLOW_FAMILIES else "UNet"
@@ -250,7 +269,7 @@ def _load_pipeline(kind: str, where: Path | str, family: str, config_source: str
     cls = _pipeline_class(family)
     # Image encoders and feature extractors serve IP-adapters and the safety
     # checker; training never uses them, so they are not loaded.
-    extra: dict[str, Any] = {"feature_extractor": None, "image_encoder": None}
+    extra: dict[str, Any] = {k: None for k in ("feature_extractor", "image_encoder") if k in _init_names(cls)}
     if family not in ("sdxl", *FLOW_FAMILIES):
         extra.update(safety_checker=None, requires_safety_checker=False)
     extra.update(_dtype_kwarg(dtype))
@@ -272,6 +291,18 @@ def _load_pipeline(kind: str, where: Path | str, family: str, config_source: str
         raise
     except Exception as exc:  # noqa: BLE001 - diffusers raises many types for bad input
         raise ModelLoadError(_explain_failure(kind, where, config_source, exc)) from exc
+
+
+def _family_module(family: str) -> Any:
+    from loratui.models.text import family_module
+
+    return family_module(family)
+
+
+def _init_names(cls: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(cls.__init__).parameters)
 
 
 def _flow_single_file(path: Path, family: str, config_source: str | None, cls: Any, extra: dict[str, Any],
@@ -313,11 +344,31 @@ def _flow_single_file(path: Path, family: str, config_source: str | None, cls: A
                 "set model.config_source to the diffusers folder or hub id of the model this file was made "
                 "from (FLUX.1-dev and FLUX.1-schnell differ in their guidance embedding)") from None
         transformer.to(dtype)
+    elif hasattr(_family_module(family), "load_single_file"):
+        # Families whose files diffusers has no converter for (Qwen-Image's keeps diffusers' names).
+        try:
+            transformer = _family_module(family).load_single_file(path, source, local).to(dtype)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise ModelLoadError(
+                f"{path} does not fit the {FAMILY_NAMES[family]} transformer config of {config_source} "
+                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); set "
+                "model.config_source to the diffusers folder or hub id of the model this file was made from") from None
     else:
-        from diffusers import SD3Transformer2DModel
+        import diffusers
 
-        transformer = SD3Transformer2DModel.from_single_file(str(path), config=source, subfolder="transformer",
+        from loratui.models.text import family_module
+
+        # diffusers' own converters read SD3's MMDiT layout and Z-Image's original (fused qkv) layout.
+        transformer_class = getattr(diffusers, getattr(family_module(family), "TRANSFORMER", "SD3Transformer2DModel"))
+        try:
+            transformer = transformer_class.from_single_file(str(path), config=source, subfolder="transformer",
                                                              **_dtype_kwarg(dtype), **local)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise ModelLoadError(
+                f"{path} does not fit the {family} transformer config of {config_source} "
+                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); set "
+                "model.config_source to the diffusers folder or hub id of the model this file was made from, "
+                "or model.family to the family the file belongs to") from None
     return cls.from_pretrained(source, transformer=transformer, **extra, **local)
 
 
@@ -345,8 +396,28 @@ def _explain_failure(kind: str, where: Path | str, config_source: str | None, ex
     return f"could not load the model folder {where} ({detail}); it may be incomplete, copy or download it again"
 
 
+_NEEDED_PARTS = ("vae", "unet", "transformer", "scheduler", "text_encoder", "tokenizer")
+
+
+def _check_folder_parts(folder: Path) -> None:
+    """Every component model_index.json lists that training loads must be there, named, before diffusers
+    says only that some config.json is missing."""
+    from loratui.models.probe import read_json
+
+    index = read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
+    missing = [name for name, value in index.items()
+               if name.startswith(_NEEDED_PARTS) and isinstance(value, list) and value[0] is not None
+               and not (folder / name).is_dir()]
+    if missing:
+        raise ModelLoadError(
+            f"the model folder {folder} has no {', '.join(f'{m}/' for m in missing)} (model_index.json lists "
+            f"{'it' if len(missing) == 1 else 'them'}); loratui needs the text encoder, tokenizer, VAE and "
+            "denoiser of a model: copy or download the whole folder again")
+
+
 def _check_folder_weights(folder: Path) -> None:
     """Validate every safetensors header so a cut-short file is named precisely."""
+    _check_folder_parts(folder)
     for path in sorted(folder.glob("*/*.safetensors")):
         read_safetensors_header(path)
 

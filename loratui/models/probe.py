@@ -167,6 +167,15 @@ def _transformer_info(
     if family == "flux":
         kind_text = "guidance-distilled, like FLUX.1-dev" if config.get("guidance_embeds") else \
             "no guidance embedding, like FLUX.1-schnell"
+    elif family == "qwen_image":
+        pipeline = str(read("model_index.json").get("_class_name", ""))
+        if "Edit" in pipeline or "Layered" in pipeline:
+            raise ModelLoadError(
+                f"{label} is a {pipeline} (Qwen-Image-Edit: conditioned on a reference image), which loratui "
+                "does not train; use a Qwen-Image text-to-image model (QwenImagePipeline), e.g. Qwen/Qwen-Image")
+        kind_text = f"MMDiT, {config.get('num_layers', '?')} blocks, Qwen2.5-VL text encoder"
+    elif family == "zimage":
+        kind_text = f"single-stream DiT, {config.get('n_layers', '?')} layers, Qwen3 text encoder"
     where = f"{label}; {kind_text}" if kind_text else label
     return ModelInfo(spec, kind, family, "flow", _describe(family, "flow", res, where), path, res)
 

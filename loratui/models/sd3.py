@@ -24,6 +24,8 @@ PIPELINE = "StableDiffusion3Pipeline"
 TEXT_SUFFIXES = ("", "_2", "_3")  # CLIP-L, CLIP-G, T5
 T5_LENGTH = 256  # StableDiffusion3Pipeline's default max_sequence_length
 LEARNING_RATE = 1e-4
+TRANSFORMER = "SD3Transformer2DModel"
+NEGATIVE_PROMPT = True  # classifier-free guidance with a negative prompt
 
 
 def default_t5_length(model: LoadedModel) -> int:

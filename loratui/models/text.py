@@ -23,7 +23,11 @@ MAX_TOKENS = 77
 
 @dataclass
 class TextEmbedding:
-    """Per-caption conditioning: hidden [B, 77, D]; pooled [B, P] for SDXL, else None."""
+    """Per-caption conditioning: hidden [B, 77, D]; pooled [B, P] for SDXL, else None.
+
+    The flow families always fill ``pooled``: SD3's and FLUX's pooled CLIP vectors; for Z-Image and
+    Qwen-Image, which have none, the mask of real text tokens [B, L] (1 = a token), so captions of
+    different lengths cache and batch at one padded length."""
 
     hidden: torch.Tensor
     pooled: torch.Tensor | None = None
@@ -164,6 +168,14 @@ def family_module(family: str) -> Any:
         from loratui.models import sd3
 
         return sd3
+    if family == "zimage":
+        from loratui.models import zimage
+
+        return zimage
+    if family == "qwen_image":
+        from loratui.models import qwen_image
+
+        return qwen_image
     raise ValueError(f"{family} is not a flow-matching transformer family")
 
 

@@ -43,7 +43,13 @@ def estimate_text(estimate: Estimate) -> str:
 
 
 # Parameters of the published transformers, in billions: FLUX.1-dev/schnell 12, SD3.5-Large 8, Medium 2.5.
-_TRANSFORMER_B = {"flux": (("FLUX.1-dev", 12.0),), "sd3": (("SD3.5-Large", 8.0), ("Medium", 2.5))}
+_TRANSFORMER_B = {"flux": (("FLUX.1-dev", 12.0),), "sd3": (("SD3.5-Large", 8.0), ("Medium", 2.5)),
+                  "zimage": (("Z-Image-Turbo", 6.15),), "qwen_image": (("Qwen-Image", 20.4),)}
+
+
+# Families too large for the one-line rule below: what fits on the usual rented cards, said plainly.
+_CARDS = {"qwen_image": "it fits an 80 GB card in bf16 (41 GB); a 48 GB card only with model.base_weights = "
+                        "\"float8\" (20 GB); a 24 GB card not at all, even in float8, once activations are added"}
 
 
 def memory_note(cfg: ProjectConfig, family: str | None) -> str:
@@ -57,6 +63,8 @@ def memory_note(cfg: ProjectConfig, family: str | None) -> str:
         stored, per_param = ("fp32", 4) if cfg.train.precision == "no" else (cfg.train.precision, 2)
     held = ", ".join(f"{name} {billions * per_param:.3g} GB" for name, billions in sizes)
     text = f"frozen transformer in {stored}: {held} before anything trains"
+    if family in _CARDS:
+        return text + "; " + _CARDS[family]
     if per_param == 1:
         return text + "; computed in bf16"
     card = 24 if sizes[0][1] >= 12 else 16

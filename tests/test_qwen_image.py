@@ -138,7 +138,7 @@ def test_a_few_steps_train_and_write_transformer_keys(tmp_path: Path) -> None:
         keys, meta = sorted(f.keys()), f.metadata()
     assert keys and all(k.startswith("transformer.transformer_blocks.") for k in keys)
     assert any(".img_mlp." in k for k in keys) and any(".attn.add_q_proj." in k for k in keys)
-    assert meta["ss_base_model_version"] == "qwen_image" and meta["modelspec.architecture"] == "qwen-image/lora"
+    assert meta["ss_base_model_version"] == "qwen_image" and meta["modelspec.architecture"] == "Qwen-Image/lora"
 
 
 def test_training_lowers_a_fixed_noise_fixed_sigma_evaluation_loss(sample_project: Path) -> None:

@@ -128,7 +128,7 @@ def test_a_few_steps_train_and_write_transformer_keys(tmp_path: Path) -> None:
                         for k in keys)
     assert {k.split(".")[1] for k in keys} == {"layers", "noise_refiner", "context_refiner"}
     assert meta["ss_base_model_version"] == "zimage" and meta["modelspec.prediction_type"] == "flow"
-    assert meta["modelspec.architecture"] == "z-image-turbo/lora"
+    assert meta["modelspec.architecture"] == "Z-Image/lora"
 
 
 def test_training_lowers_a_fixed_noise_fixed_sigma_evaluation_loss(sample_project: Path) -> None:

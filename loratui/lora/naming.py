@@ -325,7 +325,8 @@ def family_from_metadata(metadata: dict[str, str]) -> str | None:
         return "sd2"
     if version.startswith("sd_v1"):
         return "sd1"
-    arch = metadata.get("modelspec.architecture", "")
+    # ModelSpec names are matched without case: musubi-tuner writes "Z-Image", "Qwen-Image".
+    arch = metadata.get("modelspec.architecture", "").lower()
     for family, prefix in _ARCHITECTURE_PREFIX.items():
         if arch.startswith(prefix):
             return family

@@ -31,9 +31,9 @@ class PoisonedSwap(BlockSwap):
         self.events.append(("upload", i))
         return [c.clone() for c in self.clean[i]]
 
-    def _ensure(self, i: int) -> None:
-        super()._ensure(i)
-        self.most_loaded = max(self.most_loaded, len(self.loaded))
+    def _issue(self, i: int) -> None:
+        super()._issue(i)
+        self.most_loaded = max(self.most_loaded, len(self.loaded | set(self.pending)))
 
 
 def tiny_flux(precision: str | None):
@@ -96,11 +96,11 @@ def test_block_swap_gives_the_same_gradients_and_streams_every_swapped_block(mod
     assert set(grads) == set(ref_grads) and all(torch.equal(grads[k], ref_grads[k]) for k in grads)
     assert any(g.abs().sum() > 0 for g in grads.values())
     # Every swapped block was brought in for the forward and again for the backward (the last one stays
-    # for the backward that starts with it), and never were all of them on the device together.
+    # for the backward that starts with it), and never more than two were on the device (or arriving) at once.
     uploads = [i for kind, i in swap.events if kind == "upload"]
     assert sorted(set(uploads)) == list(range(count))
     assert len(uploads) == 2 * count - 1
-    assert swap.most_loaded <= min(3, count)
+    assert swap.most_loaded == 2  # one computing, the next one arriving
     # After the step the device holds at most the first swapped block and its frozen tensors only there.
     swap.release_all()
     assert not swap.loaded

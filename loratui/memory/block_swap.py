@@ -15,10 +15,10 @@ it. Parameters are exchanged by ``.data``, so tensors autograd saved in the
 forward (a norm's weight, a plain Linear's weight) see the device copy again
 when the backward uses them.
 
-On the device at once: the blocks that are not swapped, plus at most three of
-the swapped ones (the one computing, the one arriving, and the last block,
-kept for the backward that starts with it). On a CPU the copies are plain
-copies and the results are the same bits as without swapping.
+On the device at once: the blocks that are not swapped, plus at most two of
+the swapped ones (the one computing and the one arriving; the last block stays
+from the forward into the backward that starts with it). On a CPU the copies
+are plain copies and the results are the same bits as without swapping.
 """
 
 from __future__ import annotations
@@ -148,10 +148,11 @@ class BlockSwap:
         self.loaded.discard(i)
 
     def _arrive_backward(self, i: int) -> None:
-        self._ensure(i)
-        self._issue(i - 1)
+        # Blocks after i have finished their backward: drop them first, so no more than two are ever held.
         for j in [j for j in self.loaded if j > i]:
             self._release(j)
+        self._ensure(i)
+        self._issue(i - 1)
 
     # -- hooks ------------------------------------------------------------------
 

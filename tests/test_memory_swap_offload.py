@@ -141,3 +141,27 @@ def test_activation_offload_still_trains_the_first_block_when_its_inputs_need_no
     _, grads = step(model, net)
     first = [g for name, g in grads.items() if name.startswith("lora_unet_transformer_blocks_0_")]
     assert first and all(g.abs().sum() > 0 for g in first)
+
+
+def test_a_sampling_pass_between_steps_leaves_no_extra_block_on_the_device() -> None:
+    model, net = tiny_flux(None)
+    ref_loss, ref_grads = step(model, net)
+
+    model, net = tiny_flux(None)
+    swap = PoisonedSwap(transformer_blocks(model), 3, "cpu")
+    with torch.no_grad():  # what sampling does between optimizer steps
+        step_inputs_forward(model)
+    assert swap.loaded == {2}  # the last block stays after a forward
+    swap.most_loaded = 0
+    loss, grads = step(model, net)
+    assert torch.equal(loss, ref_loss) and all(torch.equal(grads[k], ref_grads[k]) for k in ref_grads)
+    assert swap.most_loaded == 2
+
+
+def step_inputs_forward(model) -> None:
+    g = torch.Generator().manual_seed(5)
+    c = model.config
+    model(hidden_states=torch.randn(1, 16, c.in_channels, generator=g),
+          encoder_hidden_states=torch.randn(1, 5, c.joint_attention_dim, generator=g),
+          pooled_projections=torch.randn(1, c.pooled_projection_dim, generator=g), timestep=torch.tensor([0.5]),
+          img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3), guidance=torch.tensor([1.0]), return_dict=False)

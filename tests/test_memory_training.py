@@ -61,6 +61,16 @@ def test_block_swap_and_activation_offload_train_bit_for_bit_like_without(tmp_pa
     assert set(tensors) == set(ref_file) and all(torch.equal(tensors[k], ref_file[k]) for k in tensors)
 
 
+def test_activation_offload_trains_a_unet_family_too(tmp_path: Path) -> None:
+    settings = ("lora.preset=attention", "train.learning_rate=0.01", "train.gradient_checkpointing=true")
+    ref = train(make_project(tmp_path / "plain", "builtin:tiny-sd", *settings), STEPS)
+    off = train(make_project(tmp_path / "offload", "builtin:tiny-sd", *settings, "train.activation_offload=true"),
+                STEPS)
+    ref_losses, losses = ([e.loss for e in run if type(e).__name__ == "StepDone"] for run in (ref, off))
+    assert len(losses) == STEPS and all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(losses, ref_losses))
+    assert any("activation offload" in getattr(e, "text", "") for e in off)
+
+
 def test_stored_and_swapped_blocks_are_where_they_should_be(tmp_path: Path) -> None:
     from loratui.memory.stored import StoredLinear
 

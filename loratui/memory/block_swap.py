@@ -161,6 +161,10 @@ class BlockSwap:
         if _in_backward():  # the recomputation of a checkpointed block: its backward follows
             self._arrive_backward(i)
             return
+        # In a forward every earlier block is done; what is still here (the last block after a sampling pass,
+        # the first after the previous backward) goes before the next one arrives.
+        for j in [j for j in self.loaded if j != i]:
+            self._release(j)
         self._ensure(i)
         self._issue(i + 1)
 

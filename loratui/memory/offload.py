@@ -32,6 +32,7 @@ class OffloadedCheckpoint:
         self.pin = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.offloaded_bytes = 0  # in the last forward; what the device did not have to hold
         self._anchor = torch.empty(0, requires_grad=True)
+        self._trainable: dict[int, bool] = {}
 
     def reset(self, *_: Any, **__: Any) -> None:
         self.calls = 0
@@ -54,8 +55,25 @@ class OffloadedCheckpoint:
         self.calls += 1
         if index % self.every:
             return module(*args)
+        inputs_need_grad = any(t.requires_grad for t in _tensors(args))
+        if not inputs_need_grad and not self._trains(module):
+            return module(*args)  # nothing in it needs a gradient, so autograd keeps nothing of it anyway
         with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
             return checkpoint(_run, module, self._anchor, *args, use_reentrant=True)
+
+    def _trains(self, module: torch.nn.Module) -> bool:
+        key = id(module)
+        if key not in self._trainable:
+            self._trainable[key] = any(p.requires_grad for p in module.parameters())
+        return self._trainable[key]
+
+
+def _tensors(args: Any) -> list[torch.Tensor]:
+    if isinstance(args, torch.Tensor):
+        return [args]
+    if isinstance(args, (tuple, list)):
+        return [t for a in args for t in _tensors(a)]
+    return []
 
 
 def _run(module: torch.nn.Module, _anchor: torch.Tensor, *args: Any) -> Any:

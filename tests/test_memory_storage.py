@@ -75,3 +75,18 @@ def test_precisions_table_names_every_config_choice() -> None:
 
     choices = next(f for f in fields(ModelConfig) if f.name == "base_precision").metadata["choices"]
     assert set(choices) - {"auto"} == set(PRECISIONS)
+
+
+def test_scaled_fp8_keeps_small_weights_that_a_plain_cast_loses() -> None:
+    from loratui.memory.stored import dequantize, quantize
+
+    gen = torch.Generator().manual_seed(0)
+    for std, plain_worse_than in ((0.002, 0.2), (1.0, 0.0)):
+        w = torch.randn(256, 256, generator=gen) * std
+
+        def error(precision: str) -> float:
+            rebuilt = dequantize(quantize(w, precision), precision, tuple(w.shape), torch.float32)
+            return float((rebuilt - w).norm() / w.norm())
+
+        assert error("fp8-scaled") < 0.03
+        assert error("fp8") > plain_worse_than

@@ -53,6 +53,9 @@ def test_rebuilt_weight_is_close_and_the_input_gradient_uses_it(precision: str) 
     assert err < TOLERANCE[precision], err
     if precision != "bf16":
         assert err > 0  # it really is stored in fewer bits
+    half = lin.dense(torch.bfloat16)  # what a GPU step rebuilds: bf16, close to the float32 rebuild
+    assert half.dtype == torch.bfloat16
+    assert (half.float() - rebuilt).abs().max() <= 0.01 * rebuilt.abs().max()
     out = lin(x)
     assert torch.allclose(out, x @ rebuilt.T + lin.bias, atol=1e-5)
     out.square().sum().backward()

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loratui.lora.layer import AdapterModule
 from loratui.memory.precision import PRECISIONS
 
 FP8 = torch.float8_e4m3fn
@@ -209,7 +210,13 @@ def store_linear(layer: nn.Linear, precision: str, *, work_device: torch.device 
 
 
 def block_linears(block: nn.Module) -> Iterator[nn.Linear]:
-    """The plain nn.Linear layers inside one transformer block (stored ones and LoRA factors excluded)."""
-    for module in block.modules():
-        if type(module) is nn.Linear:
-            yield module
+    """The plain nn.Linear layers inside one transformer block: a LoRA's base, never its factors (those
+    train in float32); layers already stored are left as they are."""
+    if isinstance(block, AdapterModule):
+        yield from block_linears(block.base)
+        return
+    if type(block) is nn.Linear:
+        yield block
+        return
+    for child in block.children():
+        yield from block_linears(child)

@@ -241,3 +241,81 @@ def test_swap_and_offload_are_exact_on_qwen_image_and_z_image(name: str, mode: s
     assert all(torch.isfinite(g).all() for g in grads)
     assert sum(bool(g.abs().sum() > 0) for g in grads) == sum(bool(g.abs().sum() > 0) for g in ref_grads) > 0
     assert swap.most_loaded == 2
+
+
+# -- the CUDA protocol, with stand-ins for torch.cuda --------------------------------------------------
+
+
+class FakeStream:
+    def __init__(self, name: str, log: list) -> None:
+        self.name, self.log = name, log
+
+    def wait_event(self, event) -> None:
+        self.log.append(("wait", self.name, event.number))
+
+
+class FakeEvent:
+    count = 0
+
+    def __init__(self, log: list, current) -> None:
+        FakeEvent.count += 1
+        self.number, self.log, self.current = FakeEvent.count, log, current
+
+    def record(self, stream) -> None:
+        self.log.append(("record", stream.name, self.number))
+
+
+def test_on_cuda_each_block_is_copied_on_the_side_stream_and_waited_for_before_it_computes(monkeypatch) -> None:
+    import contextlib
+
+    log: list[tuple] = []
+    compute = FakeStream("compute", log)
+    current = [compute]
+
+    @contextlib.contextmanager
+    def stream(s):
+        current.append(s)
+        try:
+            yield
+        finally:
+            current.pop()
+
+    model, net = tiny_flux(None)
+    model.enable_gradient_checkpointing()
+    ref_loss, ref_grads = step(model, net)
+    model, net = tiny_flux(None)  # built before torch.cuda is replaced: diffusers' imports read it
+    model.enable_gradient_checkpointing()
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: FakeStream("side", log))
+    monkeypatch.setattr(torch.cuda, "Event", lambda: FakeEvent(log, current))
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: (log.append(("pin",)), self.clone())[1])
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: log.append(("keep", id(self), s.name)))
+
+    class Logged(PoisonedSwap):
+        def _upload(self, i):
+            tensors = super()._upload(i)
+            log.append(("upload", i, current[-1].name, [id(t) for t in tensors]))
+            return tensors
+
+    blocks = transformer_blocks(model)
+    swap = Logged(blocks, 3, "cpu", streams=True)
+    assert sum(1 for entry in log if entry == ("pin",)) == sum(len(h) for h in swap.host)
+    for i, block in enumerate(swap.blocks):
+        block.register_forward_pre_hook(lambda m, a, i=i: log.append(("compute", i)))
+    loss, grads = step(model, net)
+    assert torch.equal(loss, ref_loss) and all(torch.equal(grads[k], ref_grads[k]) for k in ref_grads)
+
+    uploads = [(n, e) for n, e in enumerate(log) if e[0] == "upload"]
+    assert uploads and all(e[2] == "side" for _, e in uploads)  # never on the compute stream
+    for n, (_, i, _, ids) in uploads:
+        event = next(e for e in log[n:] if e[0] == "record")
+        assert event[1] == "side"  # the event marks the end of this block's copies on the side stream
+        # Before block i next computes, the compute stream waits on that very event and keeps its tensors.
+        computes = [m for m, e in enumerate(log) if e == ("compute", i) and m > n]
+        assert computes, f"block {i} never computed after its upload"
+        between = log[n:computes[0]]
+        assert ("wait", "compute", event[2]) in between
+        kept = {e[1] for e in between if e[0] == "keep" and e[2] == "compute"}
+        assert set(ids) <= kept

@@ -67,11 +67,14 @@ def _set(slot: Slot, value: torch.Tensor) -> None:
 class BlockSwap:
     """Streams the last ``count`` of ``blocks`` from host memory to ``device``; see the module docstring."""
 
-    def __init__(self, blocks: Sequence[nn.Module], count: int, device: torch.device | str) -> None:
+    def __init__(self, blocks: Sequence[nn.Module], count: int, device: torch.device | str, *,
+                 streams: bool | None = None) -> None:
+        """``streams`` (default: whether ``device`` is CUDA) means pinned host copies, uploads on a side
+        stream and events; a test turns it on for a CPU with stand-ins for ``torch.cuda``."""
         if not 0 < count <= len(blocks):
             raise ValueError(f"cannot swap {count} of {len(blocks)} blocks")
         self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
+        self.cuda = self.device.type == "cuda" if streams is None else streams
         self.blocks = list(blocks[len(blocks) - count:])
         self.index = {id(b): i for i, b in enumerate(self.blocks)}
         self.slots = [frozen_slots(b) for b in self.blocks]

@@ -59,7 +59,8 @@ class Option:
         if self.offload:
             parts.append("activation offload")
         if self.swap_share:
-            parts.append(f"swap {self.swap(blocks)}/{blocks}" if blocks else f"swap {self.swap_share:.0%} of the blocks")
+            share = f"{self.swap(blocks)}/{blocks}" if blocks else f"{self.swap_share:.0%} of the blocks"
+            parts.append(f"swap {share}")
         return " + ".join(parts)
 
     def swap(self, blocks: int) -> int:
@@ -235,7 +236,8 @@ def _missing(name: str) -> bool:
 
 def format_rows(rows: list[Row]) -> str:
     gib = 2**30
-    lines = ["| model | option | peak GiB | s/step | planner GiB | planner / peak | note |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | option | peak GiB | s/step | planner GiB | planner / peak | note |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         peak = f"{r.peak_bytes / gib:.2f}" if r.peak_bytes else "—"
         est = f"{r.estimate_bytes / gib:.2f}" if r.estimate_bytes else "—"

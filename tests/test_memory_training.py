@@ -143,6 +143,7 @@ def test_too_little_host_memory_for_the_swapped_blocks_stops_before_training(tmp
     assert failed and failed[0].step in (None, 0)
     assert "train.blocks_to_swap = 2 keeps" in failed[0].message and "Lower train.blocks_to_swap" in failed[0].message
     assert not [e for e in seen if type(e).__name__ == "StepDone"]
+    assert not any("encoding images" in getattr(e, "text", "") for e in seen)  # stopped before the slow part
 
 
 def test_a_unet_project_with_a_transformer_option_fails_with_the_message(tmp_path: Path) -> None:

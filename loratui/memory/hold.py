@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -120,7 +120,6 @@ class HeldBase:
     swapped: int
     places_itself: bool  # the denoiser was placed here: accelerate must not move it
     swap: BlockSwap | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def store_base(cfg: ProjectConfig, model: Any, device: torch.device, status: StatusFn, *,
@@ -133,18 +132,20 @@ def store_base(cfg: ProjectConfig, model: Any, device: torch.device, status: Sta
     precision = effective_precision(cfg)
     swapped = cfg.train.blocks_to_swap
     held = HeldBase(precision, blocks, swapped, places_itself=load_device(cfg, device) != device)
-    if precision == "auto":
-        return held
-    on_host = {id(b) for b in blocks[len(blocks) - swapped:]} if swapped else set()
-    before = after = 0
-    for block in blocks:
-        keep = torch.device("cpu") if id(block) in on_host else device
-        for layer in list(block_linears(block)):
-            before += store_linear(layer, precision, work_device=device, keep_device=keep)
-            after += layer.stored_bytes()
-    p = PRECISIONS[precision]
-    status(f"transformer blocks stored as {precision} ({p.bits} bits a weight): {before / 2**30:.2f} GiB -> "
-           f"{after / 2**30:.2f} GiB")
+    if precision != "auto":
+        on_host = {id(b) for b in blocks[len(blocks) - swapped:]} if swapped else set()
+        before = after = 0
+        for block in blocks:
+            keep = torch.device("cpu") if id(block) in on_host else device
+            for layer in list(block_linears(block)):
+                before += store_linear(layer, precision, work_device=device, keep_device=keep)
+                after += layer.stored_bytes()
+        status(f"transformer blocks stored as {precision} ({PRECISIONS[precision].bits} bits a weight): "
+               f"{before / 2**30:.2f} GiB -> {after / 2**30:.2f} GiB")
+    if swapped:
+        # Checked now, before any image is encoded; the pinned copies are made after LoRA injection.
+        needed = sum(slot_bytes(frozen_slots(b)) for b in blocks[len(blocks) - swapped:])
+        check_host_memory(cfg, needed, host_memory_available())
     return held
 
 
@@ -152,9 +153,6 @@ def place_model(held: HeldBase, cfg: ProjectConfig, model: Any, device: torch.de
     """After LoRA injection: start block swapping, then put the rest of the denoiser on the device."""
     transformer = model.unet
     if held.swapped:
-        swapped_blocks = held.blocks[len(held.blocks) - held.swapped:]
-        needed = sum(slot_bytes(frozen_slots(b)) for b in swapped_blocks)
-        check_host_memory(cfg, needed, host_memory_available())
         held.swap = BlockSwap(held.blocks, held.swapped, device)
         status(f"block swap: the last {held.swapped} of {len(held.blocks)} blocks wait in host memory "
                f"({held.swap.host_bytes / 2**30:.2f} GiB) and stream to the {device.type} ahead of use")

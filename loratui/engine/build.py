@@ -200,7 +200,7 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
         te.to(device)
     optimizer = _make_optimizer(cfg, groups)
     # A denoiser the memory options placed (part of it in host memory) must stay where it is.
-    model.unet, optimizer = acc.prepare(unet, optimizer, device_placement=[not held.places_itself, True])
+    model.unet, optimizer = acc.prepare(unet, optimizer, device_placement=[False if held.places_itself else None, None])
     if trained_tes and acc.num_processes > 1:
         # Text-encoder LoRA gradients must be averaged across GPUs too, so those encoders get DDP as well.
         wrapped = acc.prepare(*trained_tes)

@@ -189,8 +189,8 @@ def store_linear(layer: nn.Linear, precision: str, *, work_device: torch.device 
                  keep_device: torch.device | str | None = None) -> int:
     """Turn ``layer`` into a StoredLinear in ``precision``; returns the bytes its weight took before.
 
-    The arithmetic runs on ``work_device`` (a GPU quantizes a 12 B model in seconds, a CPU in minutes) and
-    the stored tensors end on ``keep_device``.
+    The arithmetic runs on ``work_device`` (the GPU when there is one: one layer's float32 copy at a time)
+    and the stored tensors end on ``keep_device`` (the host for a block that will be swapped).
     """
     weight = layer.weight
     before = weight.numel() * weight.element_size()

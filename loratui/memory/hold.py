@@ -141,7 +141,7 @@ def store_base(cfg: ProjectConfig, model: Any, device: torch.device, status: Sta
                 before += store_linear(layer, precision, work_device=device, keep_device=keep)
                 after += layer.stored_bytes()
         status(f"transformer blocks stored as {precision} ({PRECISIONS[precision].bits} bits a weight): "
-               f"{before / 2**30:.2f} GiB -> {after / 2**30:.2f} GiB")
+               f"{_size(before)} -> {_size(after)}")
     if swapped:
         # Checked now, before any image is encoded; the pinned copies are made after LoRA injection.
         needed = sum(slot_bytes(frozen_slots(b)) for b in blocks[len(blocks) - swapped:])
@@ -155,10 +155,16 @@ def place_model(held: HeldBase, cfg: ProjectConfig, model: Any, device: torch.de
     if held.swapped:
         held.swap = BlockSwap(held.blocks, held.swapped, device)
         status(f"block swap: the last {held.swapped} of {len(held.blocks)} blocks wait in host memory "
-               f"({held.swap.host_bytes / 2**30:.2f} GiB) and stream to the {device.type} ahead of use")
+               f"({_size(held.swap.host_bytes)}) and stream to the {device.type} ahead of use")
     if held.places_itself:
         swap = held.swap
         move_except(transformer, device, skip=lambda m: swap is not None and swap.is_swapped(m))
+
+
+def _size(n: int) -> str:
+    if n >= 2**28:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def enable_checkpointing(cfg: ProjectConfig, unet: Any, status: StatusFn) -> None:

@@ -25,6 +25,7 @@ Run: ``python benchmarks/gpu_memory.py`` or ``python benchmarks/gpu.py --memory`
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -219,10 +220,13 @@ def run_case(name: str, spec: Any, family: str, option: Option, *, device: Any, 
             row.note = "loss not finite"
     except torch.cuda.OutOfMemoryError:
         row.note = "out of memory"
+    except Exception as exc:  # one broken case must not cost the GPU run the others' numbers
+        row.note = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
     finally:
         if swap is not None:
             swap.remove()
         del model, swap
+        gc.collect()  # hooks and modules refer to each other: free the last case's weights before the next
         if cuda:
             torch.cuda.empty_cache()
     return row

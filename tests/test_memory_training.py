@@ -150,3 +150,20 @@ def test_a_unet_project_with_a_transformer_option_fails_with_the_message(tmp_pat
     project = make_project(tmp_path, "builtin:tiny-sd", "model.base_precision=int8")
     with pytest.raises(ConfigError, match="UNet"):
         build_session(ProjectPaths(project), load_config(project), status=lambda *a, **k: None)
+
+
+def test_a_run_resumes_with_the_base_held_differently(tmp_path: Path) -> None:
+    from loratui.config import apply_override, save_config
+    from loratui.events import Started
+
+    project = make_project(tmp_path, "builtin:tiny-flux", *SETTINGS, "save.every_n_steps=2")
+    train(project, 2)
+    cfg = load_config(project)
+    for item in ("model.base_precision=int8", "train.blocks_to_swap=2", "train.gradient_checkpointing=true",
+                 "train.activation_offload=true"):
+        apply_override(cfg, item)
+    save_config(project, cfg)
+    events = train(project, 4, resume=True)
+    assert next(e for e in events if isinstance(e, Started)).start_step == 2
+    losses = [e.loss for e in events if type(e).__name__ == "StepDone"]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)

@@ -29,6 +29,10 @@ fit, or whose projected time would overrun the budget, is skipped and says why.
 configs, fp32 and the ``eager`` compile backend, in seconds, so the script is
 tested where there is no GPU.
 
+``--memory`` runs ``gpu_memory.py`` instead: peak memory and step time of each
+memory option (stored base precisions, block swap, activation offload) for
+FLUX.1-dev and Qwen-Image at 1024 px, beside the planner's estimate.
+
 Run: ``python benchmarks/gpu.py`` (on the GPU machine), ``python benchmarks/gpu.py --cpu-smoke``.
 """
 
@@ -419,7 +423,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch.compile mode of the compiled cases (reduce-overhead: CUDA graphs), as train.compile_mode")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here, after every case")
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak for MFU")
+    ap.add_argument("--memory", action="store_true",
+                    help="measure the memory options instead (gpu_memory.py: FLUX.1-dev and Qwen-Image)")
     args = ap.parse_args(argv)
+    if args.memory:
+        from gpu_memory import main as memory_main
+
+        passed = [*(["--cpu-smoke"] if args.cpu_smoke else []),
+                  *(["--budget-s", str(args.budget_s)] if args.budget_s else []),
+                  *(["--steps", str(args.steps)] if args.steps else []),
+                  *(["--models", args.models] if args.models else []),
+                  *(["--json", str(args.json)] if args.json else [])]
+        return memory_main(passed)
 
     import torch
 

@@ -489,15 +489,15 @@ def test_sampling_uses_the_familys_pipeline_and_scale_0_is_the_base(tmp_path: Pa
 
 
 def test_float8_base_weights_train_on_the_cpu(tmp_path: Path) -> None:
-    from loratui.engine.float8 import Float8Linear
     from loratui.engine.build import build_session
+    from loratui.memory.stored import StoredLinear
 
     project = make_project(tmp_path, "builtin:tiny-flux", "model.base_weights=float8")
     cfg = load_config(project)
     session = build_session(ProjectPaths(project), cfg, status=lambda *a, **k: None)
     try:
-        stored = [m for m in session.unet.modules() if isinstance(m, Float8Linear)]
-        assert stored and all(m.weight.dtype == torch.float8_e4m3fn for m in stored)
+        stored = [m for m in session.unet.modules() if isinstance(m, StoredLinear)]
+        assert stored and all(m.precision == "fp8" and m.qweight.dtype == torch.float8_e4m3fn for m in stored)
         # Every block linear is float8, whether or not it carries a LoRA.
         assert not [n for n, m in session.unet.named_modules()
                     if type(m) is torch.nn.Linear and n.startswith(("transformer_blocks", "single_transformer"))

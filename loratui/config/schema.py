@@ -53,8 +53,8 @@ class ModelConfig:
                            choices=("auto", "float8"))
     base_precision: str = _f(
         "auto", "how the frozen base is stored: auto keeps the training precision (or base_weights); bf16; fp8 (a "
-        "plain cast); fp8-scaled (block-scaled E4M3, closer to bf16); int8 / int4 (torchao weight-only); nf4 "
-        "(bitsandbytes, CUDA only). Smaller fits a smaller card, at some speed and quality",
+        "plain cast); fp8-scaled (block-scaled E4M3, closer to bf16); int8 / int4 (weight-only, per row / per 128 "
+        "weights); nf4 (bitsandbytes, CUDA only). Smaller fits a smaller card, at some speed and quality",
         choices=("auto", "bf16", "fp8", "fp8-scaled", "int8", "int4", "nf4"))
 
 

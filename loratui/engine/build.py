@@ -21,13 +21,13 @@ from loratui.engine import distributed
 from loratui.engine.cuda_setup import configure_cuda_backends
 from loratui.engine.dataset import PreparedDataset, prepare_dataset
 from loratui.engine.ema import LoraEMA
-from loratui.engine.grad_checkpoint import enable_unet_checkpointing
 from loratui.engine.latent_cache import CachedText, LatentCache, TextCache
 from loratui.engine.optimizers import build_optimizer, optimizer_advice
 from loratui.engine.session import StatusFn, TrainingSession
 from loratui.errors import UserError
 from loratui.lora.inject import inject_lora
 from loratui.lora.layer import LoRANetwork
+from loratui.memory import hold as memory
 from loratui.models.loader import LoadedModel, load_model
 from loratui.models.text import encode_flow_captions, t5_length
 from loratui.project import ProjectPaths
@@ -40,14 +40,14 @@ class DatasetEmpty(UserError):
 
 
 def load_project_model(paths: ProjectPaths, cfg: ProjectConfig, *, dtype: torch.dtype,
-                       device: str | torch.device) -> LoadedModel:
+                       device: str | torch.device, denoiser_device: str | torch.device | None = None) -> LoadedModel:
     """The project's base model, with relative paths read inside the project and the family and
     prediction-type overrides applied."""
     return load_model(
         paths.model_spec(cfg), config_source=paths.config_source(cfg), allow_pickle=cfg.model.allow_pickle,
         family=None if cfg.model.family == "auto" else cfg.model.family,
         prediction_type=None if cfg.model.prediction_type == "auto" else cfg.model.prediction_type,
-        dtype=dtype, device=device)
+        dtype=dtype, device=device, denoiser_device=denoiser_device)
 
 
 def base_model_folder(paths: ProjectPaths, cfg: ProjectConfig) -> Path | None:
@@ -144,9 +144,11 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
         if ranks.is_main:
             base_model_folder(paths, cfg)
         ranks.barrier("preparing the base model", timeout_s=distributed.CACHE_BARRIER_TIMEOUT_S)
-    model = load_project_model(paths, cfg, dtype=weight_dtype, device=device)
+    model = load_project_model(paths, cfg, dtype=weight_dtype, device=device,
+                               denoiser_device=memory.load_device(cfg, device))
     if model.is_flow:
         _check_flow_settings(cfg, model)
+    held = memory.store_base(cfg, model, device, status, processes=acc.num_processes)
     for module in [model.unet, model.vae, *model.text_encoders]:
         module.requires_grad_(False)
     # The SDXL VAE overflows in fp16; latents are made once, so fp32 costs little.
@@ -183,13 +185,12 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
         found = cache.hits - (cache.misses if ranks.distributed else 0)
         status(f"latents: {found} from cache, {cache.misses} encoded")
     model.vae.to("cpu")  # not needed until sampling; frees GPU memory for the UNet
-    if cfg.model.base_weights == "float8":
-        _store_float8(cfg, model, status)
 
     networks, groups, trained_tes = _inject(cfg, model, paths)
+    memory.place_model(held, cfg, model, device, status)
     unet = model.unet
     if cfg.train.gradient_checkpointing:
-        enable_unet_checkpointing(unet, cfg.train.gradient_checkpointing_every)
+        memory.enable_checkpointing(cfg, unet, status)
         for te in trained_tes:
             te.gradient_checkpointing_enable()
     if device.type == "cuda" and cfg.train.channels_last and not model.is_flow:
@@ -197,7 +198,8 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
     for te in model.text_encoders:
         te.to(device)
     optimizer = _make_optimizer(cfg, groups)
-    model.unet, optimizer = acc.prepare(unet, optimizer)
+    # A denoiser the memory options placed (part of it in host memory) must stay where it is.
+    model.unet, optimizer = acc.prepare(unet, optimizer, device_placement=[False if held.places_itself else None, None])
     if trained_tes and acc.num_processes > 1:
         # Text-encoder LoRA gradients must be averaged across GPUs too, so those encoders get DDP as well.
         wrapped = acc.prepare(*trained_tes)
@@ -257,17 +259,6 @@ class _CaptionEncoder:
             emb = encode_flow_captions(self.model, captions, t5_max_length=self.cfg.model.t5_max_length)
         hidden, pooled = emb.hidden.float().cpu(), emb.pooled.float().cpu()
         return [CachedText(hidden[i], pooled[i]) for i in range(len(captions))]
-
-
-def _store_float8(cfg: ProjectConfig, model: LoadedModel, status: StatusFn) -> None:
-    from loratui.config import ConfigError
-    from loratui.engine.float8 import store_blocks_in_float8
-
-    if not model.is_flow:
-        raise ConfigError(f"model.base_weights = \"float8\" is for SD3 and FLUX transformers; {cfg.model.base} is "
-                          f"{model.family}. Set it to \"auto\".")
-    saved = store_blocks_in_float8(model.unet)
-    status(f"transformer blocks stored in float8, computed in bf16 ({saved / 2**30:.2f} GiB saved)")
 
 
 def _check_flow_settings(cfg: ProjectConfig, model: LoadedModel) -> None:

@@ -29,6 +29,8 @@ HARMLESS = (
     "sample.every_n_steps", "sample.steps", "sample.guidance", "sample.width", "sample.height", "sample.prompts",
     "save.keep_best", "validation.folder", "validation.every_n_steps", "advisor.enabled", "advisor.budget_hours",
     "logging.tensorboard",
+    # How the base is held: a run may resume on a smaller card with a smaller base or more swapping.
+    "model.base_precision", "train.blocks_to_swap", "train.activation_offload",
 )
 
 

@@ -277,5 +277,7 @@ def failure_message(exc: BaseException) -> str:
     text = str(exc) or exc.__class__.__name__
     if "out of memory" in text.lower():
         return ("the GPU ran out of memory. Lower train.batch_size or data.resolution, turn on "
-                "train.gradient_checkpointing, or use train.optimizer = \"adamw8bit\". " + text.splitlines()[0])
+                "train.gradient_checkpointing, or use train.optimizer = \"adamw8bit\"; for a transformer, store "
+                "the base smaller (model.base_precision = \"int8\") or swap blocks (train.blocks_to_swap). "
+                + text.splitlines()[0])
     return text

@@ -1,7 +1,7 @@
 """The storage formats of ``model.base_precision``: bytes per weight and what each needs.
 
-The engine's quantizers store each frozen Linear weight exactly as described
-here, and the planner counts bytes with the same numbers; a test measures the
+The engine's quantizers (:mod:`loratui.memory.stored`) store each frozen Linear
+weight exactly as described here, and the planner counts bytes with the same numbers; a test measures the
 stored tensors against :func:`stored_bytes`.
 """
 
@@ -26,8 +26,8 @@ PRECISIONS: dict[str, BasePrecision] = {p.name: p for p in (
     BasePrecision("bf16", 16, None, 0, None, False, 1.0),
     BasePrecision("fp8", 8, None, 0, None, False, 1.05),
     BasePrecision("fp8-scaled", 8, 128, 4, None, False, 1.1),
-    BasePrecision("int8", 8, None, 2, "torchao", False, 1.15),
-    BasePrecision("int4", 4, 128, 4, "torchao", False, 1.3),
+    BasePrecision("int8", 8, None, 2, None, False, 1.15),
+    BasePrecision("int4", 4, 128, 4, None, False, 1.3),
     BasePrecision("nf4", 4, 64, 4, "bitsandbytes", True, 1.3),
 )}
 
@@ -36,7 +36,7 @@ def stored_bytes(precision: str, out_features: int, in_features: int) -> int:
     """Bytes one frozen ``out × in`` Linear weight takes when stored as ``precision``."""
     p = PRECISIONS[precision]
     weights = out_features * in_features
-    payload = weights * p.bits // 8
+    payload = -(-weights * p.bits // 8)  # an odd count of 4-bit weights still fills its last byte
     if p.scale_bytes == 0:
         return payload
     if p.group is None:

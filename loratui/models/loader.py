@@ -120,8 +120,10 @@ def load_model(
     prediction_type: str | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    denoiser_device: str | torch.device | None = None,
 ) -> LoadedModel:
-    """Load a base model; family and prediction_type override detection."""
+    """Load a base model; family and prediction_type override detection. ``denoiser_device`` (default
+    ``device``) keeps the UNet/transformer elsewhere, for a base stored smaller or swapped afterwards."""
     kind, where = resolve_spec(spec)
     if kind == "builtin":
         # Built-ins load from their cache folder exactly like a user's folder.
@@ -160,7 +162,8 @@ def load_model(
     # Moved one by one: pipe.to() warns about fp16 on CPU, which is fine here
     # (the trainer casts what runs on CPU).
     denoiser = pipe.transformer if fam in FLOW_FAMILIES else pipe.unet
-    for module in [denoiser, pipe.vae, *text_encoders]:
+    denoiser.to(denoiser_device if denoiser_device is not None else device)
+    for module in [pipe.vae, *text_encoders]:
         module.to(device)
     sample_scheduler = pipe.scheduler
     if pred != "flow" and sample_scheduler.config.get("prediction_type") != pred:

@@ -67,6 +67,40 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 2 if problems else report.exit_code
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from loratui.memory.planner import PlanError
+    from loratui.memory.project_plan import plan_json, project_plan, summary_lines, table_rows
+
+    cfg = load_config(args.dir)
+    try:
+        plan = project_plan(Path(args.dir), cfg, args.gpu_memory)
+    except PlanError as exc:
+        raise ConfigError(str(exc)) from None
+    if args.json:
+        print_json(plan_json(plan))
+        return 2 if plan.problems else 0
+    rows = table_rows(plan)
+    if not console.is_terminal:
+        print_lines(summary_lines(plan))
+        print_lines([f"{'*' if r['best'] else ' '} {r['peak_gib']:6.1f} GiB  {r['relative_time']:.2f}x  "
+                     f"{'fits' if r['fits'] else 'too big' if r['fits'] is False else ''}  {r['options']}"
+                     for r in rows])
+        return 2 if plan.problems else 0
+    from rich.table import Table
+
+    for line in summary_lines(plan):
+        console.print(line, highlight=False, markup=False)
+    table = Table(title=f"memory options ({plan.card_source})")
+    for name in ("", "options", "peak", "step time", "fits", "host"):
+        table.add_column(name, justify="right" if name in ("peak", "step time", "host") else "left")
+    for r in rows:
+        fits = "yes" if r["fits"] else "no" if r["fits"] is False else "?"
+        table.add_row("*" if r["best"] else "", r["options"], f"{r['peak_gib']:.1f} GiB",
+                      f"{r['relative_time']:.2f}x", fits, f"{r['host_gib']:.1f} GiB" if r["host_gib"] else "")
+    console.print(table)
+    return 2 if plan.problems else 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from loratui.importers.command import run_import
 

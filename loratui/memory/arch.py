@@ -263,7 +263,7 @@ class StepMemory:
         return StepMemory(int(self.saved * k), int(self.peak * k))
 
 
-def _inputs(family: str, config: dict[str, Any], batch: int, side: int, text: int, dtype: Any) -> Callable[[Any], Any]:
+def training_inputs(family: str, config: dict[str, Any], batch: int, side: int, text: int, dtype: Any) -> Callable[[Any], Any]:
     """A function running ``model`` once on random inputs of this size (latent side ``side``), as training does."""
     import torch
 
@@ -337,7 +337,7 @@ def trace_step(family: str, config: dict[str, Any], *, batch: int, side: int, te
 
             model.train()
             enable_unet_checkpointing(model, 1)
-        run = _inputs(family, config, batch, side, text, dtype)
+        run = training_inputs(family, config, batch, side, text, dtype)
         tracker = StorageTracker()
         tracker.ignore([*model.parameters(), *model.buffers()])
         with tracker, torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):

@@ -304,4 +304,4 @@ def plan(model: Model, current: Options | None, card_bytes: int | None, *, card_
 
 
 def gib(n: int | float) -> str:
-    return f"{n / GIB:.1f} GiB"
+    return f"{n / GIB:.1f} GiB" if n >= 0.1 * GIB else f"{n / 2**20:.1f} MiB"

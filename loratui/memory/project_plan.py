@@ -197,3 +197,33 @@ def plan_json(plan: P.Plan) -> dict[str, Any]:
             "card_source": plan.card_source, "problems": list(plan.problems), "notes": list(plan.notes),
             "current": current, "best": None if plan.best is None else plan.best.options.settings(),
             "options": table_rows(plan)}
+
+
+REVIEW_CARDS_GIB = (24, 48, 80)
+
+
+def review_lines(project_dir: Path, cfg: ProjectConfig) -> list[str]:
+    """The wizard's memory lines: for this machine's card, or, without one, for 24, 48 and 80 GB cards."""
+    import torch
+
+    if torch.cuda.is_available():
+        return summary_lines(project_plan(project_dir, cfg))
+    model = project_model(project_dir, cfg)
+    current = current_options(cfg)
+    problems = P.check_options(model, current)
+    if problems:
+        return [f"memory plan for {model.name}:"] + [f"  problem: {p}" for p in problems]
+    now = P.estimate(model, current)
+    mem = now.memory
+    lines = [f"memory plan for {model.name} at {model.resolution} px, batch {model.batch}: now "
+             f"({current.label()}) ≈ {P.gib(mem.total)} peak (weights {P.gib(mem.weights)}, activations "
+             f"{P.gib(mem.activations)}); no GPU here, so for the usual cards:"]
+    for card in REVIEW_CARDS_GIB:
+        result = P.plan(model, current, card * P.GIB)
+        if result.best is None:
+            lines.append(f"  {card} GB: nothing fits; lower data.resolution or train.batch_size")
+            continue
+        verdict = "as set" if now.fits(card * P.GIB) else "does not fit as set"
+        lines.append(f"  {card} GB: {verdict}; fastest that fits: {result.best.options.label()} "
+                     f"(≈ {P.gib(result.best.memory.total)}, {result.best.relative_time:.2f}× bf16's step time)")
+    return lines

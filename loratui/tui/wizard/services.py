@@ -143,6 +143,13 @@ def rough_estimate(cfg: ProjectConfig, total_steps: int, family: str | None = No
                     "Measure (ctrl+e) times real steps on this machine")
 
 
+def plan_memory(project_dir: Path, cfg: ProjectConfig) -> list[str]:
+    """The memory planner's lines for Review (builds the model's architecture without weights; seconds)."""
+    from loratui.memory.project_plan import review_lines
+
+    return review_lines(project_dir, cfg)
+
+
 @dataclass
 class Services:
     """The slow functions the wizard calls from its workers."""
@@ -152,3 +159,4 @@ class Services:
     model_errors: Callable[[], tuple[type[BaseException], ...]] = model_error_types
     count_params: Callable[[Path, Any], "int | None"] = count_params
     estimate: Callable[..., Estimate] = estimate
+    plan_memory: Callable[[Path, Any], "list[str]"] = plan_memory

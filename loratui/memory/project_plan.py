@@ -119,7 +119,7 @@ def card_memory(gpu_memory_gib: float | None) -> tuple[int | None, str]:
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         return int(props.total_memory), f"{props.total_memory / P.GIB:.0f} GB ({props.name}, detected)"
-    return None, "no GPU here: pass --gpu-memory GB to plan for a card"
+    return None, "no GPU here: `loratui plan DIR --gpu-memory GB` plans for a card"
 
 
 def project_plan(project_dir: Path, cfg: ProjectConfig, gpu_memory_gib: float | None = None) -> P.Plan:
@@ -148,10 +148,11 @@ def summary_lines(plan: P.Plan) -> list[str]:
     if plan.current is not None:
         mem = plan.current.memory
         fit = plan.current.fits(plan.card_bytes)
-        verdict = "" if fit is None else (" — fits" if fit else " — does NOT fit")
+        where = (f" on {plan.card_source}" + (" — fits" if fit else " — does NOT fit")) if fit is not None \
+            else f" ({plan.card_source})"
         lines.append(f"  now ({plan.current.options.label()}): ≈ {P.gib(mem.total)} peak "
                      f"(weights {P.gib(mem.weights)}, text encoders {P.gib(mem.text_encoders)}, LoRA+optimizer "
-                     f"{P.gib(mem.lora)}, activations {P.gib(mem.activations)}) on {plan.card_source}{verdict}")
+                     f"{P.gib(mem.lora)}, activations {P.gib(mem.activations)}){where}")
     if plan.card_bytes is not None:
         if plan.best is None:
             lines.append(f"  nothing the planner knows fits {P.gib(plan.card_bytes)}: lower data.resolution or "

@@ -81,3 +81,16 @@ def test_check_prints_the_memory_plan(tmp_path, capsys):
     main(["check", str(project), "--json"])
     memory = json.loads(capsys.readouterr().out)["summary"]["memory"]
     assert memory["model"] == "black-forest-labs/FLUX.1-dev" and memory["current"]["peak_gib"] > 20
+
+
+def test_swapped_blocks_larger_than_host_memory_are_refused_before_the_run(tmp_path):
+    from loratui.memory import planner as P
+    from loratui.memory.project_plan import host_memory_problems, project_model
+
+    cfg = load_config(make(tmp_path, "black-forest-labs/FLUX.1-dev", train__blocks_to_swap=40))
+    model = project_model(tmp_path / "p", cfg)
+    plan = P.plan(model, P.Options("bf16", True, 1, blocks_to_swap=40), None)
+    assert plan.current.memory.host > 8 * P.GIB
+    [problem] = host_memory_problems(plan, 8 * P.GIB)
+    assert "train.blocks_to_swap = 40 keeps" in problem and "swap fewer blocks" in problem
+    assert host_memory_problems(plan, 256 * P.GIB) == []

@@ -129,12 +129,38 @@ def project_plan(project_dir: Path, cfg: ProjectConfig, gpu_memory_gib: float | 
     model = project_model(project_dir, cfg)
     cuda = torch.cuda.is_available() or gpu_memory_gib is not None
     result = P.plan(model, current_options(cfg), card, card_source=source, cuda=cuda)
-    extra = []
+    extra = host_memory_problems(result, host_memory_bytes()) if torch.cuda.is_available() else []
     if current_options(cfg).base_precision == "nf4" and not torch.cuda.is_available():
         extra.append("model.base_precision = \"nf4\" runs only on an NVIDIA GPU (bitsandbytes), and this machine "
                      "has none: train there, or use \"int4\" (torchao) for about the same memory.")
     return P.Plan(result.model, result.current, result.candidates, result.best, result.card_bytes,
                   result.card_source, result.problems + tuple(extra), result.notes)
+
+
+def host_memory_bytes() -> int:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+# Pinned memory is taken from what the rest of the process (captions' encoders, the data) also needs.
+HOST_SHARE = 0.8
+
+
+def host_memory_problems(plan: P.Plan, host_bytes: int) -> list[str]:
+    """Swapped blocks that would not fit this machine's memory, said before a run fails on them."""
+    if plan.current is None or not plan.current.memory.host or not host_bytes:
+        return []
+    held = plan.current.memory.host
+    if held <= HOST_SHARE * host_bytes:
+        return []
+    n = plan.current.options.blocks_to_swap
+    return [f"train.blocks_to_swap = {n} keeps {P.gib(held)} of blocks in pinned host memory, but this machine "
+            f"has {P.gib(host_bytes)} in all: swap fewer blocks, or store the base smaller (model.base_precision "
+            f"= \"fp8\" or \"int8\" halves it)."]
 
 
 # -- text --------------------------------------------------------------------------------------------------

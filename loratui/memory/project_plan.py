@@ -133,8 +133,23 @@ def project_plan(project_dir: Path, cfg: ProjectConfig, gpu_memory_gib: float | 
     if current_options(cfg).base_precision == "nf4" and not torch.cuda.is_available():
         extra.append("model.base_precision = \"nf4\" runs only on an NVIDIA GPU (bitsandbytes), and this machine "
                      "has none: train there, or use \"int4\" (torchao) for about the same memory.")
+    notes = result.notes
+    if not model.half and card is not None:
+        notes += (_half_precision_note(model, card),)
     return P.Plan(result.model, result.current, result.candidates, result.best, result.card_bytes,
-                  result.card_source, result.problems + tuple(extra), result.notes)
+                  result.card_source, result.problems + tuple(extra), notes)
+
+
+def _half_precision_note(model: P.Model, card: int) -> str:
+    from dataclasses import replace
+
+    half = P.plan(replace(model, half=True), None, card)
+    text = ("train.precision = \"no\" trains in fp32, twice the memory and several times the time of "
+            "\"bf16\" on a GPU")
+    if half.best is None:
+        return text + "."
+    return text + (f"; with \"bf16\" the fastest that fits is {half.best.options.label()} "
+                   f"(≈ {P.gib(half.best.memory.total)}).")
 
 
 def host_memory_bytes() -> int:

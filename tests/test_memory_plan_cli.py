@@ -94,3 +94,14 @@ def test_swapped_blocks_larger_than_host_memory_are_refused_before_the_run(tmp_p
     [problem] = host_memory_problems(plan, 8 * P.GIB)
     assert "train.blocks_to_swap = 40 keeps" in problem and "swap fewer blocks" in problem
     assert host_memory_problems(plan, 256 * P.GIB) == []
+
+
+def test_a_precision_whose_package_is_missing_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+    project = make(tmp_path, "black-forest-labs/FLUX.1-dev", model__base_precision="int8")
+    main(["plan", str(project), "--gpu-memory", "24", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert any("needs torchao" in line and ".[quant]" in line for line in data["problems"] + data["notes"])

@@ -134,10 +134,29 @@ def project_plan(project_dir: Path, cfg: ProjectConfig, gpu_memory_gib: float | 
         extra.append("model.base_precision = \"nf4\" runs only on an NVIDIA GPU (bitsandbytes), and this machine "
                      "has none: train there, or use \"int4\" (torchao) for about the same memory.")
     notes = result.notes
+    missing = _missing_library(current_options(cfg).base_precision)
+    if missing:
+        # Training here needs the package now; a plan for another machine only needs it there.
+        if torch.cuda.is_available():
+            extra.append(missing)
+        else:
+            notes += (missing,)
     if not model.half and card is not None:
         notes += (_half_precision_note(model, card),)
     return P.Plan(result.model, result.current, result.candidates, result.best, result.card_bytes,
                   result.card_source, result.problems + tuple(extra), notes)
+
+
+def _missing_library(precision: str) -> str:
+    import importlib.util
+
+    from loratui.memory.precision import PRECISIONS
+
+    lib = PRECISIONS[precision].library if precision in PRECISIONS else None
+    if lib is None or importlib.util.find_spec(lib) is not None:
+        return ""
+    return (f"model.base_precision = \"{precision}\" needs {lib}, which is not installed: "
+            "`pip install -e '.[quant]'`, or choose \"fp8-scaled\" (no extra package).")
 
 
 def _half_precision_note(model: P.Model, card: int) -> str:

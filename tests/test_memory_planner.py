@@ -137,3 +137,18 @@ def test_settings_that_cannot_work_are_named_with_what_to_change():
         P.estimate(unet, P.Options("int8"))
     with pytest.raises(P.PlanError, match=r"train.blocks_to_swap = 4 is for the transformer families.*set it to 0"):
         P.estimate(unet, P.Options("bf16", blocks_to_swap=4))
+
+
+# Published parameter counts of the denoisers, in billions (model cards).
+PUBLISHED_B = {"sd1": 0.86, "sdxl": 2.6, "flux": 12.0, "chroma": 8.9, "flux2_klein": 4.0, "qwen_image": 20.0,
+               "zimage": 6.0}
+
+
+@pytest.mark.parametrize("family", sorted(PUBLISHED_B))
+def test_every_family_plans_from_its_published_config(family):
+    config = arch.published_config(family)
+    assert abs(arch.count_weights_cached(family, config).params / 1e9 / PUBLISHED_B[family] - 1) < 0.10
+    model = P.Model(family, family, config, 256, 1, 8, text_tokens=arch.TEXT_TOKENS[family])
+    plain, checkpointed = P.estimate(model, P.Options("bf16")), P.estimate(model, P.Options("bf16", True, 1))
+    assert 0 < checkpointed.memory.activations < plain.memory.activations
+    assert arch.count_lora_cached(family, config, "attention", 8, "lora", -1) > 0

@@ -44,6 +44,9 @@ DENOISERS: dict[str, Denoiser] = {d.family: d for d in (
              ("transformer_blocks", "single_transformer_blocks"), "flux_dev_transformer.json", "FLUX.1-dev"),
     Denoiser("chroma", "ChromaTransformer2DModel", ("num_layers", "num_single_layers"),
              ("transformer_blocks", "single_transformer_blocks"), "chroma_transformer.json", "Chroma1-HD"),
+    Denoiser("flux2_klein", "Flux2Transformer2DModel", ("num_layers", "num_single_layers"),
+             ("transformer_blocks", "single_transformer_blocks"), "flux2_klein_4b_transformer.json",
+             "FLUX.2 klein 4B"),
     Denoiser("qwen_image", "QwenImageTransformer2DModel", ("num_layers",), ("transformer_blocks",),
              "qwen_image_transformer.json", "Qwen-Image (20 B)"),
     Denoiser("zimage", "ZImageTransformer2DModel", ("n_layers",), ("layers",),
@@ -56,7 +59,8 @@ HUB_CONFIGS = {
     "black-forest-labs/flux.1-dev": "flux", "black-forest-labs/flux.1-schnell": "flux",
     "stabilityai/stable-diffusion-3.5-medium": "sd3", "qwen/qwen-image": "qwen_image",
     "qwen/qwen-image-edit": "qwen_image", "tongyi-mai/z-image-turbo": "zimage", "tongyi-mai/z-image": "zimage",
-    "lodestones/chroma1-hd": "chroma", "lodestones/chroma1-base": "chroma",
+    "lodestones/chroma1-hd": "chroma", "black-forest-labs/flux.2-klein-4b": "flux2_klein",
+    "black-forest-labs/flux.2-klein-base-4b": "flux2_klein", "lodestones/chroma1-base": "chroma",
     "runwayml/stable-diffusion-v1-5": "sd1", "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd1",
     "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
 }
@@ -65,10 +69,10 @@ HUB_CONFIGS = {
 # CLIP-L 123 M, OpenCLIP-H 354 M, OpenCLIP-bigG 695 M, T5-XXL's encoder 4.76 B, Qwen2.5-VL-7B 8.29 B, Qwen3-4B 4.02 B.
 TEXT_ENCODER_PARAMS = {"sd1": (123_060_480,), "sd2": (354_030_080,), "sdxl": (123_060_480, 694_659_840),
                        "sd3": (123_060_480, 694_659_840, 4_762_310_656), "flux": (123_060_480, 4_762_310_656),
-                       "chroma": (4_762_310_656,), "qwen_image": (8_292_166_656,), "zimage": (4_022_468_096,)}
+                       "chroma": (4_762_310_656,), "flux2_klein": (4_022_468_096,), "qwen_image": (8_292_166_656,), "zimage": (4_022_468_096,)}
 # Text tokens a caption becomes for the denoiser: CLIP's 77; SD3 77 + 256 T5; FLUX-dev and Chroma 512 T5;
 # Qwen-Image and Z-Image up to 512 of their language model's tokens.
-TEXT_TOKENS = {"sd1": 77, "sd2": 77, "sdxl": 77, "sd3": 77 + 256, "flux": 512, "chroma": 512,
+TEXT_TOKENS = {"sd1": 77, "sd2": 77, "sdxl": 77, "sd3": 77 + 256, "flux": 512, "chroma": 512, "flux2_klein": 512,
                "qwen_image": 512, "zimage": 512}
 
 
@@ -290,12 +294,12 @@ def training_inputs(family: str, config: dict[str, Any], batch: int, side: int, 
         module = flux if family == "flux" else sd3
         return lambda m: module.predict(m, rand(b, channels, h, w), torch.rand(b), cond, guidance=1.0, dtype=dtype)
     tokens = (h // 2) * (w // 2)
-    if family == "chroma":
-        ids = torch.zeros(tokens, 3, dtype=dtype)
+    if family in ("chroma", "flux2_klein"):
+        axes = len(config.get("axes_dims_rope", (16, 56, 56)))
         return lambda m: m(hidden_states=rand(b, tokens, config["in_channels"]),
                            encoder_hidden_states=rand(b, text, config["joint_attention_dim"]),
-                           timestep=torch.rand(b, dtype=dtype), img_ids=ids, txt_ids=torch.zeros(text, 3, dtype=dtype),
-                           return_dict=False)[0]
+                           timestep=torch.rand(b, dtype=dtype), img_ids=torch.zeros(tokens, axes, dtype=dtype),
+                           txt_ids=torch.zeros(text, axes, dtype=dtype), return_dict=False)[0]
     if family == "qwen_image":
         return lambda m: m(hidden_states=rand(b, tokens, config["in_channels"]),
                            encoder_hidden_states=rand(b, text, config["joint_attention_dim"]),

@@ -161,8 +161,8 @@ def count_lora(family: str, config: dict[str, Any], *, preset: str, rank: int, k
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# Module-name words of the layers each preset trains, for families whose LoRA names this branch does not
-# define yet; the SD and FLUX families use the injector the trainer uses.
+# Module-name words of the layers each preset trains, for a family the injector does not know (yet):
+# the injector the trainer uses decides wherever it can, so the plan follows the family's own targets.
 _ATTENTION_WORDS = ("attn", "attention", "to_q", "to_k", "to_v", "to_out", "qkv", "add_q_proj", "add_k_proj",
                     "add_v_proj", "to_add_out")
 _FF_WORDS = ("ff", "mlp", "feed_forward", "proj_mlp", "proj_out", "img_mlp", "txt_mlp")
@@ -170,10 +170,15 @@ _FF_WORDS = ("ff", "mlp", "feed_forward", "proj_mlp", "proj_out", "img_mlp", "tx
 
 def add_lora(model: Any, family: str, *, preset: str, rank: int, kind: str = "lora", lokr_factor: int = -1) -> None:
     from loratui.lora.inject import inject_lora
+    from loratui.lora.naming import normalize_family
 
-    if family in ("sd1", "sd2", "sdxl", "sd3", "flux"):
-        inject_lora(model, component="unet", family=family, preset=preset, rank=rank, alpha=float(rank),
-                    kind=kind, lokr_factor=lokr_factor, check_count=False)
+    try:
+        normalize_family(family)
+        network = inject_lora(model, component="unet", family=family, preset=preset, rank=rank, alpha=float(rank),
+                              kind=kind, lokr_factor=lokr_factor, check_count=False)
+    except ValueError:
+        network = None
+    if network is not None and len(network):
         return
     from torch import nn
 

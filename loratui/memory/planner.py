@@ -150,7 +150,7 @@ def check_options(model: Model, options: Options) -> list[str]:
     if options.blocks_to_swap and not model.transformer:
         problems.append(f"train.blocks_to_swap = {options.blocks_to_swap} is for the transformer families; {name} "
                         "is a UNet: set it to 0 (gradient checkpointing saves the most memory there).")
-    elif options.blocks_to_swap > blocks:
+    elif options.blocks_to_swap and options.blocks_to_swap >= blocks:
         problems.append(f"train.blocks_to_swap = {options.blocks_to_swap}, but {name} has {blocks} blocks: set it to "
                         f"at most {blocks - 1} (one block must stay on the GPU).")
     if options.activation_offload and not options.gradient_checkpointing:

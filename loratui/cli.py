@@ -18,7 +18,7 @@ class UsageError(UserError):
     pass
 
 COMMANDS = ("new", "open", "train", "sample", "export", "check", "inspect", "convert", "bench",
-            "attach", "status", "stop", "pause", "resume", "logs", "import", "caption")
+            "attach", "status", "stop", "pause", "resume", "logs", "import", "caption", "plan")
 RUN_COMMANDS = ("status", "stop", "pause", "resume", "logs")
 
 
@@ -119,6 +119,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("dir", type=Path)
     s.add_argument("--steps", type=int, default=5)
     s.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    s = sub.add_parser("plan", help="estimate the run's peak GPU memory for every memory option (base precision, "
+                                    "checkpointing, offload, block swap) and propose the fastest that fits")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--gpu-memory", type=float, metavar="GB",
+                   help="the card's memory in GB (default: the CUDA device's, when there is one)")
+    s.add_argument("--json", action="store_true", help="print the plan as one JSON object")
 
     s = sub.add_parser("import", help="write a project's loratui.toml from a kohya sd-scripts config (or the "
                                       "kohya_ss GUI's JSON) and dataset TOML")

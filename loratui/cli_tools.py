@@ -43,17 +43,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         holdout_note = holdout.note if holdout.source != "off" else ""
         mark_held_out(report, holdout)
     problems = empty_concepts(report) if cfg.data.concepts else []
+    memory, memory_lines, memory_problems = _memory_plan(project, cfg)
     if args.json:
         data = report_json(report, project, batch_size=batch)
         data["summary"]["validation"] = holdout_note or None
         data["summary"]["concept_problems"] = problems
+        data["summary"]["memory"] = memory
         print_json(data)
     elif not console.is_terminal:
         lines = problem_lines(report, project)
         extra = [f"validation: {holdout_note}"] if holdout_note else []
         if report.usable:
             extra.append(f"steps per epoch at batch size {batch}: {report.steps_per_epoch(batch)}")
-        extra += [f"error: {line}" for line in problems]
+        extra += [f"error: {line}" for line in problems] + memory_lines
         lines[-1:-1] = extra
         print_lines(lines)
     else:
@@ -64,7 +66,59 @@ def cmd_check(args: argparse.Namespace) -> int:
             console.print(f"steps per epoch at batch size {batch}: {report.steps_per_epoch(batch)}")
         for line in problems:
             console.print(f"[bold red]{line}[/]")
-    return 2 if problems else report.exit_code
+        for line in memory_lines:
+            console.print(line, highlight=False, markup=False)
+    return 2 if problems or memory_problems else report.exit_code
+
+
+def _memory_plan(project: Path, cfg) -> tuple[dict | None, list[str], bool]:
+    """The memory planner's verdict for check: (JSON, lines, whether a setting cannot work)."""
+    from loratui.memory.planner import PlanError
+    from loratui.memory.project_plan import plan_json, project_plan, summary_lines
+
+    try:
+        plan = project_plan(project, cfg)
+    except PlanError as exc:
+        return {"problems": [str(exc)]}, [f"error: memory plan: {exc}"], True
+    except Exception as exc:  # noqa: BLE001 - an estimate is advice; a model it cannot read is not a check failure
+        return None, [f"memory plan: none ({exc})"], False
+    data = plan_json(plan)
+    data.pop("options")  # the table belongs to `loratui plan`
+    return data, summary_lines(plan), bool(plan.problems)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from loratui.memory.planner import PlanError
+    from loratui.memory.project_plan import plan_json, project_plan, summary_lines, table_rows
+
+    cfg = load_config(args.dir)
+    try:
+        plan = project_plan(Path(args.dir), cfg, args.gpu_memory)
+    except PlanError as exc:
+        raise ConfigError(str(exc)) from None
+    if args.json:
+        print_json(plan_json(plan))
+        return 2 if plan.problems else 0
+    rows = table_rows(plan)
+    if not console.is_terminal:
+        print_lines(summary_lines(plan))
+        print_lines([f"{'*' if r['best'] else ' '} {r['peak_gib']:6.1f} GiB  {r['relative_time']:.2f}x  "
+                     f"{'fits' if r['fits'] else 'too big' if r['fits'] is False else ''}  {r['options']}"
+                     for r in rows])
+        return 2 if plan.problems else 0
+    from rich.table import Table
+
+    for line in summary_lines(plan):
+        console.print(line, highlight=False, markup=False)
+    table = Table(title=f"memory options ({plan.card_source})")
+    for name in ("", "options", "peak", "step time", "fits", "host"):
+        table.add_column(name, justify="right" if name in ("peak", "step time", "host") else "left")
+    for r in rows:
+        fits = "yes" if r["fits"] else "no" if r["fits"] is False else "?"
+        table.add_row("*" if r["best"] else "", r["options"], f"{r['peak_gib']:.1f} GiB",
+                      f"{r['relative_time']:.2f}x", fits, f"{r['host_gib']:.1f} GiB" if r["host_gib"] else "")
+    console.print(table)
+    return 2 if plan.problems else 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:

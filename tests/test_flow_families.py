@@ -512,13 +512,10 @@ def test_float8_base_weights_train_on_the_cpu(tmp_path: Path) -> None:
 
 
 def test_review_estimate_says_float8_fits_flux_dev_on_24_gb() -> None:
-    from loratui.config import ProjectConfig
-    from loratui.tui.wizard.services import rough_estimate
+    from loratui.memory import arch
+    from loratui.memory import planner as P
 
-    cfg = ProjectConfig()
-    cfg.model.base, cfg.data.resolution = "black-forest-labs/FLUX.1-dev", 1024
-    cfg.train.precision, cfg.train.gradient_checkpointing = "bf16", True
-    bf16 = rough_estimate(cfg, 100, "flux").peak_memory_mb
-    cfg.model.base_weights = "float8"
-    fp8 = rough_estimate(cfg, 100, "flux").peak_memory_mb
-    assert bf16 > 24 * 1024 > fp8
+    model = P.Model("flux", "FLUX.1-dev", arch.published_config("flux"), 1024, 1, 16, text_tokens=512)
+    bf16 = P.estimate(model, P.Options("bf16", True, 1)).memory.total
+    fp8 = P.estimate(model, P.Options("fp8", True, 1)).memory.total
+    assert bf16 > 24 * P.GIB > fp8

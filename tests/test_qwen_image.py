@@ -382,11 +382,13 @@ def test_merged_folder_and_file_hold_the_lora_and_inspect_knows_the_family(
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
-def test_review_says_what_fits_on_24_48_and_80_gb() -> None:
+def test_review_says_what_fits_on_24_48_and_80_gb(tmp_path: Path) -> None:
     from loratui.config import ProjectConfig
-    from loratui.tui.wizard.step_review import memory_note
+    from loratui.memory.project_plan import review_lines
 
     cfg = ProjectConfig()
-    cfg.model.base, cfg.train.precision = "Qwen/Qwen-Image", "bf16"
-    note = memory_note(cfg, "qwen_image")
-    assert "Qwen-Image 40.8 GB" in note and "80 GB" in note and "48 GB" in note and "24 GB card not" in note
+    cfg.model.base, cfg.model.family, cfg.train.precision = "Qwen/Qwen-Image", "qwen_image", "bf16"
+    cfg.data.resolution = 1024
+    text = "\n".join(review_lines(tmp_path, cfg))
+    assert "24 GB: does not fit as set" in text and "48 GB:" in text and "80 GB:" in text
+    assert "swap" in text.split("24 GB:")[1].split("\n")[0]  # 20 B fits 24 GB only by streaming blocks

@@ -85,10 +85,17 @@ def fake_estimate(project_dir: Path, cfg: Any, total: int, family: str | None, *
     return rough_estimate(cfg, total, family)
 
 
+def fake_plan_memory(project_dir: Path, cfg: Any) -> list[str]:
+    """A fixed memory plan naming the model and precision it was asked about (the real one takes seconds)."""
+    return [f"memory plan for {cfg.model.base} at {cfg.data.resolution} px: base {cfg.model.base_precision}",
+            "  24 GB: fastest that fits: fp8 + checkpointing (≈ 16.3 GiB, 1.78× bf16's step time)"]
+
+
 def fake_services() -> Services:
     """Instant, fixed answers for everything but the scan (which is fast and real)."""
     return Services(probe=fake_probe, model_errors=lambda: (ValueError,),
-                    count_params=lambda project_dir, cfg: 797_184, estimate=fake_estimate)
+                    count_params=lambda project_dir, cfg: 797_184, estimate=fake_estimate,
+                    plan_memory=fake_plan_memory)
 
 
 class WizardHost(App[None]):

@@ -115,7 +115,7 @@ async def test_the_family_set_by_hand_decides(project: Path) -> None:
         assert (await saved(pilot, project))["lora"]["preset"] == "all"
 
 
-async def test_review_says_what_full_size_flux_needs_in_memory(project: Path) -> None:
+async def test_review_shows_the_memory_plan_for_the_model_and_settings(project: Path) -> None:
     app = host(project)
     async with app.run_test(size=(120, 40)) as pilot:
         await goto(pilot, 3)
@@ -124,17 +124,16 @@ async def test_review_says_what_full_size_flux_needs_in_memory(project: Path) ->
         await settle(pilot)
         await goto(pilot, 6)
         await settle(pilot)
-        run = text_of(app.screen, "#review-run")
-        assert ('frozen transformer in bf16: FLUX.1-dev 24 GB before anything trains; on a 24 GB card set '
-                'model.base_weights = "float8"') in run
+        await pilot.pause(0.3)
+        memory = text_of(app.screen, "#review-memory")
+        assert "memory plan for black-forest-labs/FLUX.1-dev at 1024 px: base auto" in memory
+        assert "24 GB: fastest that fits" in memory
         estimate = text_of(app.screen, "#review-estimate")
         assert "full-size FLUX.1-dev (12 B parameters)" in estimate
-        assert (await saved(pilot, project))["data"]["resolution"] == 1024
 
         await goto(pilot, 3)
-        app.screen.query_one("#model-base-weights", ConfigField).set_value("float8")
-        await settle(pilot)
+        app.screen.state.cfg.model.base_precision = "int8"  # a changed config is planned again on entering
         await goto(pilot, 6)
         await settle(pilot)
-        assert "frozen transformer in float8 (model.base_weights): FLUX.1-dev 12 GB" in text_of(app.screen,
-                                                                                               "#review-run")
+        await pilot.pause(0.3)
+        assert "base int8" in text_of(app.screen, "#review-memory")

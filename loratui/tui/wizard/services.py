@@ -102,15 +102,6 @@ _TFLOP_PER_IMAGE = {"sd1": (1.7, 512), "sd2": (1.7, 512), "sdxl": (14.0, 1024), 
                     "qwen_image": (350.0, 1024)}  # 20.4 B on 4096 image + about 200 caption tokens
 # What a rented A100 or 4090 sustains on these UNets in half precision.
 _ASSUMED_TFLOPS = 60.0
-# (frozen fp16 weights, activations of one image at the native side) in MB;
-# gradient checkpointing keeps about a quarter of the activations.
-# FLUX-dev's transformer is 24 GB in bf16, SD3.5-Medium's 5 GB (their T5 leaves the GPU once captions
-# are cached); their activations are rough figures for one 1024 px image.
-_MEMORY_MB = {"sd1": (2600.0, 4000.0), "sd2": (2900.0, 4000.0), "sdxl": (7000.0, 12000.0),
-              "flux": (24000.0, 24000.0), "sd3": (5000.0, 12000.0),
-              "zimage": (12300.0, 18000.0),  # 34 blocks of width 3840: about 3/4 of FLUX's activations
-              # 60 dual-stream blocks of width 3072: about 1.6x FLUX's 19 double + 38 single blocks.
-              "qwen_image": (40800.0, 38000.0)}
 # The published model these figures are for, as the estimate's note names it.
 _REFERENCE_MODEL = {"sd1": "SD 1.5", "sd2": "SD 2.1", "sdxl": "SDXL 1.0", "flux": "FLUX.1-dev (12 B parameters)",
                     "sd3": "SD3.5-Medium (2.5 B parameters; Large has 8 B)",
@@ -122,7 +113,7 @@ def rough_estimate(cfg: ProjectConfig, total_steps: int, family: str | None = No
     """Arithmetic from published model sizes, for a full-size model on a recent GPU.
 
     It is only meant to tell a 20-minute run from a 20-hour one; the engine's
-    measured estimate replaces it.
+    measured estimate replaces it. Memory is the planner's (``plan_memory``), shown beside it.
     """
     if cfg.model.base.startswith("builtin:"):
         return Estimate(total_steps, None, None, False,
@@ -132,22 +123,22 @@ def rough_estimate(cfg: ProjectConfig, total_steps: int, family: str | None = No
     tflop, side = _TFLOP_PER_IMAGE.get(family, _TFLOP_PER_IMAGE["sd1"])
     scale = (cfg.data.resolution / side) ** 2
     seconds = tflop * scale * cfg.train.batch_size * cfg.train.grad_accum / _ASSUMED_TFLOPS
-    weights, activations = _MEMORY_MB.get(family, _MEMORY_MB["sd1"])
     if cfg.train.precision == "no":
         seconds *= 4.0  # fp32 gives up the half-precision tensor-core rate
-        weights *= 2.0
-        activations *= 2.0
-    if family in ("flux", "sd3", "zimage", "qwen_image") and cfg.model.base_weights == "float8":
-        weights *= 0.5 if cfg.train.precision != "no" else 0.25  # one byte per frozen block weight
     if cfg.train.gradient_checkpointing:
         share = 1.0 / cfg.train.gradient_checkpointing_every  # of the blocks recomputed
         seconds *= 1.0 + 0.7 * share
-        activations *= 1.0 - 0.75 * share
-    memory = weights + activations * scale * cfg.train.batch_size
-    return Estimate(total_steps, seconds, memory, False,
+    return Estimate(total_steps, seconds, None, False,
                     f"rough arithmetic for a full-size {_REFERENCE_MODEL.get(family, family)} on a GPU doing "
                     f"~{_ASSUMED_TFLOPS:.0f} TFLOP/s; "
                     "Measure (ctrl+e) times real steps on this machine")
+
+
+def plan_memory(project_dir: Path, cfg: ProjectConfig) -> list[str]:
+    """The memory planner's lines for Review (builds the model's architecture without weights; seconds)."""
+    from loratui.memory.project_plan import review_lines
+
+    return review_lines(project_dir, cfg)
 
 
 @dataclass
@@ -159,3 +150,4 @@ class Services:
     model_errors: Callable[[], tuple[type[BaseException], ...]] = model_error_types
     count_params: Callable[[Path, Any], "int | None"] = count_params
     estimate: Callable[..., Estimate] = estimate
+    plan_memory: Callable[[Path, Any], "list[str]"] = plan_memory

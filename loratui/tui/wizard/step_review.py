@@ -42,35 +42,6 @@ def estimate_text(estimate: Estimate) -> str:
     return f"{label}: {' · '.join(parts)}\n({estimate.note})"
 
 
-# Parameters of the published transformers, in billions: FLUX.1-dev/schnell 12, SD3.5-Large 8, Medium 2.5.
-_TRANSFORMER_B = {"flux": (("FLUX.1-dev", 12.0),), "sd3": (("SD3.5-Large", 8.0), ("Medium", 2.5)),
-                  "zimage": (("Z-Image-Turbo", 6.15),), "qwen_image": (("Qwen-Image", 20.4),)}
-
-
-# Families too large for the one-line rule below: what fits on the usual rented cards, said plainly.
-_CARDS = {"qwen_image": "it fits an 80 GB card in bf16 (41 GB); a 48 GB card only with model.base_weights = "
-                        "\"float8\" (20 GB); a 24 GB card not at all, even in float8, once activations are added"}
-
-
-def memory_note(cfg: ProjectConfig, family: str | None) -> str:
-    """What the full-size transformer holds before anything trains, for the card the wizard cannot see."""
-    sizes = _TRANSFORMER_B.get(family or "")
-    if not sizes or cfg.model.base.startswith("builtin:"):
-        return ""
-    if cfg.model.base_weights == "float8":
-        stored, per_param = "float8 (model.base_weights)", 1
-    else:
-        stored, per_param = ("fp32", 4) if cfg.train.precision == "no" else (cfg.train.precision, 2)
-    held = ", ".join(f"{name} {billions * per_param:.3g} GB" for name, billions in sizes)
-    text = f"frozen transformer in {stored}: {held} before anything trains"
-    if family in _CARDS:
-        return text + "; " + _CARDS[family]
-    if per_param == 1:
-        return text + "; computed in bf16"
-    card = 24 if sizes[0][1] >= 12 else 16
-    return text + f"; on a {card} GB card set model.base_weights = \"float8\" (step 3): one byte a weight"
-
-
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -108,6 +79,12 @@ class ReviewStep(WizardStep):
         Binding("ctrl+e", "measure", "Measure a step"),
     ]
 
+    class Planned(Message):
+        def __init__(self, key: Any, lines: list[str]) -> None:
+            super().__init__()
+            self.key = key
+            self.lines = lines
+
     class Estimated(Message):
         def __init__(self, key: Any, estimate: Estimate | None, failure: str = "") -> None:
             super().__init__()
@@ -118,12 +95,14 @@ class ReviewStep(WizardStep):
     def __init__(self, state: Any) -> None:
         super().__init__(state)
         self._estimated: Any = None
+        self._planned: Any = None
 
     def compose_step(self) -> ComposeResult:
         with VerticalScroll(id="review-scroll", classes="wizard-form"):
             yield Static("", id="review-verdict", markup=False)
             yield Static("", id="review-run", markup=False)
             yield Static("", id="review-estimate", markup=False)
+            yield Static("", id="review-memory", markup=False)
             with Horizontal(id="review-actions"):
                 yield Button("Start training", id="review-start", variant="success", compact=True,
                              tooltip="ctrl+n")
@@ -140,6 +119,9 @@ class ReviewStep(WizardStep):
         self.refresh_review()
         if self._estimated != self._key():
             self._estimate_now(measure=False)
+        if self._planned != self._key():
+            self.query_one("#review-memory", Static).update("memory plan: estimating …")
+            self._plan(self._key(), copy.deepcopy(self.state.cfg))
 
     def config_changed(self, path: str) -> None:
         if self.display:
@@ -174,9 +156,6 @@ class ReviewStep(WizardStep):
             when = f"every {cfg.sample.every_n_steps} steps and on s" if cfg.sample.every_n_steps else "on s"
             lines.append(f"no sample prompts: samples ({when}) will draw "
                          + "; ".join(f"{p.prompt!r} ({src})" for p, src in zip(proposed.prompts, proposed.sources)))
-        note = memory_note(cfg, self.state.family)
-        if note:
-            lines.append(note)
         if report is not None and report.usable and (cfg.validation.split > 0 or cfg.validation.folder):
             from loratui.tui.wizard.step_images import apply_validation_split
 
@@ -232,6 +211,18 @@ class ReviewStep(WizardStep):
             self.post_message(self.Estimated(key, None, f"no estimate: {exc}"))
             return
         self.post_message(self.Estimated(key, estimate))
+
+    @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
+    def _plan(self, key: Any, cfg: ProjectConfig) -> None:
+        try:
+            lines = self.state.services.plan_memory(self.state.project_dir, cfg)
+        except Exception as exc:  # noqa: BLE001 - the plan is advice; its failure is shown, not raised
+            lines = [f"memory plan: none ({exc})"]
+        self.post_message(self.Planned(key, lines))
+
+    def on_review_step_planned(self, event: Planned) -> None:
+        self._planned = event.key
+        self.query_one("#review-memory", Static).update("\n".join(event.lines))
 
     def on_review_step_estimated(self, event: Estimated) -> None:
         self._estimated = event.key

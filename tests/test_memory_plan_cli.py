@@ -100,8 +100,8 @@ def test_a_precision_whose_package_is_missing_says_how_to_install_it(tmp_path, c
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
-    project = make(tmp_path, "black-forest-labs/FLUX.1-dev", model__base_precision="int8")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    project = make(tmp_path, "black-forest-labs/FLUX.1-dev", model__base_precision="nf4")
     main(["plan", str(project), "--gpu-memory", "24", "--json"])
     data = json.loads(capsys.readouterr().out)
-    assert any("needs torchao" in line and ".[quant]" in line for line in data["problems"] + data["notes"])
+    assert any("needs bitsandbytes" in line and ".[quant]" in line for line in data["problems"] + data["notes"])

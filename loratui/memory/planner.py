@@ -41,9 +41,9 @@ FIT_MARGIN = 0.95
 # host copies of the checkpointed activations about 15 % more (sd-scripts' cpu_offload_checkpointing).
 CHECKPOINT_COST = 0.7
 OFFLOAD_COST = 0.15
-# The storage formats whose forward casts each weight to bf16 for its matmul: autograd keeps that copy for
-# the backward, so without checkpointing every block's weights exist a second time in bf16 (engine/float8.py).
-KEEPS_COMPUTE_COPY = ("fp8", "fp8-scaled")
+# Stored formats rebuild each weight in the compute dtype for its own matmul and again in the backward, never
+# keeping it for the backward (memory/stored.py): one rebuilt weight exists at a time.
+REBUILDS_WEIGHTS = ("fp8", "fp8-scaled", "int8", "int4", "nf4")
 # Bytes of optimizer state per trained parameter.
 OPTIMIZER_STATE = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "adamw_schedulefree": 12}
 TRANSFORMER_PRECISIONS = ("bf16", "fp8", "fp8-scaled", "int8", "int4", "nf4")
@@ -209,9 +209,8 @@ def _activations(model: Model, options: Options, weights: arch.Weights, compute:
             # The checkpointed block inputs wait in host memory; two are on the card at a time (in use, arriving).
             n = len(weights.blocks)
             step -= int(full.saved * max(0.0, 1.0 - SWAP_RING / n) / options.checkpoint_every)
-    if options.base_precision in KEEPS_COMPUTE_COPY:
-        linear = [sum(o * i for o, i in b.linear_shapes) * compute for b in weights.blocks] or [0]
-        step += sum(linear) if not options.gradient_checkpointing else max(linear)
+    if options.base_precision in REBUILDS_WEIGHTS:
+        step += max((o * i for b in weights.blocks for o, i in b.linear_shapes), default=0) * compute
     return step
 
 

@@ -132,7 +132,7 @@ def project_plan(project_dir: Path, cfg: ProjectConfig, gpu_memory_gib: float | 
     extra = host_memory_problems(result, host_memory_bytes()) if torch.cuda.is_available() else []
     if current_options(cfg).base_precision == "nf4" and not torch.cuda.is_available():
         extra.append("model.base_precision = \"nf4\" runs only on an NVIDIA GPU (bitsandbytes), and this machine "
-                     "has none: train there, or use \"int4\" (torchao) for about the same memory.")
+                     "has none: train there, or use \"int4\" for about the same memory.")
     notes = result.notes
     missing = _missing_library(current_options(cfg).base_precision)
     if missing:

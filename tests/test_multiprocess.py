@@ -344,3 +344,13 @@ def test_a_detached_run_of_two_processes_is_steered_from_a_shell(sample_project:
     assert ckpt is not None and read_state(ckpt).step == final["step"]
     assert Path(final["lora_path"]).exists()
 
+
+
+@pytest.mark.parametrize("base", ["builtin:tiny-flux", "builtin:tiny-zimage", "builtin:tiny-qwen-image"])
+def test_two_processes_train_the_transformer_families(sample_project: Path, base: str) -> None:
+    # Each rank's step sees the transformer wrapped in DistributedDataParallel: whatever a family reads from
+    # the model's config (FLUX-dev's guidance embedding) must be read through the wrapper.
+    result = _run_two(sample_project, "--max-steps", "2", *_sets(f"model.base={base}", "save.every_n_steps=0"))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert [r["step"] for r in _metrics(sample_project)] == [1, 2]
+    assert (ProjectPaths(sample_project).output / "zxc_toy.safetensors").is_file()

@@ -54,18 +54,25 @@ def _in_preset(sub_path: str, preset: str) -> bool:
     return preset == "attention+ff" and bool(_FEED_FORWARD.search(sub_path))
 
 
+# The text stream's own output layers. In the model's very last block nothing reads what they write (Qwen-Image's
+# last dual-stream block; SD3 builds its last block without them; FLUX's single blocks read theirs), so a LoRA
+# there never gets a gradient: dead weight in the file, and several processes stop on it (DistributedDataParallel
+# refuses parameters that produce no loss).
+_TEXT_STREAM_OUTPUT = re.compile(r"attn\.to_add_out$|^(ff_context|txt_mlp)\.")
+
+
 def transformer_targets(root: nn.Module, preset: str) -> list[tuple[str, nn.Module]]:
     """(path, Linear) of every layer the preset trains, in module order; paths relative to ``root``."""
     found = []
-    for list_name in BLOCK_LISTS:
-        blocks = getattr(_unwrap(root), list_name, None)
-        if blocks is None:
-            continue
+    present = [name for name in BLOCK_LISTS if getattr(_unwrap(root), name, None) is not None]
+    for list_name in present:
+        blocks = getattr(_unwrap(root), list_name)
         for index, block in enumerate(blocks):
+            final = list_name == present[-1] and index == len(blocks) - 1
             for sub_path, module in block.named_modules():
                 if not isinstance(module, nn.Linear) or "lora_down" in sub_path or "lora_up" in sub_path:
                     continue
-                if sub_path.endswith(".base"):
+                if sub_path.endswith(".base") or (final and _TEXT_STREAM_OUTPUT.search(sub_path)):
                     continue
                 if _in_preset(sub_path, preset):
                     found.append((f"{list_name}.{index}.{sub_path}", module))
@@ -119,7 +126,9 @@ def _qwen_image_count(get, preset: str) -> int | None:
     layers = get("num_layers")
     if not isinstance(layers, int):
         return None
-    return layers * (8 + (4 if preset in ("attention+ff", "all") else 0) + (2 if preset == "all" else 0))
+    ff = preset in ("attention+ff", "all")
+    # The last block's text-stream outputs (to_add_out, and txt_mlp's two) feed nothing: not trained.
+    return layers * (8 + (4 if ff else 0) + (2 if preset == "all" else 0)) - (3 if ff else 1)
 
 
 _COUNTS = {"zimage": _zimage_count, "qwen_image": _qwen_image_count}

@@ -28,7 +28,10 @@ LEARNING_RATE = 1e-4  # what sd-scripts and ai-toolkit start Flux LoRAs with
 
 
 def has_guidance(transformer: Any) -> bool:
-    return bool(getattr(transformer, "config", {}).get("guidance_embeds", False))
+    # With several processes the step gets the transformer wrapped in DistributedDataParallel, which has no
+    # config: reading the wrapper fed FLUX-dev no guidance and its forward failed on the first step.
+    inner = getattr(transformer, "module", transformer)
+    return bool(getattr(inner, "config", {}).get("guidance_embeds", False))
 
 
 def default_t5_length(model: LoadedModel) -> int:

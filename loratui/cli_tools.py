@@ -102,6 +102,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     rows = table_rows(plan)
     if not console.is_terminal:
         print_lines(summary_lines(plan))
+        print_lines(["  peak GiB   step time  card     setting (* the proposed one; time against bf16)"])
         print_lines([f"{'*' if r['best'] else ' '} {r['peak_gib']:6.1f} GiB  {r['relative_time']:.2f}x  "
                      f"{'fits' if r['fits'] else 'too big' if r['fits'] is False else ''}  {r['options']}"
                      for r in rows])

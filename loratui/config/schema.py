@@ -36,8 +36,8 @@ def _f(default: Any, help: str, *, min: float | None = None, max: float | None =
 @dataclass
 class ModelConfig:
     base: str = _f("builtin:tiny-sd", "builtin:tiny-sd, a hub id, a diffusers folder or one .safetensors file")
-    family: str = _f("auto", "auto detects SD1, SD2, SDXL, SD3 or FLUX; set it when detection guesses wrong",
-                     choices=("auto", "sd1", "sd2", "sdxl", "sd3", "flux"))
+    family: str = _f("auto", "auto detects SD1, SD2, SDXL, SD3, FLUX or Chroma; set it when detection guesses wrong",
+                     choices=("auto", "sd1", "sd2", "sdxl", "sd3", "flux", "chroma"))
     prediction_type: str = _f("auto", "auto reads the model's scheduler; v_prediction for SD2-768 style models",
                               choices=("auto", "epsilon", "v_prediction"))
     config_source: str = _f("", "for a single .safetensors file: a diffusers folder or hub id to take configs from")

@@ -284,6 +284,16 @@ def _check_flow_settings(cfg: ProjectConfig, model: LoadedModel) -> None:
             raise ConfigError(
                 f"train.{name} = {value:g} belongs to the UNets' noise schedule; {model.family} is trained with flow "
                 f"matching, where it has no meaning. Set train.{name} = 0 (σ is chosen by train.timestep_sampling).")
+    from loratui.lora.naming import components_for
+
+    if cfg.lora.train_text_encoder and len(components_for(model.family)) == 1:
+        raise ConfigError(
+            f"lora.train_text_encoder = true, but {model.family} conditions on T5 alone, which loratui (like "
+            "sd-scripts) does not train; set lora.train_text_encoder = false.")
+    if model.family == "chroma" and cfg.train.guidance_scale != 1.0:
+        raise ConfigError(
+            f"train.guidance_scale = {cfg.train.guidance_scale:g} is set, but Chroma has no guidance embedding "
+            "(its guidance input is always 0); remove train.guidance_scale or set it to 1.0.")
     if model.family == "flux" and not model.unet.config.get("guidance_embeds") and cfg.train.guidance_scale != 1.0:
         raise ConfigError(
             f"train.guidance_scale = {cfg.train.guidance_scale:g} is set, but {cfg.model.base} has no guidance "

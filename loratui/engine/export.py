@@ -22,18 +22,19 @@ _BASE_VERSION = {
     ("sd1", "epsilon"): "sd_v1", ("sd1", "v_prediction"): "sd_v1_v",
     ("sd2", "epsilon"): "sd_v2", ("sd2", "v_prediction"): "sd_v2_v",
     ("sdxl", "epsilon"): "sdxl_base_v1-0", ("sdxl", "v_prediction"): "sdxl_base_v1-0",
-    ("sd3", "flow"): "sd3", ("flux", "flow"): "flux1",
+    ("sd3", "flow"): "sd3", ("flux", "flow"): "flux1", ("chroma", "flow"): "chroma",
 }
 _ARCHITECTURE = {
     "sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
     "sdxl": "stable-diffusion-xl-v1-base/lora",
-    "sd3": "stable-diffusion-v3-medium/lora", "flux": "flux-1-dev/lora",
+    "sd3": "stable-diffusion-v3-medium/lora", "flux": "flux-1-dev/lora", "chroma": "chroma/lora",
 }
 
 
 _IMPLEMENTATION = {"sdxl": "https://github.com/Stability-AI/generative-models",
                    "sd3": "https://github.com/Stability-AI/sd3.5",
-                   "flux": "https://github.com/black-forest-labs/flux"}
+                   "flux": "https://github.com/black-forest-labs/flux",
+                   "chroma": "https://github.com/lodestone-rock/flow"}
 
 
 def base_model_version(family: str, prediction_type: str) -> str:

@@ -34,10 +34,11 @@ TIMESTEP_SAMPLING = ("auto", "uniform", "logit_normal", "shift", "flux_shift")
 
 
 def resolve_sampling(method: str, family: str) -> str:
-    """``auto`` is FLUX's own resolution shift for FLUX and the fixed shift for SD3."""
+    """``auto`` is FLUX's own resolution shift for FLUX and Chroma (whose pipeline shifts its sampling the
+    same way) and the fixed shift for SD3."""
     if method != "auto":
         return method
-    return "flux_shift" if family == "flux" else "shift"
+    return "flux_shift" if family in ("flux", "chroma") else "shift"
 
 
 def flux_mu(image_tokens: int, scheduler_config: Mapping[str, Any]) -> float:

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma")
 # Flow-matching transformers: their denoiser is named by loratui.lora.transformer_names.
-TRANSFORMER_FAMILIES = ("sd3", "flux")
+TRANSFORMER_FAMILIES = ("sd3", "flux", "chroma")
 COMPONENTS = ("unet", "te", "te1", "te2")
 
 KOHYA_PREFIX = {"unet": "lora_unet", "te": "lora_te", "te1": "lora_te1", "te2": "lora_te2"}
@@ -32,6 +32,7 @@ _FAMILY_ALIASES = {
     "sd3": "sd3", "sd3.5": "sd3", "sd35": "sd3", "sd3_medium": "sd3", "sd3_large": "sd3", "sd3.5_medium": "sd3",
     "sd3.5_large": "sd3",
     "flux": "flux", "flux1": "flux", "flux.1": "flux", "flux1_dev": "flux", "flux1_schnell": "flux",
+    "chroma": "chroma", "chroma1": "chroma", "chroma1_hd": "chroma",
 }  # fmt: skip
 
 
@@ -49,9 +50,12 @@ def normalize_family(family: str) -> str:
 def components_for(family: str) -> tuple[str, ...]:
     """The component names a family's pipeline has (``te`` for SD1/SD2, ``te1``/``te2`` for SDXL).
 
-    FLUX's CLIP-L is ``te1`` (sd-scripts' ``lora_te1_``), SD3's CLIP-L and CLIP-G ``te1``/``te2``; T5 gets no LoRA.
+    FLUX's CLIP-L is ``te1`` (sd-scripts' ``lora_te1_``), SD3's CLIP-L and CLIP-G ``te1``/``te2``; T5 gets no LoRA,
+    so Chroma (T5 alone) has the transformer only.
     """
     family = normalize_family(family)
+    if family == "chroma":
+        return ("unet",)
     if family in ("sdxl", "sd3"):
         return ("unet", "te1", "te2")
     return ("unet", "te1") if family == "flux" else ("unet", "te")
@@ -296,6 +300,8 @@ def base_model_version(family: str, v_prediction: bool = False) -> str:
     family = normalize_family(family)
     if family == "sdxl":
         return "sdxl_base_v1-0"
+    if family == "chroma":
+        return "chroma"
     if family in TRANSFORMER_FAMILIES:
         return "flux1" if family == "flux" else "sd3"  # sd-scripts' spellings
     return ("sd_v2" if family == "sd2" else "sd_v1") + ("_v" if v_prediction else "")
@@ -303,6 +309,8 @@ def base_model_version(family: str, v_prediction: bool = False) -> str:
 
 def family_from_metadata(metadata: dict[str, str]) -> str | None:
     version = metadata.get("ss_base_model_version", "")
+    if version.startswith("chroma"):
+        return "chroma"
     if version.startswith("flux"):
         return "flux"
     if version.startswith("sd3"):
@@ -314,6 +322,8 @@ def family_from_metadata(metadata: dict[str, str]) -> str | None:
     if version.startswith("sd_v1"):
         return "sd1"
     arch = metadata.get("modelspec.architecture", "")
+    if arch.startswith("chroma"):
+        return "chroma"
     if arch.startswith("flux"):
         return "flux"
     if arch.startswith("stable-diffusion-v3"):

@@ -7,6 +7,12 @@ Which layout loads where (read from each program's loader):
   every weight of their BFL-layout model; diffusers' FLUX loader converts it
   (``_convert_kohya_flux_lora_to_diffusers``), splitting a fused module back
   into q, k, v. This is the default for FLUX. CLIP-L is ``lora_te1_``.
+- Chroma, the same layout (sd-scripts' ``--model_type chroma`` writes it):
+  ComfyUI's Chroma model class is a subclass of its FLUX class, so both its
+  ``lora_unet_`` rule and its ``transformer.`` rule (``flux_to_diffusers``)
+  apply; diffusers' ``ChromaPipeline`` loads LoRAs with the FLUX loader and
+  its converter. Chroma's blocks have no modulation layers, so its files hold
+  none. ``save.format = "diffusers"`` writes ``transformer.`` PEFT keys.
 - SD3, ``transformer.`` PEFT keys: diffusers' SD3 loader reads no other
   layout, and ComfyUI maps ``transformer.`` keys onto its MMDiT. Forge does
   not run SD3. So SD3 files are always written this way; CLIP-L and CLIP-G
@@ -52,7 +58,7 @@ def transformer_tensors(entries: list[Any], family: str, fmt: str, cast: Callabl
                         alpha_tensor: Callable[[float], torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors (and extra metadata) of a file for this family: FLUX in sd-scripts' layout by default;
     SD3 always, and FLUX on request, as PEFT keys."""
-    if family == "flux" and fmt == "kohya":
+    if family in ("flux", "chroma") and fmt == "kohya":
         return flux_kohya_tensors(entries, cast, alpha_tensor), {}
     return transformer_diffusers_tensors(entries, cast)
 
@@ -184,7 +190,7 @@ def read_transformer_file(tensors: dict[str, torch.Tensor], metadata: Mapping[st
         elif module.startswith(("lora_unet_transformer_blocks_", "lora_unet_single_transformer_blocks_")):
             # loratui's own names, as checkpoints hold them.
             modules[module] = make_weights(down, up, _alpha(parts, rank))
-        elif family == "flux" and module.startswith("lora_unet_"):
+        elif family in ("flux", "chroma") and module.startswith("lora_unet_"):
             for path, (d, u, a) in unfuse(bfl_from_underscores(module[len("lora_unet_"):]), down, up,
                                           _alpha(parts, rank), where).items():
                 modules[internal_name(path)] = make_weights(d, u, a)

@@ -1,4 +1,4 @@
-"""LoRA targets and file names of the flow-matching transformers (SD3.x, FLUX.1).
+"""LoRA targets and file names of the flow-matching transformers (SD3.x, FLUX.1, Chroma).
 
 Presets mean what they mean on the UNets:
 
@@ -17,6 +17,8 @@ sd-scripts writes them and ComfyUI, Forge and diffusers read them: diffusers'
 separate q, k, v (and the single blocks' q, k, v, MLP-in) become one fused
 ``qkv`` (``linear1``) module whose down matrices are stacked and whose up
 matrix is block-diagonal, which is exactly the sum of the separate LoRAs.
+Chroma's blocks are FLUX's (without the modulation layers) and its files
+use the same names, as sd-scripts writes them for ``--model_type chroma``.
 """
 
 from __future__ import annotations
@@ -82,7 +84,10 @@ def expected_transformer_count(config: object, family: str, preset: str) -> int 
         return None
     ff = preset in ("attention+ff", "all")
     mod = preset == "all"
-    if family == "flux":
+    if family in ("flux", "chroma"):
+        # Chroma's blocks are FLUX's without their modulation layers (its approximator, outside the
+        # blocks, computes every block's modulation), so "all" is "attention+ff" there.
+        mod = mod and family == "flux"
         single = get("num_single_layers", 0)
         double_each = 8 + (4 if ff else 0) + (2 if mod else 0)
         single_each = 4 + (1 if ff else 0) + (1 if mod else 0)

@@ -31,6 +31,8 @@ BUILTIN_MODELS: dict[str, str] = {
     "tiny-sdxl": "tiny random SDXL layout (two text encoders, size conditioning, 128 px)",
     "tiny-sd3": "tiny random SD3.5 layout (joint transformer blocks, CLIP-L + CLIP-G + T5, flow matching, 128 px)",
     "tiny-flux": "tiny random FLUX.1-dev layout (double and single blocks, CLIP-L + T5, guidance, flow matching, 128 px)",
+    "tiny-chroma": "tiny random Chroma layout (FLUX blocks with an approximator, T5 only with its mask, flow matching, "
+                   "128 px)",
 }
 
 # (family, prediction type) of each built-in, known without building it.
@@ -40,6 +42,7 @@ BUILTIN_FAMILIES: dict[str, tuple[str, str]] = {
     "tiny-sdxl": ("sdxl", "epsilon"),
     "tiny-sd3": ("sd3", "flow"),
     "tiny-flux": ("flux", "flow"),
+    "tiny-chroma": ("chroma", "flow"),
 }
 
 # One seed per component, so building a component never depends on what was

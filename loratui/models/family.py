@@ -9,20 +9,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
-# The flow-matching transformers (SD3.x, FLUX.1) always predict the flow ε − x.
-FLOW_FAMILIES = ("sd3", "flux")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma")
+# The flow-matching transformers (SD3.x, FLUX.1, Chroma) always predict the flow ε − x.
+FLOW_FAMILIES = ("sd3", "flux", "chroma")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
 
 FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "Stable Diffusion XL",
-                "sd3": "Stable Diffusion 3.x", "flux": "FLUX.1"}
+                "sd3": "Stable Diffusion 3.x", "flux": "FLUX.1", "chroma": "Chroma"}
 
 # Native training resolution of the published models, used when a model's
 # own config does not say (single files without a sample_size).
-NATIVE_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024}
+NATIVE_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024, "chroma": 1024}
 
 # The denoiser class of each transformer family in a diffusers folder's transformer/config.json.
-TRANSFORMER_CLASSES = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
+TRANSFORMER_CLASSES = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux",
+                       "ChromaTransformer2DModel": "chroma"}
 
 
 def family_from_transformer_config(transformer_config: Mapping[str, Any]) -> str:
@@ -32,7 +33,8 @@ def family_from_transformer_config(transformer_config: Mapping[str, Any]) -> str
         return TRANSFORMER_CLASSES[name]
     raise FamilyError(
         f"its transformer is a {name or 'model of unknown class'}; loratui trains the transformers of "
-        "Stable Diffusion 3.x (SD3Transformer2DModel) and FLUX.1 (FluxTransformer2DModel)"
+        "Stable Diffusion 3.x (SD3Transformer2DModel), FLUX.1 (FluxTransformer2DModel) and Chroma "
+        "(ChromaTransformer2DModel)"
     )
 
 
@@ -98,6 +100,8 @@ _UNET_KEYS = ("model.diffusion_model.",)
 # SD3's MMDiT and Black Forest Labs' FLUX layout, bare or under ComfyUI's model.diffusion_model.
 _SD3_KEYS = ("joint_blocks.", "model.diffusion_model.joint_blocks.")
 _FLUX_KEYS = ("double_blocks.", "single_blocks.", "model.diffusion_model.double_blocks.")
+# Chroma keeps FLUX's blocks and replaces their modulation with one "approximator" network.
+_CHROMA_KEYS = ("distilled_guidance_layer.", "model.diffusion_model.distilled_guidance_layer.")
 
 
 def _channels_message(channels: object) -> str:
@@ -119,6 +123,8 @@ def family_from_keys(keys: Iterable[str], shapes: Mapping[str, Any] | None = Non
     def has(prefixes: tuple[str, ...]) -> bool:
         return any(k.startswith(prefixes) for k in key_list)
 
+    if has(_CHROMA_KEYS):
+        return "chroma"
     if has(_FLUX_KEYS):
         return "flux"
     if has(_SD3_KEYS):
@@ -197,7 +203,10 @@ def check_prediction_type(value: str) -> str:
 _PUBLISHED = {
     "flux": "black-forest-labs/FLUX.1-dev (or FLUX.1-schnell)",
     "sd3": "stabilityai/stable-diffusion-3.5-medium (24 joint blocks) or -3.5-large (38)",
+    "chroma": "lodestones/Chroma1-HD",
 }
+# What each family's single file lacks besides the transformer, in words.
+_TEXT_ENCODERS = {"chroma": "text encoder (T5)"}
 
 
 def single_file_advice(path: object, family: str, joint_blocks: int | None = None) -> str:
@@ -208,6 +217,7 @@ def single_file_advice(path: object, family: str, joint_blocks: int | None = Non
         size = (f" Its {joint_blocks} joint blocks are {known[joint_blocks]}'s." if joint_blocks in known
                 else f" Its size ({joint_blocks} joint blocks) is not one of the published SD3 models, so the "
                      "architecture must come from a folder made for it.")
-    return (f"{path} holds a {FAMILY_NAMES[family]} transformer; its text encoders (CLIP, T5), VAE and "
+    encoders = _TEXT_ENCODERS.get(family, "text encoders (CLIP, T5)")
+    return (f"{path} holds a {FAMILY_NAMES[family]} transformer; its {encoders}, VAE and "
             "configs come from elsewhere. Set model.config_source to a diffusers folder or hub id of the same "
             f"model, e.g. {_PUBLISHED[family]}.{size}")

@@ -23,6 +23,11 @@ the ones the peers publish (read from their guides and example configs):
 - FLUX samples at guidance 3.5: diffusers' ``FluxPipeline`` default (ai-toolkit's example samples
   at 4). FLUX-dev reads it through its guidance embedding, where loratui's 7 (a UNet's
   classifier-free scale, and SD3's pipeline default) overcooks the pictures.
+- Chroma: ai-toolkit's ``train_lora_chroma_24gb.yaml`` (``lr: 1e-4``, ``dtype: bf16``,
+  ``gradient_checkpointing: true``, samples at ``guidance_scale: 4`` with real classifier-free
+  guidance and a negative prompt) and sd-scripts' ``flux_train_network.py --model_type chroma``
+  (every linear layer of the blocks; Chroma's blocks have no modulation layers, so ``all`` is
+  attention and feed-forward).
 - Rank 16 / alpha 16 is ai-toolkit's example for every family and loratui's default, so it
   is not proposed per family (sd-scripts' examples use rank 16 with alpha 1).
 - Resolution: the model's own size (its config's ``sample_size``, or the family's published
@@ -49,9 +54,11 @@ _FAMILY_START: dict[str, dict[str, Any]] = {
     "sd1": {}, "sd2": {}, "sdxl": {},
     "sd3": {**_FLOW_START, "lora.preset": "attention"},
     "flux": {**_FLOW_START, "lora.preset": "all", "sample.guidance": 3.5},
+    "chroma": {**_FLOW_START, "lora.preset": "all", "sample.guidance": 4.0},
 }
 
-FAMILY_SOURCES = {"sd3": "sd-scripts and diffusers", "flux": "sd-scripts, ai-toolkit and diffusers"}
+FAMILY_SOURCES = {"sd3": "sd-scripts and diffusers", "flux": "sd-scripts, ai-toolkit and diffusers",
+                  "chroma": "ai-toolkit and sd-scripts"}
 """Whose published starting settings a family's values are, as the wizard names them."""
 
 

@@ -295,21 +295,32 @@ def _flow_single_file(path: Path, family: str, config_source: str | None, cls: A
     folder = Path(config_source).expanduser()
     local: dict[str, Any] = {"local_files_only": True} if folder.is_dir() else {}
     source = str(folder) if folder.is_dir() else config_source
-    if family == "flux":
-        from diffusers import FluxTransformer2DModel
+    if family in ("flux", "chroma"):
+        import diffusers
         from safetensors.torch import load_file
 
+        from loratui.models.chroma_checkpoint import original_to_chroma
         from loratui.models.flux_checkpoint import bfl_to_flux
 
-        config = FluxTransformer2DModel.load_config(source, subfolder="transformer", **local)
+        model_cls = diffusers.ChromaTransformer2DModel if family == "chroma" else diffusers.FluxTransformer2DModel
+        config = model_cls.load_config(source, subfolder="transformer", **local)
+        if config.get("_class_name") not in (None, model_cls.__name__):
+            raise ModelLoadError(
+                f"{path} is a {family} transformer but model.config_source {config_source} holds a "
+                f"{config.get('_class_name')}; set model.config_source to a diffusers folder or hub id of a "
+                f"{family} model")
         with torch.device("meta"):
-            transformer = FluxTransformer2DModel.from_config(config)
+            transformer = model_cls.from_config(config)
         try:
-            state = bfl_to_flux(load_file(str(path)), config)
+            to_diffusers = original_to_chroma if family == "chroma" else bfl_to_flux
+            state = to_diffusers(load_file(str(path)), config)
             transformer.load_state_dict(state, strict=True, assign=True)
+            if family == "chroma":
+                _rebuild_chroma_index(transformer)
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(
-                f"{path} does not fit the FLUX transformer config of {config_source} ({str(exc).splitlines()[0]}); "
+                f"{path} does not fit the {family} transformer config of {config_source} "
+                f"({str(exc).splitlines()[0]}); "
                 "set model.config_source to the diffusers folder or hub id of the model this file was made "
                 "from (FLUX.1-dev and FLUX.1-schnell differ in their guidance embedding)") from None
         transformer.to(dtype)
@@ -319,6 +330,15 @@ def _flow_single_file(path: Path, family: str, config_source: str | None, cls: A
         transformer = SD3Transformer2DModel.from_single_file(str(path), config=source, subfolder="transformer",
                                                              **_dtype_kwarg(dtype), **local)
     return cls.from_pretrained(source, transformer=transformer, **extra, **local)
+
+
+def _rebuild_chroma_index(transformer: Any) -> None:
+    """Chroma's modulation-index embedding is a buffer computed at construction and kept out of the state
+    dict; a model built on the meta device has none, so that one module is built again for real."""
+    from diffusers.models.transformers.transformer_chroma import ChromaCombinedTimestepTextProjEmbeddings
+
+    rows, width = transformer.time_text_embed.mod_proj.shape
+    transformer.time_text_embed = ChromaCombinedTimestepTextProjEmbeddings(num_channels=width // 2, out_dim=rows)
 
 
 def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:

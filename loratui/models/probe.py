@@ -167,6 +167,8 @@ def _transformer_info(
     if family == "flux":
         kind_text = "guidance-distilled, like FLUX.1-dev" if config.get("guidance_embeds") else \
             "no guidance embedding, like FLUX.1-schnell"
+    if family == "chroma":
+        kind_text = "FLUX blocks with an approximator, T5 only"
     where = f"{label}; {kind_text}" if kind_text else label
     return ModelInfo(spec, kind, family, "flow", _describe(family, "flow", res, where), path, res)
 

@@ -38,7 +38,7 @@ CLIP_PREFIX = {"sd1": "cond_stage_model.transformer.", "sdxl": "conditioner.embe
 OPENCLIP_PREFIX = {"sd2": "cond_stage_model.model.", "sdxl": "conditioner.embedders.1.model."}
 
 _ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-v1-base", "flux": "flux-1-dev",
-                 "sd3": "stable-diffusion-v3-medium"}
+                 "sd3": "stable-diffusion-v3-medium", "chroma": "chroma"}
 
 
 class SingleFileError(ValueError):

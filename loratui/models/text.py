@@ -164,6 +164,10 @@ def family_module(family: str) -> Any:
         from loratui.models import sd3
 
         return sd3
+    if family == "chroma":
+        from loratui.models import chroma
+
+        return chroma
     raise ValueError(f"{family} is not a flow-matching transformer family")
 
 

@@ -43,7 +43,8 @@ def estimate_text(estimate: Estimate) -> str:
 
 
 # Parameters of the published transformers, in billions: FLUX.1-dev/schnell 12, SD3.5-Large 8, Medium 2.5.
-_TRANSFORMER_B = {"flux": (("FLUX.1-dev", 12.0),), "sd3": (("SD3.5-Large", 8.0), ("Medium", 2.5))}
+_TRANSFORMER_B = {"flux": (("FLUX.1-dev", 12.0),), "sd3": (("SD3.5-Large", 8.0), ("Medium", 2.5)),
+                  "chroma": (("Chroma1-HD", 8.9),)}
 
 
 def memory_note(cfg: ProjectConfig, family: str | None) -> str:

@@ -28,7 +28,7 @@ from loratui.errors import UserError
 from loratui.lora.inject import inject_lora
 from loratui.lora.layer import LoRANetwork
 from loratui.models.loader import LoadedModel, load_model
-from loratui.models.text import encode_flow_captions, t5_length
+from loratui.models.text import encode_flow_captions, family_module, t5_length
 from loratui.project import ProjectPaths
 
 log = logging.getLogger("loratui")
@@ -160,7 +160,9 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
         if n and (i == n or i % max(1, n // 20) == 0):
             status(f"encoding images {i}/{n}", progress=i / n)
 
+    latent_encoder = getattr(family_module(model.family), "encode_latents", None) if model.is_flow else None
     prepare = dict(vae=model.vae, scaling_factor=model.vae_scaling_factor, shift_factor=model.vae_shift_factor,
+                   latent_encoder=latent_encoder,
                    cache=cache, concepts=scan.concepts, prior_loss_weight=cfg.train.prior_loss_weight, batch_size=cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip)
     trained = holdout.trained
     if ranks.distributed and cache is not None:
@@ -177,7 +179,8 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
     if not dataset.items:
         raise DatasetEmpty(f"none of the images in {images_dir} could be encoded; see the messages above.")
     held_out = prepare_dataset(holdout.held_out, vae=model.vae, scaling_factor=model.vae_scaling_factor,
-                               shift_factor=model.vae_shift_factor, cache=cache, batch_size=1, seed=cfg.train.seed,
+                               shift_factor=model.vae_shift_factor, latent_encoder=latent_encoder, cache=cache,
+                               batch_size=1, seed=cfg.train.seed,
                                flip=False).items
     if cache is not None:
         # Sharded, the second pass read back this rank's own share too: those were encoded, not found.
@@ -256,8 +259,9 @@ class _CaptionEncoder:
     def __call__(self, captions: list[str]) -> list[CachedText]:
         with torch.no_grad():
             emb = encode_flow_captions(self.model, captions, t5_max_length=self.cfg.model.t5_max_length)
-        hidden, pooled = emb.hidden.float().cpu(), emb.pooled.float().cpu()
-        return [CachedText(hidden[i], pooled[i]) for i in range(len(captions))]
+        hidden = emb.hidden.float().cpu()
+        pooled = emb.pooled.float().cpu() if emb.pooled is not None else None  # FLUX.2 has no pooled vector
+        return [CachedText(hidden[i], pooled[i] if pooled is not None else None) for i in range(len(captions))]
 
 
 def _store_float8(cfg: ProjectConfig, model: LoadedModel, status: StatusFn) -> None:
@@ -288,16 +292,19 @@ def _check_flow_settings(cfg: ProjectConfig, model: LoadedModel) -> None:
 
     if cfg.lora.train_text_encoder and len(components_for(model.family)) == 1:
         raise ConfigError(
-            f"lora.train_text_encoder = true, but {model.family} conditions on T5 alone, which loratui (like "
-            "sd-scripts) does not train; set lora.train_text_encoder = false.")
+            f"lora.train_text_encoder = true, but {model.family} conditions on "
+            f"{family_module(model.family).TEXT_ENCODER_NAME} alone, which loratui (like sd-scripts and "
+            "musubi-tuner) does not train; set lora.train_text_encoder = false.")
     if model.family == "chroma" and cfg.train.guidance_scale != 1.0:
         raise ConfigError(
             f"train.guidance_scale = {cfg.train.guidance_scale:g} is set, but Chroma has no guidance embedding "
             "(its guidance input is always 0); remove train.guidance_scale or set it to 1.0.")
-    if model.family == "flux" and not model.unet.config.get("guidance_embeds") and cfg.train.guidance_scale != 1.0:
+    guided = model.unet.config.get("guidance_embeds")
+    if model.family in ("flux", "flux2_klein") and not guided and cfg.train.guidance_scale != 1.0:
+        kind = "a FLUX.1-schnell style model" if model.family == "flux" else "a FLUX.2 klein base model"
         raise ConfigError(
             f"train.guidance_scale = {cfg.train.guidance_scale:g} is set, but {cfg.model.base} has no guidance "
-            "embedding (a FLUX.1-schnell style model, which was never trained with a guidance value); remove "
+            f"embedding ({kind}, which was never trained with a guidance value); remove "
             "train.guidance_scale or set it to 1.0.")
 
 

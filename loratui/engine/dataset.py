@@ -124,19 +124,29 @@ def loss_weights_on(batch: Batch, device: torch.device) -> dict[str, torch.Tenso
     return out
 
 
+# (vae, pixels [1, 3, H, W]) -> the normalised posterior's (mean, std), each [1, C, h, w].
+LatentEncoder = Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 def encode_image_latent(vae: torch.nn.Module, scaling_factor: float, path: Path,
-                        bucket: tuple[int, int], flip: bool, shift_factor: float = 0.0) -> CachedLatent:
+                        bucket: tuple[int, int], flip: bool, shift_factor: float = 0.0,
+                        latent_encoder: LatentEncoder | None = None) -> CachedLatent:
+    """``latent_encoder``: a family's own normalisation of the posterior (mean, std), where a scale and a
+    shift do not describe it (FLUX.2's per-channel batch-norm statistics)."""
     loaded = load_image(path)
     cropped = resize_and_crop(loaded.image, bucket, flip=flip)
     pixels = image_to_tensor(cropped.image).unsqueeze(0)
     device = next(vae.parameters()).device
     dtype = next(vae.parameters()).dtype
     with torch.no_grad():
-        dist = vae.encode(pixels.to(device, dtype)).latent_dist
-        # FLUX's and SD3's VAEs centre the latents (shift) before scaling them; a shifted posterior
-        # keeps its spread, so only the mean moves.
-        mean = ((dist.mean.float() - shift_factor) * scaling_factor)[0].cpu()
-        std = (dist.std.float() * scaling_factor)[0].cpu()
+        if latent_encoder is not None:
+            mean, std = (t.float()[0].cpu() for t in latent_encoder(vae, pixels.to(device, dtype)))
+        else:
+            dist = vae.encode(pixels.to(device, dtype)).latent_dist
+            # FLUX's and SD3's VAEs centre the latents (shift) before scaling them; a shifted posterior
+            # keeps its spread, so only the mean moves.
+            mean = ((dist.mean.float() - shift_factor) * scaling_factor)[0].cpu()
+            std = (dist.std.float() * scaling_factor)[0].cpu()
     if not torch.isfinite(mean).all():
         raise ImageProblem(path, "the VAE produced NaN latents for it (an fp16 VAE overflow?); skipped")
     return CachedLatent(mean, std, cropped.original_size, cropped.crop_top_left, cropped.target_size)
@@ -146,7 +156,8 @@ def prepare_dataset(records: list, *, vae: torch.nn.Module, scaling_factor: floa
                     shift_factor: float = 0.0,
                     batch_size: int, seed: int, flip: bool,
                     progress: Callable[[int, int, str], None] | None = None,
-                    concepts: list[Concept] | None = None, prior_loss_weight: float = 1.0) -> PreparedDataset:
+                    concepts: list[Concept] | None = None, prior_loss_weight: float = 1.0,
+                    latent_encoder: LatentEncoder | None = None) -> PreparedDataset:
     """Encode (or load from cache) every usable record of a scan report.
 
     Records with 0 repeats (regularization images beyond what balancing uses) are left out."""
@@ -163,7 +174,8 @@ def prepare_dataset(records: list, *, vae: torch.nn.Module, scaling_factor: floa
         try:
             for variant in ((False, True) if flip else (False,)):
                 def compute(variant: bool = variant) -> CachedLatent:
-                    return encode_image_latent(vae, scaling_factor, rec.path, rec.bucket, variant, shift_factor)
+                    return encode_image_latent(vae, scaling_factor, rec.path, rec.bucket, variant, shift_factor,
+                                               latent_encoder)
 
                 if cache is None:
                     latents[variant] = compute()

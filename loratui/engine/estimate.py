@@ -59,11 +59,18 @@ def count_trainable_params(project_dir: Path, cfg: ProjectConfig) -> int:
 
 def _empty_denoiser(folder: Path, family: str) -> torch.nn.Module:
     """The family's UNet or transformer built from the folder's config, on whatever device is current."""
-    from diffusers import ChromaTransformer2DModel, FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+    from diffusers import (
+        ChromaTransformer2DModel,
+        Flux2Transformer2DModel,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        UNet2DConditionModel,
+    )
 
     cls, sub = {"flux": (FluxTransformer2DModel, "transformer"),
                 "sd3": (SD3Transformer2DModel, "transformer"),
-                "chroma": (ChromaTransformer2DModel, "transformer")}.get(family, (UNet2DConditionModel, "unet"))
+                "chroma": (ChromaTransformer2DModel, "transformer"),
+                "flux2_klein": (Flux2Transformer2DModel, "transformer")}.get(family, (UNet2DConditionModel, "unet"))
     return cls.from_config(cls.load_config(folder, subfolder=sub))
 
 

@@ -23,18 +23,21 @@ _BASE_VERSION = {
     ("sd2", "epsilon"): "sd_v2", ("sd2", "v_prediction"): "sd_v2_v",
     ("sdxl", "epsilon"): "sdxl_base_v1-0", ("sdxl", "v_prediction"): "sdxl_base_v1-0",
     ("sd3", "flow"): "sd3", ("flux", "flow"): "flux1", ("chroma", "flow"): "chroma",
+    ("flux2_klein", "flow"): "flux2",
 }
 _ARCHITECTURE = {
     "sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
     "sdxl": "stable-diffusion-xl-v1-base/lora",
     "sd3": "stable-diffusion-v3-medium/lora", "flux": "flux-1-dev/lora", "chroma": "chroma/lora",
+    "flux2_klein": "flux-2-klein/lora",
 }
 
 
 _IMPLEMENTATION = {"sdxl": "https://github.com/Stability-AI/generative-models",
                    "sd3": "https://github.com/Stability-AI/sd3.5",
                    "flux": "https://github.com/black-forest-labs/flux",
-                   "chroma": "https://github.com/lodestone-rock/flow"}
+                   "chroma": "https://github.com/lodestone-rock/flow",
+                   "flux2_klein": "https://github.com/black-forest-labs/flux2"}
 
 
 def base_model_version(family: str, prediction_type: str) -> str:

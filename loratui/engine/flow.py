@@ -38,7 +38,7 @@ def resolve_sampling(method: str, family: str) -> str:
     same way) and the fixed shift for SD3."""
     if method != "auto":
         return method
-    return "flux_shift" if family in ("flux", "chroma") else "shift"
+    return "flux_shift" if family in ("flux", "chroma", "flux2_klein") else "shift"
 
 
 def flux_mu(image_tokens: int, scheduler_config: Mapping[str, Any]) -> float:

@@ -134,8 +134,10 @@ def _save_flow_single_file(single: Path, model: Any, dtype: torch.dtype, meta: d
     from loratui.models.sd3_checkpoint import sd3_to_mmdit
 
     from loratui.models.chroma_checkpoint import chroma_to_original
+    from loratui.models.flux2_checkpoint import flux2_to_original
 
-    to_original = {"flux": flux_to_bfl, "chroma": chroma_to_original}.get(model.family, sd3_to_mmdit)
+    to_original = {"flux": flux_to_bfl, "chroma": chroma_to_original,
+                   "flux2_klein": flux2_to_original}.get(model.family, sd3_to_mmdit)
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.unet.state_dict().items()}
     write_atomic(single, save(to_original(state), {k: v for k, v in meta.items() if isinstance(v, str)}))
     return single

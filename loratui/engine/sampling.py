@@ -59,7 +59,8 @@ def render(model: LoadedModel, networks: dict[str, LoRANetwork], prompts: list[S
             tmp = path.with_suffix(".png.tmp")
             image.save(tmp, format="PNG")
             os.replace(tmp, path)
-            negative = "(FLUX takes none)" if model.family == "flux" else p.negative
+            negative = {"flux": "(FLUX takes none)", "flux2_klein": "(FLUX.2 klein takes none; its guidance uses an "
+                        "empty prompt)"}.get(model.family, p.negative)
             path.with_suffix(".txt").write_text(
                 f"prompt: {p.prompt}\nnegative: {negative}\nseed: {p.seed}\n"
                 f"steps: {p.steps or cfg.sample.steps}\nguidance: {p.guidance or cfg.sample.guidance}\n"

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma", "flux2_klein")
 # Flow-matching transformers: their denoiser is named by loratui.lora.transformer_names.
-TRANSFORMER_FAMILIES = ("sd3", "flux", "chroma")
+TRANSFORMER_FAMILIES = ("sd3", "flux", "chroma", "flux2_klein")
 COMPONENTS = ("unet", "te", "te1", "te2")
 
 KOHYA_PREFIX = {"unet": "lora_unet", "te": "lora_te", "te1": "lora_te1", "te2": "lora_te2"}
@@ -33,6 +33,8 @@ _FAMILY_ALIASES = {
     "sd3.5_large": "sd3",
     "flux": "flux", "flux1": "flux", "flux.1": "flux", "flux1_dev": "flux", "flux1_schnell": "flux",
     "chroma": "chroma", "chroma1": "chroma", "chroma1_hd": "chroma",
+    "flux2_klein": "flux2_klein", "flux2": "flux2_klein", "flux.2": "flux2_klein", "flux2_klein_4b": "flux2_klein",
+    "flux2_klein_9b": "flux2_klein",
 }  # fmt: skip
 
 
@@ -51,10 +53,10 @@ def components_for(family: str) -> tuple[str, ...]:
     """The component names a family's pipeline has (``te`` for SD1/SD2, ``te1``/``te2`` for SDXL).
 
     FLUX's CLIP-L is ``te1`` (sd-scripts' ``lora_te1_``), SD3's CLIP-L and CLIP-G ``te1``/``te2``; T5 gets no LoRA,
-    so Chroma (T5 alone) has the transformer only.
+    so Chroma (T5 alone) has the transformer only; so has FLUX.2 klein (Qwen3 alone, which gets none either).
     """
     family = normalize_family(family)
-    if family == "chroma":
+    if family in ("chroma", "flux2_klein"):
         return ("unet",)
     if family in ("sdxl", "sd3"):
         return ("unet", "te1", "te2")
@@ -302,6 +304,8 @@ def base_model_version(family: str, v_prediction: bool = False) -> str:
         return "sdxl_base_v1-0"
     if family == "chroma":
         return "chroma"
+    if family == "flux2_klein":
+        return "flux2"
     if family in TRANSFORMER_FAMILIES:
         return "flux1" if family == "flux" else "sd3"  # sd-scripts' spellings
     return ("sd_v2" if family == "sd2" else "sd_v1") + ("_v" if v_prediction else "")
@@ -311,6 +315,8 @@ def family_from_metadata(metadata: dict[str, str]) -> str | None:
     version = metadata.get("ss_base_model_version", "")
     if version.startswith("chroma"):
         return "chroma"
+    if version.startswith("flux2") or version.startswith("flux.2"):
+        return "flux2_klein"
     if version.startswith("flux"):
         return "flux"
     if version.startswith("sd3"):
@@ -324,6 +330,8 @@ def family_from_metadata(metadata: dict[str, str]) -> str | None:
     arch = metadata.get("modelspec.architecture", "")
     if arch.startswith("chroma"):
         return "chroma"
+    if arch.startswith("flux-2") or arch.startswith("flux2"):
+        return "flux2_klein"
     if arch.startswith("flux"):
         return "flux"
     if arch.startswith("stable-diffusion-v3"):

@@ -150,4 +150,8 @@ def build_flow_pipeline(name: str, work_dir: Path) -> Any:
             scheduler=_flow_scheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                       base_image_seq_len=256, max_image_seq_len=4096),
         )
+    if name == "tiny-flux2-klein":
+        from loratui.models.builtin_flux2 import build_flux2_klein_pipeline
+
+        return build_flux2_klein_pipeline()
     raise ValueError(f"not a flow-matching built-in: {name}")

@@ -9,21 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma")
-# The flow-matching transformers (SD3.x, FLUX.1, Chroma) always predict the flow ε − x.
-FLOW_FAMILIES = ("sd3", "flux", "chroma")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma", "flux2_klein")
+# The flow-matching transformers (SD3.x, FLUX.1, Chroma, FLUX.2 klein) always predict the flow ε − x.
+FLOW_FAMILIES = ("sd3", "flux", "chroma", "flux2_klein")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
 
 FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "Stable Diffusion XL",
-                "sd3": "Stable Diffusion 3.x", "flux": "FLUX.1", "chroma": "Chroma"}
+                "sd3": "Stable Diffusion 3.x", "flux": "FLUX.1", "chroma": "Chroma",
+                "flux2_klein": "FLUX.2 klein"}
 
 # Native training resolution of the published models, used when a model's
 # own config does not say (single files without a sample_size).
-NATIVE_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024, "chroma": 1024}
+NATIVE_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024, "chroma": 1024,
+                     "flux2_klein": 1024}
 
 # The denoiser class of each transformer family in a diffusers folder's transformer/config.json.
 TRANSFORMER_CLASSES = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux",
-                       "ChromaTransformer2DModel": "chroma"}
+                       "ChromaTransformer2DModel": "chroma", "Flux2Transformer2DModel": "flux2_klein"}
 
 
 def family_from_transformer_config(transformer_config: Mapping[str, Any]) -> str:
@@ -33,8 +35,8 @@ def family_from_transformer_config(transformer_config: Mapping[str, Any]) -> str
         return TRANSFORMER_CLASSES[name]
     raise FamilyError(
         f"its transformer is a {name or 'model of unknown class'}; loratui trains the transformers of "
-        "Stable Diffusion 3.x (SD3Transformer2DModel), FLUX.1 (FluxTransformer2DModel) and Chroma "
-        "(ChromaTransformer2DModel)"
+        "Stable Diffusion 3.x (SD3Transformer2DModel), FLUX.1 (FluxTransformer2DModel), Chroma "
+        "(ChromaTransformer2DModel) and FLUX.2 klein (Flux2Transformer2DModel)"
     )
 
 
@@ -102,6 +104,8 @@ _SD3_KEYS = ("joint_blocks.", "model.diffusion_model.joint_blocks.")
 _FLUX_KEYS = ("double_blocks.", "single_blocks.", "model.diffusion_model.double_blocks.")
 # Chroma keeps FLUX's blocks and replaces their modulation with one "approximator" network.
 _CHROMA_KEYS = ("distilled_guidance_layer.", "model.diffusion_model.distilled_guidance_layer.")
+# FLUX.2 shares one modulation among all blocks of a kind, where FLUX.1 has one per block.
+_FLUX2_KEYS = ("single_stream_modulation.", "model.diffusion_model.single_stream_modulation.")
 
 
 def _channels_message(channels: object) -> str:
@@ -125,6 +129,8 @@ def family_from_keys(keys: Iterable[str], shapes: Mapping[str, Any] | None = Non
 
     if has(_CHROMA_KEYS):
         return "chroma"
+    if has(_FLUX2_KEYS):
+        return "flux2_klein"
     if has(_FLUX_KEYS):
         return "flux"
     if has(_SD3_KEYS):
@@ -204,9 +210,10 @@ _PUBLISHED = {
     "flux": "black-forest-labs/FLUX.1-dev (or FLUX.1-schnell)",
     "sd3": "stabilityai/stable-diffusion-3.5-medium (24 joint blocks) or -3.5-large (38)",
     "chroma": "lodestones/Chroma1-HD",
+    "flux2_klein": "black-forest-labs/FLUX.2-klein-base-4B (or -base-9B)",
 }
 # What each family's single file lacks besides the transformer, in words.
-_TEXT_ENCODERS = {"chroma": "text encoder (T5)"}
+_TEXT_ENCODERS = {"chroma": "text encoder (T5)", "flux2_klein": "text encoder (Qwen3)"}
 
 
 def single_file_advice(path: object, family: str, joint_blocks: int | None = None) -> str:

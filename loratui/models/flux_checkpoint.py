@@ -36,10 +36,12 @@ _NORMS = {
 }
 
 
-def flux_to_bfl(state: Mapping[str, torch.Tensor], top: Mapping[str, str] = _TOP) -> dict[str, torch.Tensor]:
+def flux_to_bfl(state: Mapping[str, torch.Tensor], top: Mapping[str, str] = _TOP,
+                family: str = "flux") -> dict[str, torch.Tensor]:
     """diffusers FluxTransformer2DModel state dict -> BFL checkpoint keys; every tensor is placed or an error.
 
-    ``top``: the layers outside the blocks, diffusers name -> BFL name (Chroma has its own)."""
+    ``top``: the layers outside the blocks, diffusers name -> BFL name (Chroma and FLUX.2 have their own);
+    ``family`` picks the blocks' table (``loratui.lora.transformer_names``)."""
     out: dict[str, torch.Tensor] = {}
     fused: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
@@ -54,9 +56,9 @@ def flux_to_bfl(state: Mapping[str, torch.Tensor], top: Mapping[str, str] = _TOP
             prefix = "double_blocks" if m.group(1) == "transformer_blocks" else "single_blocks"
             out[f"{prefix}.{m.group(2)}.{norms[m.group(3)]}.scale"] = tensor
             continue
-        bfl, _, _ = flux_bfl_module(module)
+        bfl, _, _ = flux_bfl_module(module, family)
         fused.setdefault(f"{bfl}.{kind}", {})[module] = tensor
-    out.update(fuse_rows(fused, flux_diffusers_parts))
+    out.update(fuse_rows(fused, lambda name: flux_diffusers_parts(name, family)))
     return out
 
 

@@ -250,7 +250,10 @@ def _load_pipeline(kind: str, where: Path | str, family: str, config_source: str
     cls = _pipeline_class(family)
     # Image encoders and feature extractors serve IP-adapters and the safety
     # checker; training never uses them, so they are not loaded.
-    extra: dict[str, Any] = {"feature_extractor": None, "image_encoder": None}
+    import inspect
+
+    accepted = inspect.signature(cls.__init__).parameters
+    extra: dict[str, Any] = {k: None for k in ("feature_extractor", "image_encoder") if k in accepted}
     if family not in ("sdxl", *FLOW_FAMILIES):
         extra.update(safety_checker=None, requires_safety_checker=False)
     extra.update(_dtype_kwarg(dtype))
@@ -295,14 +298,12 @@ def _flow_single_file(path: Path, family: str, config_source: str | None, cls: A
     folder = Path(config_source).expanduser()
     local: dict[str, Any] = {"local_files_only": True} if folder.is_dir() else {}
     source = str(folder) if folder.is_dir() else config_source
-    if family in ("flux", "chroma"):
+    if family in ("flux", "chroma", "flux2_klein"):
         import diffusers
         from safetensors.torch import load_file
 
-        from loratui.models.chroma_checkpoint import original_to_chroma
-        from loratui.models.flux_checkpoint import bfl_to_flux
-
-        model_cls = diffusers.ChromaTransformer2DModel if family == "chroma" else diffusers.FluxTransformer2DModel
+        model_cls = {"chroma": diffusers.ChromaTransformer2DModel, "flux2_klein": diffusers.Flux2Transformer2DModel
+                     }.get(family, diffusers.FluxTransformer2DModel)
         config = model_cls.load_config(source, subfolder="transformer", **local)
         if config.get("_class_name") not in (None, model_cls.__name__):
             raise ModelLoadError(
@@ -312,12 +313,11 @@ def _flow_single_file(path: Path, family: str, config_source: str | None, cls: A
         with torch.device("meta"):
             transformer = model_cls.from_config(config)
         try:
-            to_diffusers = original_to_chroma if family == "chroma" else bfl_to_flux
-            state = to_diffusers(load_file(str(path)), config)
+            state = _original_to_diffusers(family, load_file(str(path)), config)
             transformer.load_state_dict(state, strict=True, assign=True)
             if family == "chroma":
                 _rebuild_chroma_index(transformer)
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, KeyError) as exc:
             raise ModelLoadError(
                 f"{path} does not fit the {family} transformer config of {config_source} "
                 f"({str(exc).splitlines()[0]}); "
@@ -330,6 +330,24 @@ def _flow_single_file(path: Path, family: str, config_source: str | None, cls: A
         transformer = SD3Transformer2DModel.from_single_file(str(path), config=source, subfolder="transformer",
                                                              **_dtype_kwarg(dtype), **local)
     return cls.from_pretrained(source, transformer=transformer, **extra, **local)
+
+
+def _original_to_diffusers(family: str, state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """A transformer file in its original layout (bare or under ComfyUI's ``model.diffusion_model.``) as the
+    diffusers model's state dict, with the widths of ``config``."""
+    if family == "chroma":
+        from loratui.models.chroma_checkpoint import original_to_chroma
+
+        return original_to_chroma(state, config)
+    if family == "flux2_klein":
+        # diffusers' FLUX.2 converter takes every width from the file, but not ComfyUI's prefix.
+        from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
+
+        return convert_flux2_transformer_checkpoint_to_diffusers(
+            {k.removeprefix("model.diffusion_model."): v for k, v in state.items()})
+    from loratui.models.flux_checkpoint import bfl_to_flux
+
+    return bfl_to_flux(state, config)
 
 
 def _rebuild_chroma_index(transformer: Any) -> None:

@@ -169,6 +169,9 @@ def _transformer_info(
             "no guidance embedding, like FLUX.1-schnell"
     if family == "chroma":
         kind_text = "FLUX blocks with an approximator, T5 only"
+    if family == "flux2_klein":
+        kind_text = "Qwen3 text encoder, " + ("guidance-distilled" if config.get("guidance_embeds") else
+                                              "no guidance embedding, like the klein base models")
     where = f"{label}; {kind_text}" if kind_text else label
     return ModelInfo(spec, kind, family, "flow", _describe(family, "flow", res, where), path, res)
 

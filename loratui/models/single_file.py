@@ -38,7 +38,8 @@ CLIP_PREFIX = {"sd1": "cond_stage_model.transformer.", "sdxl": "conditioner.embe
 OPENCLIP_PREFIX = {"sd2": "cond_stage_model.model.", "sdxl": "conditioner.embedders.1.model."}
 
 _ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-v1-base", "flux": "flux-1-dev",
-                 "sd3": "stable-diffusion-v3-medium", "chroma": "chroma"}
+                 "sd3": "stable-diffusion-v3-medium", "chroma": "chroma",
+                 "flux2_klein": "flux-2-klein"}
 
 
 class SingleFileError(ValueError):

@@ -96,9 +96,11 @@ def estimate(project_dir: Path, cfg: ProjectConfig, total_steps: int, family: st
 # at 512 px, SDXL ≈ 14 TFLOP at 1024 px; the cost grows with the pixel count.
 # The transformers: 2 FLOP per parameter and token forward, about twice that for a LoRA step;
 # FLUX.1-dev 12 B parameters on 4096 image + 512 text tokens, SD3.5-Medium 2.5 B on 4096 + 333,
-# Chroma1-HD 8.9 B (FLUX.1-schnell's blocks without their modulation) on 4096 + 512.
+# Chroma1-HD 8.9 B (FLUX.1-schnell's blocks without their modulation) on 4096 + 512, FLUX.2-klein-base-4B
+# 4 B on 4096 + 512.
 _TFLOP_PER_IMAGE = {"sd1": (1.7, 512), "sd2": (1.7, 512), "sdxl": (14.0, 1024), "flux": (220.0, 1024),
-                    "sd3": (44.0, 1024), "chroma": (165.0, 1024)}
+                    "sd3": (44.0, 1024), "chroma": (165.0, 1024),
+                    "flux2_klein": (75.0, 1024)}
 # What a rented A100 or 4090 sustains on these UNets in half precision.
 _ASSUMED_TFLOPS = 60.0
 # (frozen fp16 weights, activations of one image at the native side) in MB;
@@ -106,11 +108,13 @@ _ASSUMED_TFLOPS = 60.0
 # FLUX-dev's transformer is 24 GB in bf16, SD3.5-Medium's 5 GB (their T5 leaves the GPU once captions
 # are cached); their activations are rough figures for one 1024 px image.
 _MEMORY_MB = {"sd1": (2600.0, 4000.0), "sd2": (2900.0, 4000.0), "sdxl": (7000.0, 12000.0),
-              "flux": (24000.0, 24000.0), "sd3": (5000.0, 12000.0), "chroma": (17800.0, 24000.0)}
+              "flux": (24000.0, 24000.0), "sd3": (5000.0, 12000.0), "chroma": (17800.0, 24000.0),
+              "flux2_klein": (8000.0, 12000.0)}
 # The published model these figures are for, as the estimate's note names it.
 _REFERENCE_MODEL = {"sd1": "SD 1.5", "sd2": "SD 2.1", "sdxl": "SDXL 1.0", "flux": "FLUX.1-dev (12 B parameters)",
                     "sd3": "SD3.5-Medium (2.5 B parameters; Large has 8 B)",
-                    "chroma": "Chroma1-HD (8.9 B parameters)"}
+                    "chroma": "Chroma1-HD (8.9 B parameters)",
+                    "flux2_klein": "FLUX.2-klein-base-4B (4 B parameters; 9B has 9 B)"}
 
 
 def rough_estimate(cfg: ProjectConfig, total_steps: int, family: str | None = None) -> Estimate:
@@ -132,7 +136,7 @@ def rough_estimate(cfg: ProjectConfig, total_steps: int, family: str | None = No
         seconds *= 4.0  # fp32 gives up the half-precision tensor-core rate
         weights *= 2.0
         activations *= 2.0
-    if family in ("flux", "sd3", "chroma") and cfg.model.base_weights == "float8":
+    if family in ("flux", "sd3", "chroma", "flux2_klein") and cfg.model.base_weights == "float8":
         weights *= 0.5 if cfg.train.precision != "no" else 0.25  # one byte per frozen block weight
     if cfg.train.gradient_checkpointing:
         share = 1.0 / cfg.train.gradient_checkpointing_every  # of the blocks recomputed

@@ -44,7 +44,7 @@ def estimate_text(estimate: Estimate) -> str:
 
 # Parameters of the published transformers, in billions: FLUX.1-dev/schnell 12, SD3.5-Large 8, Medium 2.5.
 _TRANSFORMER_B = {"flux": (("FLUX.1-dev", 12.0),), "sd3": (("SD3.5-Large", 8.0), ("Medium", 2.5)),
-                  "chroma": (("Chroma1-HD", 8.9),)}
+                  "chroma": (("Chroma1-HD", 8.9),), "flux2_klein": (("FLUX.2-klein-9B", 9.0), ("4B", 4.0))}
 
 
 def memory_note(cfg: ProjectConfig, family: str | None) -> str:

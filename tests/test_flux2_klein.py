@@ -374,3 +374,30 @@ def test_inspect_and_convert(tmp_path: Path, capsys) -> None:
     assert main(["convert", str(as_diffusers), str(back), "--to", "kohya"]) == 0
     original, again = load_file(str(path)), load_file(str(back))
     assert again.keys() == original.keys() and all(torch.equal(again[k], original[k]) for k in original)
+
+
+def test_flux2_dev_and_chroma_radiance_are_named_and_refused(tmp_path: Path) -> None:
+    """Files of related models that loratui does not train say what they are instead of failing later."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from loratui.models.builtin import ensure_builtin
+    from loratui.models.probe import ModelLoadError, probe_model
+
+    dev = tmp_path / "flux2-dev.safetensors"
+    save_file({"single_stream_modulation.lin.weight": torch.zeros(4, 2), "txt_in.weight": torch.zeros(2, 15360)},
+              str(dev))
+    with pytest.raises(ModelLoadError, match=r"flux2-dev.safetensors.*FLUX.2 \[dev\].*FLUX.2-klein-base-4B"):
+        probe_model(str(dev))
+    radiance = tmp_path / "chroma-radiance.safetensors"
+    save_file({"distilled_guidance_layer.in_proj.weight": torch.zeros(2, 2),
+               "nerf_blocks.0.param_generator.weight": torch.zeros(2, 2)}, str(radiance))
+    with pytest.raises(ModelLoadError, match="chroma-radiance.safetensors.*Chroma Radiance.*Chroma1-HD"):
+        probe_model(str(radiance))
+    folder = tmp_path / "dev-folder"
+    shutil.copytree(ensure_builtin("tiny-flux2-klein"), folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "Flux2Pipeline"}))
+    with pytest.raises(ModelLoadError, match="dev-folder.*FLUX.2 \\[dev\\]"):
+        probe_model(str(folder))

@@ -128,8 +128,12 @@ def family_from_keys(keys: Iterable[str], shapes: Mapping[str, Any] | None = Non
         return any(k.startswith(prefixes) for k in key_list)
 
     if has(_CHROMA_KEYS):
+        if any("nerf_" in k for k in key_list):
+            raise FamilyError("this is Chroma Radiance (it works on pixels, with a NeRF-style decoder, not on VAE "
+                              "latents); loratui trains the latent Chroma models such as Chroma1-HD")
         return "chroma"
     if has(_FLUX2_KEYS):
+        _refuse_flux2_dev(shapes or {})
         return "flux2_klein"
     if has(_FLUX_KEYS):
         return "flux"
@@ -155,6 +159,22 @@ def family_from_keys(keys: Iterable[str], shapes: Mapping[str, Any] | None = Non
             "point at the diffusers folder that contains model_index.json instead"
         )
     raise FamilyError("no Stable Diffusion UNet or text-encoder tensors were found in it")
+
+
+# FLUX.2 [dev] conditions on Mistral Small 3 (5120 wide, three layers side by side); klein on Qwen3-4B (7680)
+# or Qwen3-8B (12288).
+_FLUX2_DEV_TEXT_WIDTH = 15360
+
+
+def _refuse_flux2_dev(shapes: Mapping[str, Any]) -> None:
+    for prefix in ("", "model.diffusion_model."):
+        shape = shapes.get(f"{prefix}txt_in.weight")
+        if shape is not None and len(shape) == 2 and shape[1] == _FLUX2_DEV_TEXT_WIDTH:
+            raise FamilyError(FLUX2_DEV_MESSAGE)
+
+
+FLUX2_DEV_MESSAGE = ("this is FLUX.2 [dev] (32 B parameters, Mistral text encoder), which loratui does not "
+                     "train; it trains FLUX.2 klein (black-forest-labs/FLUX.2-klein-base-4B or -9B)")
 
 
 def prediction_from_keys(keys: Iterable[str], family: str) -> str:

@@ -169,6 +169,10 @@ def _transformer_info(
             "no guidance embedding, like FLUX.1-schnell"
     if family == "chroma":
         kind_text = "FLUX blocks with an approximator, T5 only"
+    if family == "flux2_klein" and read("model_index.json").get("_class_name") == "Flux2Pipeline":
+        from loratui.models.family import FLUX2_DEV_MESSAGE
+
+        raise ModelLoadError(f"{label}: {FLUX2_DEV_MESSAGE}")
     if family == "flux2_klein":
         kind_text = "Qwen3 text encoder, " + ("guidance-distilled" if config.get("guidance_embeds") else
                                               "no guidance embedding, like the klein base models")

@@ -441,3 +441,22 @@ def test_inspect_and_convert(tmp_path: Path, capsys) -> None:
     assert main(["convert", str(as_diffusers), str(back), "--to", "kohya"]) == 0
     original, again = load_file(str(path)), load_file(str(back))
     assert again.keys() == original.keys() and all(torch.equal(again[k], original[k]) for k in original)
+
+
+def test_review_says_what_chroma1_hd_holds_and_what_fits() -> None:
+    from loratui.config import ProjectConfig
+    from loratui.models.family_defaults import family_start
+    from loratui.tui.wizard.services import rough_estimate
+    from loratui.tui.wizard.step_review import memory_note
+
+    cfg = ProjectConfig()
+    cfg.model.base, cfg.data.resolution = "lodestones/Chroma1-HD", 1024
+    for path, value in family_start("chroma").items():
+        section, name = path.split(".")
+        setattr(getattr(cfg, section), name, value)
+    note = memory_note(cfg, "chroma")
+    assert "Chroma1-HD 17.8 GB" in note and "16 GB card" in note and "float8" in note
+    bf16 = rough_estimate(cfg, 100, "chroma").peak_memory_mb
+    cfg.model.base_weights = "float8"
+    assert "Chroma1-HD 8.9 GB" in memory_note(cfg, "chroma")
+    assert rough_estimate(cfg, 100, "chroma").peak_memory_mb < bf16

@@ -401,3 +401,18 @@ def test_flux2_dev_and_chroma_radiance_are_named_and_refused(tmp_path: Path) -> 
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "Flux2Pipeline"}))
     with pytest.raises(ModelLoadError, match="dev-folder.*FLUX.2 \\[dev\\]"):
         probe_model(str(folder))
+
+
+def test_review_says_what_klein_holds_and_what_fits() -> None:
+    from loratui.config import ProjectConfig
+    from loratui.models.family_defaults import family_start
+    from loratui.tui.wizard.step_review import memory_note
+
+    cfg = ProjectConfig()
+    cfg.model.base, cfg.data.resolution = "black-forest-labs/FLUX.2-klein-base-9B", 1024
+    for path, value in family_start("flux2_klein").items():
+        section, name = path.split(".")
+        setattr(getattr(cfg, section), name, value)
+    assert (cfg.lora.preset, cfg.train.precision, cfg.sample.guidance) == ("all", "bf16", 4.0)
+    note = memory_note(cfg, "flux2_klein")
+    assert "FLUX.2-klein-9B 18 GB, 4B 8 GB" in note and "16 GB card" in note

@@ -416,3 +416,25 @@ def test_review_says_what_klein_holds_and_what_fits() -> None:
     assert (cfg.lora.preset, cfg.train.precision, cfg.sample.guidance) == ("all", "bf16", 4.0)
     note = memory_note(cfg, "flux2_klein")
     assert "FLUX.2-klein-9B 18 GB, 4B 8 GB" in note and "16 GB card" in note
+
+
+@pytest.mark.parametrize("name, part, message", [
+    ("tiny-flux2-klein", "text_encoder", r"has no text_encoder \(the Qwen3 text encoder\), which a flux2_klein"),
+    ("tiny-chroma", "text_encoder", r"has no text_encoder \(the T5 text encoder\), which a chroma model needs"),
+    ("tiny-flux2-klein", "vae", "has no vae, which a flux2_klein model needs"),
+])
+def test_a_folder_without_its_text_encoder_or_vae_says_so(tmp_path: Path, name: str, part: str,
+                                                          message: str) -> None:
+    import json
+
+    from loratui.models.builtin import ensure_builtin
+    from loratui.models.loader import ModelLoadError, load_model
+
+    folder = tmp_path / "incomplete"
+    shutil.copytree(ensure_builtin(name), folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index[part] = [None, None]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    shutil.rmtree(folder / part)
+    with pytest.raises(ModelLoadError, match=f"incomplete.*{message}"):
+        load_model(str(folder))

@@ -204,9 +204,12 @@ def _text_components(pipe: Any, family: str, spec: str) -> tuple[list[Any], list
     encoders = [getattr(pipe, f"text_encoder{n}", None) for n in names]
     tokenizers = [getattr(pipe, f"tokenizer{n}", None) for n in names]
     if family in FLOW_FAMILIES and (encoders[-1] is None or tokenizers[-1] is None):
+        from loratui.models.text import family_module
+
+        encoder = getattr(family_module(family), "TEXT_ENCODER_NAME", "T5")
         raise ModelLoadError(
-            f"{spec} has no T5 text encoder (text_encoder{names[-1]}/tokenizer{names[-1]}); {family} models "
-            "condition on T5, so loratui needs it: use a complete diffusers folder, or for one file set "
+            f"{spec} has no {encoder} text encoder (text_encoder{names[-1]}/tokenizer{names[-1]}); {family} models "
+            f"condition on {encoder}, so loratui needs it: use a complete diffusers folder, or for one file set "
             "model.config_source to a diffusers folder or hub id of the same model that has it")
     if any(m is None for m in encoders + tokenizers) or denoiser is None or pipe.vae is None:
         what = "transformer" if family in FLOW_FAMILIES else "UNet"
@@ -260,6 +263,7 @@ def _load_pipeline(kind: str, where: Path | str, family: str, config_source: str
     try:
         with builtin.quiet_progress():
             if kind in ("builtin", "folder"):
+                _check_folder_components(Path(where), cls, family)
                 _check_folder_weights(Path(where))
                 return cls.from_pretrained(str(where), local_files_only=True, **extra)
             if kind == "hub":
@@ -381,6 +385,34 @@ def _explain_failure(kind: str, where: Path | str, config_source: str | None, ex
         )
         return f"could not load {where} ({detail}); {advice}"
     return f"could not load the model folder {where} ({detail}); it may be incomplete, copy or download it again"
+
+
+def _check_folder_components(folder: Path, cls: Any, family: str) -> None:
+    """Name a part the pipeline needs that the folder lacks (diffusers would only list its expectations)."""
+    import inspect
+    import json
+
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the probe has already said what is wrong with it
+    # The safety checker and the image parts are passed as None (see _load_pipeline); the rest must be there.
+    optional = ("self", "safety_checker", "feature_extractor", "image_encoder")
+    needed = [name for name, p in inspect.signature(cls.__init__).parameters.items()
+              if name not in optional and p.default is inspect.Parameter.empty]
+    for name in needed:
+        entry = index.get(name)
+        if entry is None or (isinstance(entry, list) and None in entry) or not (folder / name).is_dir():
+            what = name
+            if name.startswith(("text_encoder", "tokenizer")) and family in FLOW_FAMILIES:
+                from loratui.models.text import family_module
+
+                fam = family_module(family)
+                if name.startswith("text_encoder") and len(fam.TEXT_SUFFIXES) == 1:
+                    what = f"{name} (the {getattr(fam, 'TEXT_ENCODER_NAME', 'T5')} text encoder)"
+            raise ModelLoadError(
+                f"{folder} has no {what}, which a {family} model needs (model_index.json or the {name}/ folder); "
+                "copy or download the whole diffusers folder, or point model.base at one that has it")
 
 
 def _check_folder_weights(folder: Path) -> None:

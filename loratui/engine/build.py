@@ -295,16 +295,13 @@ def _check_flow_settings(cfg: ProjectConfig, model: LoadedModel) -> None:
             f"lora.train_text_encoder = true, but {model.family} conditions on "
             f"{family_module(model.family).TEXT_ENCODER_NAME} alone, which loratui (like sd-scripts and "
             "musubi-tuner) does not train; set lora.train_text_encoder = false.")
-    if model.family == "chroma" and cfg.train.guidance_scale != 1.0:
-        raise ConfigError(
-            f"train.guidance_scale = {cfg.train.guidance_scale:g} is set, but Chroma has no guidance embedding "
-            "(its guidance input is always 0); remove train.guidance_scale or set it to 1.0.")
-    guided = model.unet.config.get("guidance_embeds")
-    if model.family in ("flux", "flux2_klein") and not guided and cfg.train.guidance_scale != 1.0:
-        kind = "a FLUX.1-schnell style model" if model.family == "flux" else "a FLUX.2 klein base model"
+    family_check = getattr(family_module(model.family), "check_settings", None)
+    if family_check is not None:
+        family_check(cfg, model)
+    if model.family == "flux" and not model.unet.config.get("guidance_embeds") and cfg.train.guidance_scale != 1.0:
         raise ConfigError(
             f"train.guidance_scale = {cfg.train.guidance_scale:g} is set, but {cfg.model.base} has no guidance "
-            f"embedding ({kind}, which was never trained with a guidance value); remove "
+            "embedding (a FLUX.1-schnell style model, which was never trained with a guidance value); remove "
             "train.guidance_scale or set it to 1.0.")
 
 

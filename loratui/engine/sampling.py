@@ -82,11 +82,13 @@ def _prompt_kwargs(model: LoadedModel, p: SamplePrompt, cfg: ProjectConfig, devi
     if model.is_flow:
         from loratui.models.text import t5_length
 
-        length = t5_length(model, cfg.model.t5_max_length)
-        if model.family == "chroma":
-            from loratui.models.chroma import sample_prompt_kwargs
+        from loratui.models.text import family_module
 
-            return {**sample_prompt_kwargs(model, p.prompt, p.negative, length, device), "max_sequence_length": length}
+        length = t5_length(model, cfg.model.t5_max_length)
+        # A family whose pipeline would encode prompts unlike its training (Chroma's mask) encodes them itself.
+        own = getattr(family_module(model.family), "sample_prompt_kwargs", None)
+        if own is not None:
+            return {**own(model, p.prompt, p.negative, length, device), "max_sequence_length": length}
         kwargs = {"prompt": p.prompt, "max_sequence_length": length}
         # FLUX-dev is guidance-distilled: guidance_scale feeds its guidance embedding and there is no
         # negative prompt; SD3 uses classifier-free guidance with one.

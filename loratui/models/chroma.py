@@ -125,6 +125,35 @@ def _keep_mask_under_checkpointing(transformer: Any, mask: torch.Tensor) -> None
     model._loratui_chroma_hooks = True
 
 
+TRANSFORMER_CLASS = "ChromaTransformer2DModel"
+
+
+def from_original(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """A Chroma file (ComfyUI's layout) as the diffusers model's state dict, with the widths of ``config``."""
+    from loratui.models.chroma_checkpoint import original_to_chroma
+
+    return original_to_chroma(state, config)
+
+
+def finish_meta_model(transformer: Any) -> None:
+    """Chroma's modulation-index embedding is a buffer computed at construction and kept out of the state
+    dict; a model built on the meta device has none, so that one module is built again for real."""
+    from diffusers.models.transformers.transformer_chroma import ChromaCombinedTimestepTextProjEmbeddings
+
+    rows, width = transformer.time_text_embed.mod_proj.shape
+    transformer.time_text_embed = ChromaCombinedTimestepTextProjEmbeddings(num_channels=width // 2, out_dim=rows)
+
+
+def check_settings(cfg: Any, model: LoadedModel) -> None:
+    """Settings Chroma cannot honour, refused before training (the engine's flow checks come first)."""
+    from loratui.config import ConfigError
+
+    if cfg.train.guidance_scale != 1.0:
+        raise ConfigError(
+            f"train.guidance_scale = {cfg.train.guidance_scale:g} is set, but Chroma has no guidance embedding "
+            "(its guidance input is always 0); remove train.guidance_scale or set it to 1.0.")
+
+
 def check_latent_size(height: int, width: int) -> None:
     if height % 2 or width % 2:
         raise ValueError(f"Chroma packs latents 2x2 as FLUX does; a {height}x{width} latent cannot be packed "

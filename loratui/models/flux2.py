@@ -144,6 +144,29 @@ def predict(transformer: Any, noisy: torch.Tensor, sigmas: torch.Tensor, cond: T
     return unpack(out, h, w)
 
 
+TRANSFORMER_CLASS = "Flux2Transformer2DModel"
+
+
+def from_original(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """A FLUX.2 file in Black Forest Labs' layout (bare or under ComfyUI's ``model.diffusion_model.``) as the
+    diffusers model's state dict; diffusers' converter takes every width from the file, but not the prefix."""
+    from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
+
+    return convert_flux2_transformer_checkpoint_to_diffusers(
+        {k.removeprefix("model.diffusion_model."): v for k, v in state.items()})
+
+
+def check_settings(cfg: Any, model: LoadedModel) -> None:
+    """Settings this model cannot honour, refused before training (the engine's flow checks come first)."""
+    from loratui.config import ConfigError
+
+    if not model.unet.config.get("guidance_embeds") and cfg.train.guidance_scale != 1.0:
+        raise ConfigError(
+            f"train.guidance_scale = {cfg.train.guidance_scale:g} is set, but {cfg.model.base} has no guidance "
+            "embedding (a FLUX.2 klein base model, which was never trained with a guidance value); remove "
+            "train.guidance_scale or set it to 1.0.")
+
+
 def check_latent_size(height: int, width: int) -> None:
     if height % 2 or width % 2:
         raise ValueError(f"FLUX.2 patchifies latents 2x2; a {height}x{width} latent cannot be patchified "

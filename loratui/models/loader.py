@@ -302,12 +302,14 @@ def _flow_single_file(path: Path, family: str, config_source: str | None, cls: A
     folder = Path(config_source).expanduser()
     local: dict[str, Any] = {"local_files_only": True} if folder.is_dir() else {}
     source = str(folder) if folder.is_dir() else config_source
-    if family in ("flux", "chroma", "flux2_klein"):
+    from loratui.models.text import family_module
+
+    fam = family_module(family)
+    if hasattr(fam, "from_original"):
         import diffusers
         from safetensors.torch import load_file
 
-        model_cls = {"chroma": diffusers.ChromaTransformer2DModel, "flux2_klein": diffusers.Flux2Transformer2DModel
-                     }.get(family, diffusers.FluxTransformer2DModel)
+        model_cls = getattr(diffusers, fam.TRANSFORMER_CLASS)
         config = model_cls.load_config(source, subfolder="transformer", **local)
         if config.get("_class_name") not in (None, model_cls.__name__):
             raise ModelLoadError(
@@ -317,10 +319,9 @@ def _flow_single_file(path: Path, family: str, config_source: str | None, cls: A
         with torch.device("meta"):
             transformer = model_cls.from_config(config)
         try:
-            state = _original_to_diffusers(family, load_file(str(path)), config)
-            transformer.load_state_dict(state, strict=True, assign=True)
-            if family == "chroma":
-                _rebuild_chroma_index(transformer)
+            transformer.load_state_dict(fam.from_original(load_file(str(path)), config), strict=True, assign=True)
+            if hasattr(fam, "finish_meta_model"):
+                fam.finish_meta_model(transformer)
         except (ValueError, RuntimeError, KeyError) as exc:
             raise ModelLoadError(
                 f"{path} does not fit the {family} transformer config of {config_source} "
@@ -334,33 +335,6 @@ def _flow_single_file(path: Path, family: str, config_source: str | None, cls: A
         transformer = SD3Transformer2DModel.from_single_file(str(path), config=source, subfolder="transformer",
                                                              **_dtype_kwarg(dtype), **local)
     return cls.from_pretrained(source, transformer=transformer, **extra, **local)
-
-
-def _original_to_diffusers(family: str, state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
-    """A transformer file in its original layout (bare or under ComfyUI's ``model.diffusion_model.``) as the
-    diffusers model's state dict, with the widths of ``config``."""
-    if family == "chroma":
-        from loratui.models.chroma_checkpoint import original_to_chroma
-
-        return original_to_chroma(state, config)
-    if family == "flux2_klein":
-        # diffusers' FLUX.2 converter takes every width from the file, but not ComfyUI's prefix.
-        from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
-
-        return convert_flux2_transformer_checkpoint_to_diffusers(
-            {k.removeprefix("model.diffusion_model."): v for k, v in state.items()})
-    from loratui.models.flux_checkpoint import bfl_to_flux
-
-    return bfl_to_flux(state, config)
-
-
-def _rebuild_chroma_index(transformer: Any) -> None:
-    """Chroma's modulation-index embedding is a buffer computed at construction and kept out of the state
-    dict; a model built on the meta device has none, so that one module is built again for real."""
-    from diffusers.models.transformers.transformer_chroma import ChromaCombinedTimestepTextProjEmbeddings
-
-    rows, width = transformer.time_text_embed.mod_proj.shape
-    transformer.time_text_embed = ChromaCombinedTimestepTextProjEmbeddings(num_channels=width // 2, out_dim=rows)
 
 
 def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:

@@ -87,6 +87,12 @@ def test_text_latents_and_transformer_call_are_the_pipelines() -> None:
         ours_pred = flux2.predict(pipe.transformer, latents, t / 1000, ours, guidance=1.0, dtype=torch.float32)
     back = pipe._unpatchify_latents(pipe._unpack_latents_with_ids(out, ids))
     assert torch.allclose(ours_pred, back, atol=1e-5)
+    # The resolution shift counts the transformer's tokens, as musubi-tuner's flux2_shift does (h·w of the
+    # patchified latent); our VAE-layout latents give that count.
+    from loratui.engine.flow import image_tokens, resolve_sampling
+
+    assert image_tokens(latents) == packed.shape[1] == 16
+    assert resolve_sampling("auto", "flux2_klein") == "flux_shift"
 
 
 # -- training ------------------------------------------------------------------------------------

@@ -444,3 +444,17 @@ def test_a_folder_without_its_text_encoder_or_vae_says_so(tmp_path: Path, name: 
     shutil.rmtree(folder / part)
     with pytest.raises(ModelLoadError, match=f"incomplete.*{message}"):
         load_model(str(folder))
+
+
+def test_a_step_distilled_klein_is_described_as_such(tmp_path: Path) -> None:
+    import json
+
+    from loratui.models.builtin import ensure_builtin
+    from loratui.models.probe import probe_model
+
+    folder = tmp_path / "klein-distilled"
+    shutil.copytree(ensure_builtin("tiny-flux2-klein"), folder)
+    assert "step-distilled" not in probe_model(str(folder)).description
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "is_distilled": True}))
+    assert "step-distilled: LoRAs are usually trained on FLUX.2-klein-base" in probe_model(str(folder)).description

@@ -176,6 +176,9 @@ def _transformer_info(
     if family == "flux2_klein":
         kind_text = "Qwen3 text encoder, " + ("guidance-distilled" if config.get("guidance_embeds") else
                                               "no guidance embedding, like the klein base models")
+        if read("model_index.json").get("is_distilled"):
+            # Black Forest Labs publish the -base- models for fine-tuning; the distilled ones sample in 4 steps.
+            kind_text += "; step-distilled: LoRAs are usually trained on FLUX.2-klein-base-4B/-9B"
     where = f"{label}; {kind_text}" if kind_text else label
     return ModelInfo(spec, kind, family, "flow", _describe(family, "flow", res, where), path, res)
 

@@ -80,9 +80,7 @@ def _prompt_kwargs(model: LoadedModel, p: SamplePrompt, cfg: ProjectConfig, devi
     """Prompts as the training saw them, clip skip (UNets) and T5 length (SD3, FLUX) included."""
     clip_skip = cfg.model.clip_skip
     if model.is_flow:
-        from loratui.models.text import t5_length
-
-        from loratui.models.text import family_module
+        from loratui.models.text import family_module, t5_length
 
         length = t5_length(model, cfg.model.t5_max_length)
         # A family whose pipeline would encode prompts unlike its training (Chroma's mask) encodes them itself.

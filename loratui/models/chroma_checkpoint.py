@@ -20,8 +20,8 @@ from loratui.models.flux_checkpoint import bfl_to_flux, flux_to_bfl
 _TOP = {"x_embedder": "img_in", "context_embedder": "txt_in", "proj_out": "final_layer.linear",
         "distilled_guidance_layer.in_proj": "distilled_guidance_layer.in_proj",
         "distilled_guidance_layer.out_proj": "distilled_guidance_layer.out_proj"}
-_APPROXIMATOR = re.compile(r"distilled_guidance_layer\.(layers\.\d+\.(?:linear_1|linear_2|in_layer|out_layer)|norms\.\d+)"
-                           r"\.(weight|bias|scale)")
+_APPROXIMATOR = re.compile(r"distilled_guidance_layer\."
+                           r"(layers\.\d+\.(?:linear_1|linear_2|in_layer|out_layer)|norms\.\d+)\.(weight|bias|scale)")
 _TO_ORIGINAL = {"linear_1": "in_layer", "linear_2": "out_layer", "weight": "scale"}
 _FROM_ORIGINAL = {v: k for k, v in _TO_ORIGINAL.items()}
 

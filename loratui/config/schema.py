@@ -36,18 +36,19 @@ def _f(default: Any, help: str, *, min: float | None = None, max: float | None =
 @dataclass
 class ModelConfig:
     base: str = _f("builtin:tiny-sd", "builtin:tiny-sd, a hub id, a diffusers folder or one .safetensors file")
-    family: str = _f("auto", "auto detects SD1, SD2, SDXL, SD3, FLUX, Z-Image or Qwen-Image; set it when "
-                     "detection guesses wrong",
-                     choices=("auto", "sd1", "sd2", "sdxl", "sd3", "flux", "zimage", "qwen_image"))
+    family: str = _f("auto", "auto detects SD1, SD2, SDXL, SD3, FLUX, Z-Image, Qwen-Image, Chroma or FLUX.2 klein; "
+                     "set it when detection guesses wrong",
+                     choices=("auto", "sd1", "sd2", "sdxl", "sd3", "flux", "zimage", "qwen_image", "chroma",
+                              "flux2_klein"))
     prediction_type: str = _f("auto", "auto reads the model's scheduler; v_prediction for SD2-768 style models",
                               choices=("auto", "epsilon", "v_prediction"))
     config_source: str = _f("", "for a single .safetensors file: a diffusers folder or hub id to take configs from")
     allow_pickle: bool = _f(False, "allow .ckpt/.pt/.bin files; pickles can run code, only for files you trust")
     clip_skip: int = _f(1, "2 uses the penultimate text-encoder layer, as many SD1 anime models expect",
                         min=1, max=4)
-    t5_max_length: int = _f(0, "SD3/FLUX: T5 tokens per caption (Z-Image, Qwen-Image: Qwen tokens); 0 = the "
-                            "model's own (FLUX-dev 512, schnell and SD3 256, Z-Image and Qwen-Image 512); shorter "
-                            "is faster, cuts long captions", min=0, max=512)
+    t5_max_length: int = _f(0, "SD3/FLUX/Chroma: T5 tokens per caption (Z-Image, Qwen-Image, FLUX.2 klein: Qwen "
+                            "tokens); 0 = the model's own (FLUX-dev, Chroma, Z-Image, Qwen-Image and FLUX.2 klein "
+                            "512, schnell and SD3 256); shorter is faster, cuts long captions", min=0, max=512)
     base_weights: str = _f("auto", "SD3/FLUX: float8 stores the frozen transformer blocks in 8 bits and computes "
                            "them in bf16 (FLUX-dev then fits a 24 GB card); auto keeps the precision's dtype",
                            choices=("auto", "float8"))
@@ -124,8 +125,8 @@ class TrainConfig:
     timestep_sampling: str = _f(
         "auto", "SD3/FLUX: how σ is drawn: uniform, logit_normal (middle of the path), shift (logit-normal "
         "moved toward noise by flow_shift), flux_shift (FLUX's resolution-dependent shift); auto = flux_shift "
-        "for FLUX and Qwen-Image (with their schedulers' ranges), shift for SD3 and Z-Image",
-        choices=("auto", "uniform", "logit_normal", "shift", "flux_shift"))
+        "for FLUX, Qwen-Image, Chroma and FLUX.2 klein (with their schedulers' ranges), shift for SD3 and "
+        "Z-Image", choices=("auto", "uniform", "logit_normal", "shift", "flux_shift"))
     sigmoid_scale: float = _f(1.0, "SD3/FLUX: spread of the logit-normal σ draw; larger reaches the ends more",
                               min=0.01, max=10.0)
     flow_shift: float = _f(3.0, "SD3/FLUX with timestep_sampling = shift: higher trains more at high noise "

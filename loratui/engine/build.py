@@ -29,7 +29,7 @@ from loratui.lora.inject import inject_lora
 from loratui.lora.layer import LoRANetwork
 from loratui.memory import hold as memory
 from loratui.models.loader import LoadedModel, load_model
-from loratui.models.text import encode_flow_captions, t5_length
+from loratui.models.text import encode_flow_captions, family_module, t5_length
 from loratui.project import ProjectPaths
 
 log = logging.getLogger("loratui")
@@ -161,7 +161,9 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
         if n and (i == n or i % max(1, n // 20) == 0):
             status(f"encoding images {i}/{n}", progress=i / n)
 
+    latent_encoder = getattr(family_module(model.family), "encode_latents", None) if model.is_flow else None
     prepare = dict(vae=model.vae, scaling_factor=model.vae_scaling_factor, shift_factor=model.vae_shift_factor,
+                   latent_encoder=latent_encoder,
                    cache=cache, concepts=scan.concepts, prior_loss_weight=cfg.train.prior_loss_weight, batch_size=cfg.train.batch_size, seed=cfg.train.seed, flip=cfg.data.flip)
     trained = holdout.trained
     if ranks.distributed and cache is not None:
@@ -178,7 +180,8 @@ def build_session(paths: ProjectPaths, cfg: ProjectConfig, *, status: StatusFn,
     if not dataset.items:
         raise DatasetEmpty(f"none of the images in {images_dir} could be encoded; see the messages above.")
     held_out = prepare_dataset(holdout.held_out, vae=model.vae, scaling_factor=model.vae_scaling_factor,
-                               shift_factor=model.vae_shift_factor, cache=cache, batch_size=1, seed=cfg.train.seed,
+                               shift_factor=model.vae_shift_factor, latent_encoder=latent_encoder, cache=cache,
+                               batch_size=1, seed=cfg.train.seed,
                                flip=False).items
     if cache is not None:
         # Sharded, the second pass read back this rank's own share too: those were encoded, not found.
@@ -257,8 +260,9 @@ class _CaptionEncoder:
     def __call__(self, captions: list[str]) -> list[CachedText]:
         with torch.no_grad():
             emb = encode_flow_captions(self.model, captions, t5_max_length=self.cfg.model.t5_max_length)
-        hidden, pooled = emb.hidden.float().cpu(), emb.pooled.float().cpu()
-        return [CachedText(hidden[i], pooled[i]) for i in range(len(captions))]
+        hidden = emb.hidden.float().cpu()
+        pooled = emb.pooled.float().cpu() if emb.pooled is not None else None  # FLUX.2 has no pooled vector
+        return [CachedText(hidden[i], pooled[i] if pooled is not None else None) for i in range(len(captions))]
 
 
 def _check_flow_settings(cfg: ProjectConfig, model: LoadedModel) -> None:
@@ -274,13 +278,19 @@ def _check_flow_settings(cfg: ProjectConfig, model: LoadedModel) -> None:
             raise ConfigError(
                 f"train.{name} = {value:g} belongs to the UNets' noise schedule; {model.family} is trained with flow "
                 f"matching, where it has no meaning. Set train.{name} = 0 (σ is chosen by train.timestep_sampling).")
+    from loratui.lora.naming import components_for
     from loratui.models.text import family_module
 
-    if cfg.lora.train_text_encoder and not getattr(family_module(model.family), "TEXT_ENCODER_LORA", True):
+    module = family_module(model.family)
+    if cfg.lora.train_text_encoder and (len(components_for(model.family)) == 1
+                                        or not getattr(module, "TEXT_ENCODER_LORA", True)):
         raise ConfigError(
-            f"lora.train_text_encoder = true, but {model.family}'s text encoder "
-            f"({family_module(model.family).TEXT_ENCODER_NAME}) gets no LoRA: its loaders read transformer LoRAs "
-            "only. Set lora.train_text_encoder = false.")
+            f"lora.train_text_encoder = true, but {model.family}'s text encoder ({module.TEXT_ENCODER_NAME}) "
+            "gets no LoRA: its loaders read transformer LoRAs only, and loratui (like sd-scripts and musubi-tuner) "
+            "does not train it. Set lora.train_text_encoder = false.")
+    family_check = getattr(module, "check_settings", None)
+    if family_check is not None:
+        family_check(cfg, model)
     if model.family == "flux" and not model.unet.config.get("guidance_embeds") and cfg.train.guidance_scale != 1.0:
         raise ConfigError(
             f"train.guidance_scale = {cfg.train.guidance_scale:g} is set, but {cfg.model.base} has no guidance "

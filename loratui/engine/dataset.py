@@ -124,8 +124,15 @@ def loss_weights_on(batch: Batch, device: torch.device) -> dict[str, torch.Tenso
     return out
 
 
+# (vae, pixels [1, 3, H, W]) -> the normalised posterior's (mean, std), each [1, C, h, w].
+LatentEncoder = Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 def encode_image_latent(vae: torch.nn.Module, scaling_factor: float, path: Path,
-                        bucket: tuple[int, int], flip: bool, shift_factor: float = 0.0) -> CachedLatent:
+                        bucket: tuple[int, int], flip: bool, shift_factor: float = 0.0,
+                        latent_encoder: LatentEncoder | None = None) -> CachedLatent:
+    """``latent_encoder``: a family's own normalisation of the posterior (mean, std), where a scale and a
+    shift do not describe it (FLUX.2's per-channel batch-norm statistics)."""
     loaded = load_image(path)
     cropped = resize_and_crop(loaded.image, bucket, flip=flip)
     pixels = image_to_tensor(cropped.image).unsqueeze(0)
@@ -134,14 +141,17 @@ def encode_image_latent(vae: torch.nn.Module, scaling_factor: float, path: Path,
     # Video VAEs (Qwen-Image's) take frames [B, C, T, H, W]: a picture is one frame.
     frames = "temperal_downsample" in getattr(vae, "config", {})
     with torch.no_grad():
-        dist = vae.encode(pixels.to(device, dtype).unsqueeze(2) if frames else pixels.to(device, dtype)).latent_dist
-        z_mean, z_std = (dist.mean[:, :, 0], dist.std[:, :, 0]) if frames else (dist.mean, dist.std)
-        # FLUX's and SD3's VAEs centre the latents (shift) before scaling them, Qwen-Image's per channel;
-        # a shifted posterior keeps its spread, so only the mean moves.
-        shift = torch.as_tensor(shift_factor, dtype=torch.float32, device=z_mean.device)
-        scale = torch.as_tensor(scaling_factor, dtype=torch.float32, device=z_mean.device)
-        mean = ((z_mean.float() - shift) * scale)[0].cpu()
-        std = (z_std.float() * scale)[0].cpu()
+        if latent_encoder is not None:
+            mean, std = (t.float()[0].cpu() for t in latent_encoder(vae, pixels.to(device, dtype)))
+        else:
+            dist = vae.encode(pixels.to(device, dtype).unsqueeze(2) if frames else pixels.to(device, dtype)).latent_dist
+            z_mean, z_std = (dist.mean[:, :, 0], dist.std[:, :, 0]) if frames else (dist.mean, dist.std)
+            # FLUX's and SD3's VAEs centre the latents (shift) before scaling them, Qwen-Image's per channel;
+            # a shifted posterior keeps its spread, so only the mean moves.
+            shift = torch.as_tensor(shift_factor, dtype=torch.float32, device=z_mean.device)
+            scale = torch.as_tensor(scaling_factor, dtype=torch.float32, device=z_mean.device)
+            mean = ((z_mean.float() - shift) * scale)[0].cpu()
+            std = (z_std.float() * scale)[0].cpu()
     if not torch.isfinite(mean).all():
         raise ImageProblem(path, "the VAE produced NaN latents for it (an fp16 VAE overflow?); skipped")
     return CachedLatent(mean, std, cropped.original_size, cropped.crop_top_left, cropped.target_size)
@@ -151,7 +161,8 @@ def prepare_dataset(records: list, *, vae: torch.nn.Module, scaling_factor: floa
                     shift_factor: float = 0.0,
                     batch_size: int, seed: int, flip: bool,
                     progress: Callable[[int, int, str], None] | None = None,
-                    concepts: list[Concept] | None = None, prior_loss_weight: float = 1.0) -> PreparedDataset:
+                    concepts: list[Concept] | None = None, prior_loss_weight: float = 1.0,
+                    latent_encoder: LatentEncoder | None = None) -> PreparedDataset:
     """Encode (or load from cache) every usable record of a scan report.
 
     Records with 0 repeats (regularization images beyond what balancing uses) are left out."""
@@ -168,7 +179,8 @@ def prepare_dataset(records: list, *, vae: torch.nn.Module, scaling_factor: floa
         try:
             for variant in ((False, True) if flip else (False,)):
                 def compute(variant: bool = variant) -> CachedLatent:
-                    return encode_image_latent(vae, scaling_factor, rec.path, rec.bucket, variant, shift_factor)
+                    return encode_image_latent(vae, scaling_factor, rec.path, rec.bucket, variant, shift_factor,
+                                               latent_encoder)
 
                 if cache is None:
                     latents[variant] = compute()

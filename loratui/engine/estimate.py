@@ -59,13 +59,22 @@ def count_trainable_params(project_dir: Path, cfg: ProjectConfig) -> int:
 
 def _empty_denoiser(folder: Path, family: str) -> torch.nn.Module:
     """The family's UNet or transformer built from the folder's config, on whatever device is current."""
-    from diffusers import (FluxTransformer2DModel, QwenImageTransformer2DModel, SD3Transformer2DModel,
-                           UNet2DConditionModel, ZImageTransformer2DModel)
+    from diffusers import (
+        ChromaTransformer2DModel,
+        Flux2Transformer2DModel,
+        FluxTransformer2DModel,
+        QwenImageTransformer2DModel,
+        SD3Transformer2DModel,
+        UNet2DConditionModel,
+        ZImageTransformer2DModel,
+    )
 
     cls, sub = {"flux": (FluxTransformer2DModel, "transformer"),
                 "sd3": (SD3Transformer2DModel, "transformer"),
                 "zimage": (ZImageTransformer2DModel, "transformer"),
-                "qwen_image": (QwenImageTransformer2DModel, "transformer")}.get(family, (UNet2DConditionModel, "unet"))
+                "qwen_image": (QwenImageTransformer2DModel, "transformer"),
+                "chroma": (ChromaTransformer2DModel, "transformer"),
+                "flux2_klein": (Flux2Transformer2DModel, "transformer")}.get(family, (UNet2DConditionModel, "unet"))
     return cls.from_config(cls.load_config(folder, subfolder=sub))
 
 

@@ -25,6 +25,7 @@ _BASE_VERSION = {
     ("sdxl", "epsilon"): "sdxl_base_v1-0", ("sdxl", "v_prediction"): "sdxl_base_v1-0",
     ("sd3", "flow"): "sd3", ("flux", "flow"): "flux1",
     ("zimage", "flow"): "zimage", ("qwen_image", "flow"): "qwen_image",
+    ("chroma", "flow"): "chroma", ("flux2_klein", "flow"): "flux2",
 }
 
 

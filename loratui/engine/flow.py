@@ -32,11 +32,12 @@ from loratui.models.text import TextEmbedding
 
 TIMESTEP_SAMPLING = ("auto", "uniform", "logit_normal", "shift", "flux_shift")
 # Families whose schedulers shift σ with the image's token count (``use_dynamic_shifting``).
-_RESOLUTION_SHIFT = ("flux", "qwen_image")
+_RESOLUTION_SHIFT = ("flux", "qwen_image", "chroma", "flux2_klein")
 
 
 def resolve_sampling(method: str, family: str) -> str:
-    """``auto`` is FLUX's own resolution shift for FLUX and the fixed shift for SD3."""
+    """``auto`` is FLUX's own resolution shift for FLUX and Chroma (whose pipeline shifts its sampling the
+    same way) and the fixed shift for SD3."""
     if method != "auto":
         return method
     return "flux_shift" if family in _RESOLUTION_SHIFT else "shift"

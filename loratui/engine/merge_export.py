@@ -133,11 +133,13 @@ def _save_flow_single_file(single: Path, model: Any, dtype: torch.dtype, meta: d
     from loratui.models.flux_checkpoint import flux_to_bfl
     from loratui.models.sd3_checkpoint import sd3_to_mmdit
 
+    from loratui.models.chroma_checkpoint import chroma_to_original
+    from loratui.models.flux2_checkpoint import flux2_to_original
     from loratui.models.zimage_checkpoint import zimage_to_original
 
     # Qwen-Image's published single files keep diffusers' own names.
-    to_original = {"flux": flux_to_bfl, "zimage": zimage_to_original,
-                   "qwen_image": dict}.get(model.family, sd3_to_mmdit)
+    to_original = {"flux": flux_to_bfl, "zimage": zimage_to_original, "qwen_image": dict,
+                   "chroma": chroma_to_original, "flux2_klein": flux2_to_original}.get(model.family, sd3_to_mmdit)
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.unet.state_dict().items()}
     write_atomic(single, save(to_original(state), {k: v for k, v in meta.items() if isinstance(v, str)}))
     return single

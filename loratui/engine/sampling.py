@@ -60,7 +60,8 @@ def render(model: LoadedModel, networks: dict[str, LoRANetwork], prompts: list[S
             tmp = path.with_suffix(".png.tmp")
             image.save(tmp, format="PNG")
             os.replace(tmp, path)
-            negative = "(FLUX takes none)" if model.family == "flux" else p.negative
+            negative = {"flux": "(FLUX takes none)", "flux2_klein": "(FLUX.2 klein takes none; its guidance uses an "
+                        "empty prompt)"}.get(model.family, p.negative)
             path.with_suffix(".txt").write_text(
                 f"prompt: {p.prompt}\nnegative: {negative}\nseed: {p.seed}\n"
                 f"steps: {p.steps or cfg.sample.steps}\nguidance: {p.guidance or cfg.sample.guidance}\n"
@@ -89,9 +90,14 @@ def _prompt_kwargs(model: LoadedModel, p: SamplePrompt, cfg: ProjectConfig, devi
     """Prompts as the training saw them, clip skip (UNets) and T5 length (SD3, FLUX) included."""
     clip_skip = cfg.model.clip_skip
     if model.is_flow:
-        from loratui.models.text import t5_length
+        from loratui.models.text import family_module, t5_length
 
-        kwargs = {"prompt": p.prompt, "max_sequence_length": t5_length(model, cfg.model.t5_max_length)}
+        length = t5_length(model, cfg.model.t5_max_length)
+        # A family whose pipeline would encode prompts unlike its training (Chroma's mask) encodes them itself.
+        own = getattr(family_module(model.family), "sample_prompt_kwargs", None)
+        if own is not None:
+            return {**own(model, p.prompt, p.negative, length, device), "max_sequence_length": length}
+        kwargs = {"prompt": p.prompt, "max_sequence_length": length}
         # FLUX-dev is guidance-distilled: guidance_scale feeds its guidance embedding and there is no
         # negative prompt; SD3 uses classifier-free guidance with one.
         from loratui.models.text import family_module

@@ -131,8 +131,10 @@ class TrainingSession:
         else:
             cached = self.text_cache.get_many(captions, self._encode_for_cache)
             hidden = to_device(torch.stack([c.hidden for c in cached]), device)
-            pooled = to_device(torch.stack([c.pooled for c in cached]), device)
-        return Conditioning(hidden.to(device, self.weight_dtype), pooled.to(device, self.weight_dtype))
+            pooled = to_device(torch.stack([c.pooled for c in cached]), device) if cached[0].pooled is not None \
+                else None  # FLUX.2 klein has no pooled vector
+        return Conditioning(hidden.to(device, self.weight_dtype),
+                            pooled.to(device, self.weight_dtype) if pooled is not None else None)
 
     def _encode_for_cache(self, captions: list[str]) -> list[CachedText]:
         with torch.no_grad():

@@ -15,7 +15,8 @@ from loratui.lora.naming import TRANSFORMER_FAMILIES
 _COMPONENT_LABELS = {"unet": "UNet", "te": "text encoder", "te1": "text encoder 1", "te2": "text encoder 2"}
 _FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD 3.x (MMDiT, flow matching)",
                   "flux": "FLUX.1 (flow matching)", "zimage": "Z-Image (single-stream DiT, flow matching)",
-                  "qwen_image": "Qwen-Image (MMDiT, flow matching)",
+                  "qwen_image": "Qwen-Image (MMDiT, flow matching)", "chroma": "Chroma (FLUX blocks, T5 only, flow matching)",
+                  "flux2_klein": "FLUX.2 klein (Qwen3, flow matching)",
                   None: "unknown"}
 # What the transformer families' files hold, in words; the names each loader maps are in transformer_files.
 _LAYOUT_LABELS = {("flux", "kohya"): "sd-scripts: lora_unet_ + Black Forest Labs names, q/k/v fused",
@@ -23,7 +24,11 @@ _LAYOUT_LABELS = {("flux", "kohya"): "sd-scripts: lora_unet_ + Black Forest Labs
                   ("sd3", "diffusers"): "diffusers: transformer. PEFT keys, alpha/rank folded into up",
                   ("zimage", "diffusers"): "diffusers: transformer. PEFT keys (q/k/v apart), alpha/rank folded "
                                            "into up",
-                  ("qwen_image", "diffusers"): "diffusers: transformer. PEFT keys, alpha/rank folded into up"}
+                  ("qwen_image", "diffusers"): "diffusers: transformer. PEFT keys, alpha/rank folded into up",
+                  ("chroma", "kohya"): "sd-scripts: lora_unet_ + Black Forest Labs names, q/k/v fused",
+                  ("chroma", "diffusers"): "diffusers: transformer. PEFT keys, alpha/rank folded into up",
+                  ("flux2_klein", "kohya"): "musubi-tuner: lora_unet_ + Black Forest Labs names, q/k/v fused",
+                  ("flux2_klein", "diffusers"): "diffusers: transformer. PEFT keys, alpha/rank folded into up"}
 _KIND_LABELS = {"lora": "LoRA", "dora": "DoRA (LoRA + dora_scale)", "loha": "LoHa (LyCORIS)",
                 "lokr": "LoKr (LyCORIS)"}  # fmt: skip
 # Metadata worth a line of its own; the rest is counted, not printed (ss_tag_frequency can be huge).

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "zimage", "qwen_image")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "zimage", "qwen_image", "chroma", "flux2_klein")
 # Flow-matching transformers: their denoiser is named by loratui.lora.transformer_names.
-TRANSFORMER_FAMILIES = ("sd3", "flux", "zimage", "qwen_image")
+TRANSFORMER_FAMILIES = ("sd3", "flux", "zimage", "qwen_image", "chroma", "flux2_klein")
 COMPONENTS = ("unet", "te", "te1", "te2")
 
 KOHYA_PREFIX = {"unet": "lora_unet", "te": "lora_te", "te1": "lora_te1", "te2": "lora_te2"}
@@ -34,13 +34,17 @@ _FAMILY_ALIASES = {
     "flux": "flux", "flux1": "flux", "flux.1": "flux", "flux1_dev": "flux", "flux1_schnell": "flux",
     "zimage": "zimage", "z_image": "zimage", "z-image": "zimage", "z_image_turbo": "zimage",
     "qwen_image": "qwen_image", "qwen-image": "qwen_image", "qwenimage": "qwen_image",
+    "chroma": "chroma", "chroma1": "chroma", "chroma1_hd": "chroma",
+    "flux2_klein": "flux2_klein", "flux2": "flux2_klein", "flux.2": "flux2_klein", "flux2_klein_4b": "flux2_klein",
+    "flux2_klein_9b": "flux2_klein",
 }  # fmt: skip
 
 
 # Families whose text encoders are LLMs that never get a LoRA: their files hold the transformer alone.
-_TRANSFORMER_ONLY = ("zimage", "qwen_image")
+_TRANSFORMER_ONLY = ("zimage", "qwen_image", "chroma", "flux2_klein")
 _VERSIONS = {"flux": "flux1", "sd3": "sd3"}
-_ARCHITECTURE_PREFIX = {"zimage": "z-image", "qwen_image": "qwen-image"}
+_ARCHITECTURE_PREFIX = {"zimage": ("z-image",), "qwen_image": ("qwen-image",), "chroma": ("chroma",),
+                        "flux2_klein": ("flux.2", "flux-2", "flux2")}
 
 
 def normalize_family(family: str) -> str:
@@ -57,7 +61,8 @@ def normalize_family(family: str) -> str:
 def components_for(family: str) -> tuple[str, ...]:
     """The component names a family's pipeline has (``te`` for SD1/SD2, ``te1``/``te2`` for SDXL).
 
-    FLUX's CLIP-L is ``te1`` (sd-scripts' ``lora_te1_``), SD3's CLIP-L and CLIP-G ``te1``/``te2``; T5 gets no LoRA.
+    FLUX's CLIP-L is ``te1`` (sd-scripts' ``lora_te1_``), SD3's CLIP-L and CLIP-G ``te1``/``te2``; T5 gets no LoRA,
+    so Chroma (T5 alone) has the transformer only; so has FLUX.2 klein (Qwen3 alone, which gets none either).
     """
     family = normalize_family(family)
     if family in _TRANSFORMER_ONLY:
@@ -306,6 +311,10 @@ def base_model_version(family: str, v_prediction: bool = False) -> str:
     family = normalize_family(family)
     if family == "sdxl":
         return "sdxl_base_v1-0"
+    if family == "chroma":
+        return "chroma"
+    if family == "flux2_klein":
+        return "flux2"
     if family in TRANSFORMER_FAMILIES:
         return _VERSIONS.get(family, family)  # sd-scripts' spellings for FLUX and SD3
     return ("sd_v2" if family == "sd2" else "sd_v1") + ("_v" if v_prediction else "")
@@ -315,6 +324,10 @@ def family_from_metadata(metadata: dict[str, str]) -> str | None:
     version = metadata.get("ss_base_model_version", "")
     if version in _TRANSFORMER_ONLY:
         return version
+    if version.startswith("chroma"):
+        return "chroma"
+    if version.startswith("flux2") or version.startswith("flux.2"):
+        return "flux2_klein"
     if version.startswith("flux"):
         return "flux"
     if version.startswith("sd3"):
@@ -325,10 +338,10 @@ def family_from_metadata(metadata: dict[str, str]) -> str | None:
         return "sd2"
     if version.startswith("sd_v1"):
         return "sd1"
-    # ModelSpec names are matched without case: musubi-tuner writes "Z-Image", "Qwen-Image".
+    # ModelSpec names are matched without case: musubi-tuner writes "Z-Image", "Qwen-Image", "Flux.2-klein-4b".
     arch = metadata.get("modelspec.architecture", "").lower()
-    for family, prefix in _ARCHITECTURE_PREFIX.items():
-        if arch.startswith(prefix):
+    for family, prefixes in _ARCHITECTURE_PREFIX.items():
+        if arch.startswith(prefixes):
             return family
     if arch.startswith("flux"):
         return "flux"

@@ -7,6 +7,19 @@ Which layout loads where (read from each program's loader):
   every weight of their BFL-layout model; diffusers' FLUX loader converts it
   (``_convert_kohya_flux_lora_to_diffusers``), splitting a fused module back
   into q, k, v. This is the default for FLUX. CLIP-L is ``lora_te1_``.
+- Chroma, the same layout (sd-scripts' ``--model_type chroma`` writes it):
+  ComfyUI's Chroma model class is a subclass of its FLUX class, so both its
+  ``lora_unet_`` rule and its ``transformer.`` rule (``flux_to_diffusers``)
+  apply; diffusers' ``ChromaPipeline`` loads LoRAs with the FLUX loader and
+  its converter. Chroma's blocks have no modulation layers, so its files hold
+  none. ``save.format = "diffusers"`` writes ``transformer.`` PEFT keys.
+- FLUX.2 klein, the same layout with FLUX.2's modules (musubi-tuner's): the
+  double blocks' q/k/v fused into ``qkv``, their feed-forward layers
+  ``img_mlp.0``/``img_mlp.2``, the single blocks' ``linear1``/``linear2``
+  (already one layer each in diffusers). diffusers' ``Flux2KleinPipeline``
+  converts it (``_convert_kohya_flux2_lora_to_diffusers``, at any width); ComfyUI's
+  FLUX.2 model is a subclass of its FLUX model, so ``lora_unet_`` + its weights
+  and ``flux_to_diffusers`` (which lists FLUX.2's diffusers names) both apply.
 - SD3, ``transformer.`` PEFT keys: diffusers' SD3 loader reads no other
   layout, and ComfyUI maps ``transformer.`` keys onto its MMDiT. Forge does
   not run SD3. So SD3 files are always written this way; CLIP-L and CLIP-G
@@ -65,13 +78,13 @@ def transformer_tensors(entries: list[Any], family: str, fmt: str, cast: Callabl
                         alpha_tensor: Callable[[float], torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors (and extra metadata) of a file for this family: FLUX in sd-scripts' layout by default;
     SD3 always, and FLUX on request, as PEFT keys."""
-    if family == "flux" and fmt == "kohya":
-        return flux_kohya_tensors(entries, cast, alpha_tensor), {}
+    if family in ("flux", "chroma", "flux2_klein") and fmt == "kohya":
+        return flux_kohya_tensors(entries, cast, alpha_tensor, family), {}
     return transformer_diffusers_tensors(entries, cast)
 
 
 def flux_kohya_tensors(entries: list[Any], cast: Callable[[torch.Tensor], torch.Tensor],
-                       alpha_tensor: Callable[[float], torch.Tensor]) -> dict[str, torch.Tensor]:
+                       alpha_tensor: Callable[[float], torch.Tensor], family: str = "flux") -> dict[str, torch.Tensor]:
     """sd-scripts' FLUX layout: BFL module names, the layers diffusers keeps apart fused into one module."""
     tensors: dict[str, torch.Tensor] = {}
     groups: dict[str, dict[int, Any]] = {}
@@ -81,10 +94,10 @@ def flux_kohya_tensors(entries: list[Any], cast: Callable[[torch.Tensor], torch.
             tensors[f"{e.name}.lora_up.weight"] = cast(e.weights.up)
             tensors[f"{e.name}.alpha"] = alpha_tensor(e.weights.alpha)
             continue
-        module, part, _ = flux_bfl_module(e.path)
+        module, part, _ = flux_bfl_module(e.path, family)
         groups.setdefault(module, {})[part] = e.weights
     for module, parts in groups.items():
-        down, up, alpha = fuse(module, parts)
+        down, up, alpha = fuse(module, parts, family)
         name = "lora_unet_" + module.replace(".", "_")
         tensors[f"{name}.lora_down.weight"] = cast(down)
         tensors[f"{name}.lora_up.weight"] = cast(up)
@@ -92,13 +105,13 @@ def flux_kohya_tensors(entries: list[Any], cast: Callable[[torch.Tensor], torch.
     return tensors
 
 
-def fuse(module: str, parts: Mapping[int, Any]) -> tuple[torch.Tensor, torch.Tensor, float]:
+def fuse(module: str, parts: Mapping[int, Any], family: str = "flux") -> tuple[torch.Tensor, torch.Tensor, float]:
     """One LoRA equal to the sum of the parts' LoRAs on a fused weight: stacked downs, block-diagonal up.
 
     The fused alpha keeps the first part's scale (alpha / rank) for the fused rank; a part with another
     scale has the ratio folded into its block of the up matrix.
     """
-    if len(flux_diffusers_parts(module)) == 1:
+    if len(flux_diffusers_parts(module, family)) == 1:
         (w,) = parts.values()
         return w.down.float(), w.up.float(), float(w.alpha)
     present = sorted(parts)
@@ -145,12 +158,16 @@ def transformer_diffusers_tensors(entries: list[Any], cast: Callable[[torch.Tens
 
 
 def guess_transformer_family(keys: list[str]) -> str | None:
+    """From the names alone; FLUX.1, Chroma and FLUX.2 files in sd-scripts' layout share their names, so
+    ``ss_base_model_version`` (read before this) or the base model tells them apart."""
     if any(k.startswith(("transformer.noise_refiner.", "transformer.context_refiner.", "transformer.layers.",
                          "diffusion_model.noise_refiner.", "diffusion_model.context_refiner.",
                          "diffusion_model.layers.",
                          "lora_unet_noise_refiner_", "lora_unet_context_refiner_", "lora_unet_layers_"))
            for k in keys):
         return "zimage"
+    if any(".to_qkv_mlp_proj." in k or ".ff.linear_in." in k for k in keys):
+        return "flux2_klein"
     if any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in keys):
         return "flux"
     if any(k.startswith("transformer.single_transformer_blocks.") for k in keys):
@@ -213,9 +230,9 @@ def read_transformer_file(tensors: dict[str, torch.Tensor], metadata: Mapping[st
                                 "lora_unet_noise_refiner_", "lora_unet_context_refiner_", "lora_unet_layers_")):
             # loratui's own names, as checkpoints hold them.
             modules[module] = make_weights(down, up, _alpha(parts, rank))
-        elif family == "flux" and module.startswith("lora_unet_"):
+        elif family in ("flux", "chroma", "flux2_klein") and module.startswith("lora_unet_"):
             for path, (d, u, a) in unfuse(bfl_from_underscores(module[len("lora_unet_"):]), down, up,
-                                          _alpha(parts, rank), where).items():
+                                          _alpha(parts, rank), where, family).items():
                 modules[internal_name(path)] = make_weights(d, u, a)
         else:
             raise LoRAFileError(
@@ -237,7 +254,7 @@ def _peft_alpha(adapter: Mapping[str, Any], prefix: str, path: str, rank: int) -
     return float(alpha) if alpha is not None else float(rank)
 
 
-def unfuse(module: str, down: torch.Tensor, up: torch.Tensor, alpha: float, where: str
+def unfuse(module: str, down: torch.Tensor, up: torch.Tensor, alpha: float, where: str, family: str = "flux"
            ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
     """A BFL module's LoRA as LoRAs of the diffusers layers fused into it.
 
@@ -248,7 +265,7 @@ def unfuse(module: str, down: torch.Tensor, up: torch.Tensor, alpha: float, wher
     from loratui.lora.fileformat import LoRAFileError
 
     try:
-        paths = flux_diffusers_parts(module)
+        paths = flux_diffusers_parts(module, family)
     except ValueError as exc:
         raise LoRAFileError(f"LoRA file {where}: {exc}") from None
     rank = int(down.shape[0])

@@ -1,4 +1,5 @@
-"""LoRA targets and file names of the flow-matching transformers (SD3.x, FLUX.1, Z-Image, Qwen-Image).
+"""LoRA targets and file names of the flow-matching transformers (SD3.x, FLUX.1, Z-Image, Qwen-Image, Chroma,
+FLUX.2 klein).
 
 Presets mean what they mean on the UNets:
 
@@ -22,6 +23,8 @@ sd-scripts writes them and ComfyUI, Forge and diffusers read them: diffusers'
 separate q, k, v (and the single blocks' q, k, v, MLP-in) become one fused
 ``qkv`` (``linear1``) module whose down matrices are stacked and whose up
 matrix is block-diagonal, which is exactly the sum of the separate LoRAs.
+Chroma's blocks are FLUX's (without the modulation layers) and its files
+use the same names, as sd-scripts writes them for ``--model_type chroma``.
 """
 
 from __future__ import annotations
@@ -35,11 +38,14 @@ from loratui.lora.naming import underscore_to_path
 INTERNAL_PREFIX = "lora_unet_"
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "noise_refiner", "context_refiner", "layers")
 
+# FLUX.2's single blocks: one projection makes q, k, v and the MLP input (to_qkv_mlp_proj), one takes the
+# attention and MLP outputs back (attn.to_out), as FLUX.1's linear1/linear2 do; both count as attention.
 _ATTENTION = re.compile(
-    r"attn2?\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)$|^proj_out$"
-    r"|^attention\.(to_q|to_k|to_v|to_out\.0)$"
+    r"attn2?\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out|to_qkv_mlp_proj|to_out)$"
+    r"|^proj_out$|^attention\.(to_q|to_k|to_v|to_out\.0)$"
 )
-_FEED_FORWARD = re.compile(r"(ff|ff_context|img_mlp|txt_mlp)\.net\.(0\.proj|2)$|^proj_mlp$|^feed_forward\.w[123]$")
+_FEED_FORWARD = re.compile(r"(ff|ff_context|img_mlp|txt_mlp)\.net\.(0\.proj|2)$|(ff|ff_context)\.(linear_in|linear_out)$"
+                           r"|^proj_mlp$|^feed_forward\.w[123]$")
 
 
 def internal_name(path: str) -> str:
@@ -97,11 +103,18 @@ def expected_transformer_count(config: object, family: str, preset: str) -> int 
         return None
     ff = preset in ("attention+ff", "all")
     mod = preset == "all"
-    if family == "flux":
+    if family in ("flux", "chroma"):
+        # Chroma's blocks are FLUX's without their modulation layers (its approximator, outside the
+        # blocks, computes every block's modulation), so "all" is "attention+ff" there.
+        mod = mod and family == "flux"
         single = get("num_single_layers", 0)
         double_each = 8 + (4 if ff else 0) + (2 if mod else 0)
         single_each = 4 + (1 if ff else 0) + (1 if mod else 0)
         return layers * double_each + int(single) * single_each
+    if family == "flux2_klein":
+        # The modulation is shared by all blocks and lives outside them; the single blocks' two
+        # projections are attention (and already carry the MLP).
+        return layers * (8 + (4 if ff else 0)) + int(get("num_single_layers", 0)) * 2
     if family == "sd3":
         dual = len(get("dual_attention_layers", ()) or ())
         # The last joint block reads the text but writes none back: no to_add_out, no
@@ -150,15 +163,23 @@ _FLUX_SINGLE = {
     "attn.to_q": ("linear1", 0, 4), "attn.to_k": ("linear1", 1, 4), "attn.to_v": ("linear1", 2, 4),
     "proj_mlp": ("linear1", 3, 4), "proj_out": ("linear2", 0, 1), "norm.linear": ("modulation.lin", 0, 1),
 }  # fmt: skip
-_FLUX_TOP = {"double": ("transformer_blocks", _FLUX_DOUBLE), "single": ("single_transformer_blocks", _FLUX_SINGLE)}
+# FLUX.2: the same BFL names for the double blocks (its feed-forward layers are linear_in/linear_out), and
+# single blocks whose fused projections are already one layer each in diffusers.
+_FLUX2_DOUBLE = {**{k: v for k, v in _FLUX_DOUBLE.items() if ".net." not in k and "norm1" not in k},
+                 "ff.linear_in": ("img_mlp.0", 0, 1), "ff.linear_out": ("img_mlp.2", 0, 1),
+                 "ff_context.linear_in": ("txt_mlp.0", 0, 1), "ff_context.linear_out": ("txt_mlp.2", 0, 1)}
+_FLUX2_SINGLE = {"attn.to_qkv_mlp_proj": ("linear1", 0, 1), "attn.to_out": ("linear2", 0, 1)}
+_TABLES = {"flux": (_FLUX_DOUBLE, _FLUX_SINGLE), "chroma": (_FLUX_DOUBLE, _FLUX_SINGLE),
+           "flux2_klein": (_FLUX2_DOUBLE, _FLUX2_SINGLE)}
 
 
-def flux_bfl_module(path: str) -> tuple[str, int, int]:
+def flux_bfl_module(path: str, family: str = "flux") -> tuple[str, int, int]:
     """``transformer_blocks.3.attn.to_k`` -> (``double_blocks.3.img_attn.qkv``, 1, 3): the BFL module, this
-    layer's place among the layers fused into it, and how many are fused."""
+    layer's place among the layers fused into it, and how many are fused (FLUX.1, Chroma or FLUX.2)."""
     m = re.fullmatch(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)", path)
     if m:
-        table = _FLUX_DOUBLE if m.group(1) == "transformer_blocks" else _FLUX_SINGLE
+        double, single = _TABLES[family]
+        table = double if m.group(1) == "transformer_blocks" else single
         prefix = "double_blocks" if m.group(1) == "transformer_blocks" else "single_blocks"
         if m.group(3) in table:
             sub, part, parts = table[m.group(3)]
@@ -166,11 +187,13 @@ def flux_bfl_module(path: str) -> tuple[str, int, int]:
     raise ValueError(f"no FLUX (Black Forest Labs) module for transformer layer {path!r}")
 
 
-def flux_diffusers_parts(bfl_module: str) -> list[str]:
+def flux_diffusers_parts(bfl_module: str, family: str = "flux") -> list[str]:
     """The diffusers layers fused into a BFL module, in their order inside its weight."""
     m = re.fullmatch(r"(double|single)_blocks\.(\d+)\.(.+)", bfl_module)
     if m:
-        list_name, table = _FLUX_TOP[m.group(1)]
+        double, single = _TABLES[family]
+        list_name, table = ("transformer_blocks", double) if m.group(1) == "double" else \
+            ("single_transformer_blocks", single)
         parts = sorted(((part, sub) for sub, (bfl, part, _) in table.items() if bfl == m.group(3)))
         if parts:
             return [f"{list_name}.{m.group(2)}.{sub}" for _, sub in parts]
@@ -211,7 +234,7 @@ _TRANSFORMER_COMPOUND = sorted(
     ["single_transformer_blocks", "transformer_blocks", "to_q", "to_k", "to_v", "to_out", "add_q_proj",
      "add_k_proj", "add_v_proj", "to_add_out", "ff_context", "norm1_context", "proj_mlp", "proj_out",
      "noise_refiner", "context_refiner", "feed_forward", "adaLN_modulation", "img_mlp", "txt_mlp", "img_mod",
-     "txt_mod"],
+     "txt_mod", "to_qkv_mlp_proj", "linear_in", "linear_out"],
     key=lambda s: -s.count("_"),
 )
 

@@ -33,6 +33,10 @@ BUILTIN_MODELS: dict[str, str] = {
     "tiny-flux": "tiny random FLUX.1-dev layout (double and single blocks, CLIP-L + T5, guidance, flow matching, 128 px)",
     "tiny-zimage": "tiny random Z-Image layout (refiners and single-stream layers, Qwen3, FLUX VAE, 128 px)",
     "tiny-qwen-image": "tiny random Qwen-Image layout (dual-stream MMDiT, Qwen2.5-VL, 3D VAE, 128 px)",
+    "tiny-chroma": "tiny random Chroma layout (FLUX blocks with an approximator, T5 only with its mask, flow matching, "
+                   "128 px)",
+    "tiny-flux2-klein": "tiny random FLUX.2 klein layout (shared-modulation blocks, Qwen3 text encoder, FLUX.2 VAE "
+                        "with batch-norm latents, flow matching, 128 px)",
 }
 
 # (family, prediction type) of each built-in, known without building it.
@@ -44,6 +48,8 @@ BUILTIN_FAMILIES: dict[str, tuple[str, str]] = {
     "tiny-flux": ("flux", "flow"),
     "tiny-zimage": ("zimage", "flow"),
     "tiny-qwen-image": ("qwen_image", "flow"),
+    "tiny-chroma": ("chroma", "flow"),
+    "tiny-flux2-klein": ("flux2_klein", "flow"),
 }
 
 # One seed per component, so building a component never depends on what was
@@ -306,8 +312,10 @@ def ensure_builtin(name: str) -> Path:
             # tokenizer.json; with them the folder loads with slow and fast
             # CLIP tokenizers alike, whichever transformers is installed.
             for saved in tmp.glob("tokenizer*"):
-                # The T5 and Qwen tokenizers are whole in their tokenizer.json.
-                if saved.is_dir() and "CLIP" in (saved / "tokenizer_config.json").read_text(encoding="utf-8"):
+                # The T5 and Qwen tokenizers (Flux, SD3, Z-Image, Qwen-Image, Chroma, FLUX.2) are whole in their
+                # tokenizer.json.
+                config = saved / "tokenizer_config.json"
+                if saved.is_dir() and "CLIPTokenizer" in config.read_text(encoding="utf-8"):
                     chartok.write_char_tokenizer_files(saved)
         if target.exists() and not (target / "model_index.json").is_file():
             # A half folder without model_index.json (not ours: ours are

@@ -1,4 +1,4 @@
-"""The tiny flow-matching built-ins: ``builtin:tiny-flux`` and ``builtin:tiny-sd3``.
+"""The tiny flow-matching built-ins: ``builtin:tiny-flux``, ``builtin:tiny-sd3`` and ``builtin:tiny-chroma``.
 
 Built like the UNet built-ins (fixed seeds, random weights, saved once as a
 diffusers folder) with the real models' structure: Flux's double-stream and
@@ -88,6 +88,19 @@ def _sd3_transformer() -> Any:
     )
 
 
+def _chroma_transformer() -> Any:
+    from diffusers import ChromaTransformer2DModel
+
+    _seed(17)
+    # The tiny FLUX's blocks; the approximator keeps Chroma's shape (64 input channels: timestep, zero
+    # guidance and the modulation index, each sinusoidally embedded) at a tiny hidden width.
+    return ChromaTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 4, 8), approximator_num_channels=64,
+        approximator_hidden_dim=64, approximator_layers=2,
+    )
+
+
 def _flow_scheduler(**kwargs: Any) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -95,7 +108,7 @@ def _flow_scheduler(**kwargs: Any) -> Any:
 
 
 def build_flow_pipeline(name: str, work_dir: Path) -> Any:
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+    from diffusers import ChromaPipeline, FluxPipeline, StableDiffusion3Pipeline
 
     from loratui.models import tokenizer as chartok
 
@@ -134,4 +147,19 @@ def build_flow_pipeline(name: str, work_dir: Path) -> Any:
         from loratui.models import builtin_qwen_image
 
         return builtin_qwen_image.build(work_dir)
+    if name == "tiny-chroma":
+        return ChromaPipeline(
+            vae=_vae(scaling_factor=0.3611, shift_factor=0.1159),  # FLUX.1's VAE, as Chroma ships it
+            text_encoder=_t5(15, 32),
+            tokenizer=t5_tok,
+            transformer=_chroma_transformer(),
+            # ChromaPipeline computes FLUX's token-count shift for every call; a dynamic-shifting
+            # scheduler (FLUX.1-dev's settings) is the one that applies it.
+            scheduler=_flow_scheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                      base_image_seq_len=256, max_image_seq_len=4096),
+        )
+    if name == "tiny-flux2-klein":
+        from loratui.models.builtin_flux2 import build_flux2_klein_pipeline
+
+        return build_flux2_klein_pipeline()
     raise ValueError(f"not a flow-matching built-in: {name}")

@@ -9,23 +9,25 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "zimage", "qwen_image")
-# The flow-matching transformers (SD3.x, FLUX.1, Z-Image, Qwen-Image) are trained on the flow ε − x.
-FLOW_FAMILIES = ("sd3", "flux", "zimage", "qwen_image")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "zimage", "qwen_image", "chroma", "flux2_klein")
+# The flow-matching transformers (SD3.x, FLUX.1, Z-Image, Qwen-Image, Chroma, FLUX.2 klein) are trained on the
+# flow ε − x.
+FLOW_FAMILIES = ("sd3", "flux", "zimage", "qwen_image", "chroma", "flux2_klein")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
 
 FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "Stable Diffusion XL",
                 "sd3": "Stable Diffusion 3.x", "flux": "FLUX.1", "zimage": "Z-Image",
-                "qwen_image": "Qwen-Image"}
+                "qwen_image": "Qwen-Image", "chroma": "Chroma", "flux2_klein": "FLUX.2 klein"}
 
 # Native training resolution of the published models, used when a model's
 # own config does not say (single files without a sample_size).
 NATIVE_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024, "zimage": 1024,
-                     "qwen_image": 1024}
+                     "qwen_image": 1024, "chroma": 1024, "flux2_klein": 1024}
 
 # The denoiser class of each transformer family in a diffusers folder's transformer/config.json.
 TRANSFORMER_CLASSES = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux",
-                       "ZImageTransformer2DModel": "zimage", "QwenImageTransformer2DModel": "qwen_image"}
+                       "ZImageTransformer2DModel": "zimage", "QwenImageTransformer2DModel": "qwen_image",
+                       "ChromaTransformer2DModel": "chroma", "Flux2Transformer2DModel": "flux2_klein"}
 
 
 def family_from_transformer_config(transformer_config: Mapping[str, Any]) -> str:
@@ -36,7 +38,8 @@ def family_from_transformer_config(transformer_config: Mapping[str, Any]) -> str
     raise FamilyError(
         f"its transformer is a {name or 'model of unknown class'}; loratui trains the transformers of "
         "Stable Diffusion 3.x (SD3Transformer2DModel), FLUX.1 (FluxTransformer2DModel), Z-Image "
-        "(ZImageTransformer2DModel) and Qwen-Image (QwenImageTransformer2DModel)"
+        "(ZImageTransformer2DModel), Qwen-Image (QwenImageTransformer2DModel), Chroma "
+        "(ChromaTransformer2DModel) and FLUX.2 klein (Flux2Transformer2DModel)"
     )
 
 
@@ -107,6 +110,10 @@ _ZIMAGE_KEYS = ("noise_refiner.", "context_refiner.", "model.diffusion_model.noi
                 "model.diffusion_model.context_refiner.")
 # Qwen-Image's files keep diffusers' names; its image-stream MLP (img_mlp) is its own.
 _QWEN_IMAGE_BLOCKS = ("transformer_blocks.", "model.diffusion_model.transformer_blocks.")
+# Chroma keeps FLUX's blocks and replaces their modulation with one "approximator" network.
+_CHROMA_KEYS = ("distilled_guidance_layer.", "model.diffusion_model.distilled_guidance_layer.")
+# FLUX.2 shares one modulation among all blocks of a kind, where FLUX.1 has one per block.
+_FLUX2_KEYS = ("single_stream_modulation.", "model.diffusion_model.single_stream_modulation.")
 
 
 def _channels_message(channels: object) -> str:
@@ -132,6 +139,14 @@ def family_from_keys(keys: Iterable[str], shapes: Mapping[str, Any] | None = Non
         return "zimage"
     if any(k.startswith(_QWEN_IMAGE_BLOCKS) and ".img_mlp." in k for k in key_list):
         return "qwen_image"
+    if has(_CHROMA_KEYS):
+        if any("nerf_" in k for k in key_list):
+            raise FamilyError("this is Chroma Radiance (it works on pixels, with a NeRF-style decoder, not on VAE "
+                              "latents); loratui trains the latent Chroma models such as Chroma1-HD")
+        return "chroma"
+    if has(_FLUX2_KEYS):
+        _refuse_flux2_dev(shapes or {})
+        return "flux2_klein"
     if has(_FLUX_KEYS):
         return "flux"
     if has(_SD3_KEYS):
@@ -156,6 +171,22 @@ def family_from_keys(keys: Iterable[str], shapes: Mapping[str, Any] | None = Non
             "point at the diffusers folder that contains model_index.json instead"
         )
     raise FamilyError("no Stable Diffusion UNet or text-encoder tensors were found in it")
+
+
+# FLUX.2 [dev] conditions on Mistral Small 3 (5120 wide, three layers side by side); klein on Qwen3-4B (7680)
+# or Qwen3-8B (12288).
+_FLUX2_DEV_TEXT_WIDTH = 15360
+
+
+def _refuse_flux2_dev(shapes: Mapping[str, Any]) -> None:
+    for prefix in ("", "model.diffusion_model."):
+        shape = shapes.get(f"{prefix}txt_in.weight")
+        if shape is not None and len(shape) == 2 and shape[1] == _FLUX2_DEV_TEXT_WIDTH:
+            raise FamilyError(FLUX2_DEV_MESSAGE)
+
+
+FLUX2_DEV_MESSAGE = ("this is FLUX.2 [dev] (32 B parameters, Mistral text encoder), which loratui does not "
+                     "train; it trains FLUX.2 klein (black-forest-labs/FLUX.2-klein-base-4B or -9B)")
 
 
 def prediction_from_keys(keys: Iterable[str], family: str) -> str:
@@ -212,9 +243,12 @@ _PUBLISHED = {
     "sd3": "stabilityai/stable-diffusion-3.5-medium (24 joint blocks) or -3.5-large (38)",
     "zimage": "Tongyi-MAI/Z-Image-Turbo",
     "qwen_image": "Qwen/Qwen-Image",
+    "chroma": "lodestones/Chroma1-HD",
+    "flux2_klein": "black-forest-labs/FLUX.2-klein-base-4B (or -base-9B)",
 }
 # The parts a transformer-only file of each family needs from elsewhere.
-_COMPANIONS = {"zimage": "text encoder (Qwen3), VAE", "qwen_image": "text encoder (Qwen2.5-VL), VAE"}
+_COMPANIONS = {"zimage": "text encoder (Qwen3), VAE", "qwen_image": "text encoder (Qwen2.5-VL), VAE",
+               "chroma": "text encoder (T5), VAE", "flux2_klein": "text encoder (Qwen3), VAE"}
 
 
 def single_file_advice(path: object, family: str, joint_blocks: int | None = None) -> str:

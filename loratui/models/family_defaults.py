@@ -23,6 +23,16 @@ the ones the peers publish (read from their guides and example configs):
 - FLUX samples at guidance 3.5: diffusers' ``FluxPipeline`` default (ai-toolkit's example samples
   at 4). FLUX-dev reads it through its guidance embedding, where loratui's 7 (a UNet's
   classifier-free scale, and SD3's pipeline default) overcooks the pictures.
+- Chroma: ai-toolkit's ``train_lora_chroma_24gb.yaml`` (``lr: 1e-4``, ``dtype: bf16``,
+  ``gradient_checkpointing: true``, samples at ``guidance_scale: 4`` with real classifier-free
+  guidance and a negative prompt) and sd-scripts' ``flux_train_network.py --model_type chroma``
+  (every linear layer of the blocks; Chroma's blocks have no modulation layers, so ``all`` is
+  attention and feed-forward).
+- FLUX.2 klein: diffusers' ``train_dreambooth_lora_flux2_klein.py`` README and musubi-tuner's
+  FLUX.2 guide (learning rate 1e-4, bf16, gradient checkpointing; musubi-tuner's ``lora_flux_2``
+  wraps every linear layer of the blocks, which is ``all``: FLUX.2's modulation is shared and
+  outside the blocks); samples at guidance 4, ``Flux2KleinPipeline``'s default (classifier-free
+  guidance against an empty prompt for the base models).
 - Rank 16 / alpha 16 is ai-toolkit's example for every family and loratui's default, so it
   is not proposed per family (sd-scripts' examples use rank 16 with alpha 1).
 - Resolution: the model's own size (its config's ``sample_size``, or the family's published
@@ -68,11 +78,14 @@ _FAMILY_START: dict[str, dict[str, Any]] = {
     "flux": {**_FLOW_START, "lora.preset": "all", "sample.guidance": 3.5},
     "zimage": {**_FLOW_START, "lora.preset": "attention+ff", "sample.guidance": 0.0},
     "qwen_image": {**_FLOW_START, "lora.preset": "attention+ff", "sample.guidance": 4.0},
+    "chroma": {**_FLOW_START, "lora.preset": "all", "sample.guidance": 4.0},
+    "flux2_klein": {**_FLOW_START, "lora.preset": "all", "sample.guidance": 4.0},
 }
 
 FAMILY_SOURCES = {"sd3": "sd-scripts and diffusers", "flux": "sd-scripts, ai-toolkit and diffusers",
                   "zimage": "musubi-tuner, ai-toolkit and diffusers",
-                  "qwen_image": "musubi-tuner, ai-toolkit and diffusers"}
+                  "qwen_image": "musubi-tuner, ai-toolkit and diffusers",
+                  "chroma": "ai-toolkit and sd-scripts", "flux2_klein": "diffusers and musubi-tuner"}
 """Whose published starting settings a family's values are, as the wizard names them."""
 
 

@@ -96,6 +96,16 @@ def predict(transformer: Any, noisy: torch.Tensor, sigmas: torch.Tensor, cond: T
     return unpack(out, h, w)
 
 
+TRANSFORMER_CLASS = "FluxTransformer2DModel"
+
+
+def from_original(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """A transformer file in Black Forest Labs' layout as the diffusers model's state dict (widths from config)."""
+    from loratui.models.flux_checkpoint import bfl_to_flux
+
+    return bfl_to_flux(state, config)
+
+
 def check_latent_size(height: int, width: int) -> None:
     if height % 2 or width % 2:
         raise ValueError(f"FLUX packs latents 2x2; a {height}x{width} latent cannot be packed "

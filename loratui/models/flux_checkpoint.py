@@ -34,15 +34,18 @@ _NORMS = {
                            "attn.norm_added_k": "txt_attn.norm.key_norm"},
     "single_transformer_blocks": {"attn.norm_q": "norm.query_norm", "attn.norm_k": "norm.key_norm"},
 }
-_FROM_BFL = {v: k for k, v in _TOP.items()}
 
 
-def flux_to_bfl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """diffusers FluxTransformer2DModel state dict -> BFL checkpoint keys; every tensor is placed or an error."""
+def flux_to_bfl(state: Mapping[str, torch.Tensor], top: Mapping[str, str] = _TOP,
+                family: str = "flux") -> dict[str, torch.Tensor]:
+    """diffusers FluxTransformer2DModel state dict -> BFL checkpoint keys; every tensor is placed or an error.
+
+    ``top``: the layers outside the blocks, diffusers name -> BFL name (Chroma and FLUX.2 have their own);
+    ``family`` picks the blocks' table (``loratui.lora.transformer_names``)."""
     out: dict[str, torch.Tensor] = {}
     fused: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
-        if place_renamed(key, tensor, _TOP, {"norm_out.linear"}, out):
+        if place_renamed(key, tensor, top, {"norm_out.linear"}, out):
             continue
         module, _, kind = key.rpartition(".")
         m = re.fullmatch(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)", module)
@@ -53,20 +56,22 @@ def flux_to_bfl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             prefix = "double_blocks" if m.group(1) == "transformer_blocks" else "single_blocks"
             out[f"{prefix}.{m.group(2)}.{norms[m.group(3)]}.scale"] = tensor
             continue
-        bfl, _, _ = flux_bfl_module(module)
+        bfl, _, _ = flux_bfl_module(module, family)
         fused.setdefault(f"{bfl}.{kind}", {})[module] = tensor
-    out.update(fuse_rows(fused, flux_diffusers_parts))
+    out.update(fuse_rows(fused, lambda name: flux_diffusers_parts(name, family)))
     return out
 
 
-def bfl_to_flux(state: Mapping[str, torch.Tensor], config: Mapping[str, object]) -> dict[str, torch.Tensor]:
+def bfl_to_flux(state: Mapping[str, torch.Tensor], config: Mapping[str, object],
+                top: Mapping[str, str] = _TOP) -> dict[str, torch.Tensor]:
     """Inverse of :func:`flux_to_bfl` for a model of this config (the fused widths come from it, so any
     FLUX size loads, not only FLUX.1's). ComfyUI's ``model.diffusion_model.`` prefix is accepted."""
     inner = int(config["num_attention_heads"]) * int(config["attention_head_dim"])  # type: ignore[call-overload]
+    from_bfl = {v: k for k, v in top.items()}
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         key = key.removeprefix("model.diffusion_model.")
-        if place_renamed(key, tensor, _FROM_BFL, {"final_layer.adaLN_modulation.1"}, out):
+        if place_renamed(key, tensor, from_bfl, {"final_layer.adaLN_modulation.1"}, out):
             continue
         module, _, kind = key.rpartition(".")
         m = re.fullmatch(r"(double|single)_blocks\.(\d+)\.(.+)", module)

@@ -279,6 +279,7 @@ def _load_pipeline(kind: str, where: Path | str, family: str, config_source: str
     try:
         with builtin.quiet_progress():
             if kind in ("builtin", "folder"):
+                _check_folder_components(Path(where), cls, family)
                 _check_folder_weights(Path(where))
                 return cls.from_pretrained(str(where), local_files_only=True, **extra)
             if kind == "hub":
@@ -329,21 +330,30 @@ def _flow_single_file(path: Path, family: str, config_source: str | None, cls: A
     folder = Path(config_source).expanduser()
     local: dict[str, Any] = {"local_files_only": True} if folder.is_dir() else {}
     source = str(folder) if folder.is_dir() else config_source
-    if family == "flux":
-        from diffusers import FluxTransformer2DModel
+    from loratui.models.text import family_module
+
+    fam = family_module(family)
+    if hasattr(fam, "from_original"):
+        import diffusers
         from safetensors.torch import load_file
 
-        from loratui.models.flux_checkpoint import bfl_to_flux
-
-        config = FluxTransformer2DModel.load_config(source, subfolder="transformer", **local)
-        with torch.device("meta"):
-            transformer = FluxTransformer2DModel.from_config(config)
-        try:
-            state = bfl_to_flux(load_file(str(path)), config)
-            transformer.load_state_dict(state, strict=True, assign=True)
-        except (ValueError, RuntimeError) as exc:
+        model_cls = getattr(diffusers, fam.TRANSFORMER_CLASS)
+        config = model_cls.load_config(source, subfolder="transformer", **local)
+        if config.get("_class_name") not in (None, model_cls.__name__):
             raise ModelLoadError(
-                f"{path} does not fit the FLUX transformer config of {config_source} ({str(exc).splitlines()[0]}); "
+                f"{path} is a {family} transformer but model.config_source {config_source} holds a "
+                f"{config.get('_class_name')}; set model.config_source to a diffusers folder or hub id of a "
+                f"{family} model")
+        with torch.device("meta"):
+            transformer = model_cls.from_config(config)
+        try:
+            transformer.load_state_dict(fam.from_original(load_file(str(path)), config), strict=True, assign=True)
+            if hasattr(fam, "finish_meta_model"):
+                fam.finish_meta_model(transformer)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise ModelLoadError(
+                f"{path} does not fit the {family} transformer config of {config_source} "
+                f"({str(exc).splitlines()[0]}); "
                 "set model.config_source to the diffusers folder or hub id of the model this file was made "
                 "from (FLUX.1-dev and FLUX.1-schnell differ in their guidance embedding)") from None
         transformer.to(dtype)
@@ -416,6 +426,32 @@ def _check_folder_parts(folder: Path) -> None:
             f"the model folder {folder} has no {', '.join(f'{m}/' for m in missing)} (model_index.json lists "
             f"{'it' if len(missing) == 1 else 'them'}); loratui needs the text encoder, tokenizer, VAE and "
             "denoiser of a model: copy or download the whole folder again")
+def _check_folder_components(folder: Path, cls: Any, family: str) -> None:
+    """Name a part the pipeline needs that the folder lacks (diffusers would only list its expectations)."""
+    import inspect
+    import json
+
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the probe has already said what is wrong with it
+    # The safety checker and the image parts are passed as None (see _load_pipeline); the rest must be there.
+    optional = ("self", "safety_checker", "feature_extractor", "image_encoder")
+    needed = [name for name, p in inspect.signature(cls.__init__).parameters.items()
+              if name not in optional and p.default is inspect.Parameter.empty]
+    for name in needed:
+        entry = index.get(name)
+        if entry is None or (isinstance(entry, list) and None in entry) or not (folder / name).is_dir():
+            what = name
+            if name.startswith(("text_encoder", "tokenizer")) and family in FLOW_FAMILIES:
+                from loratui.models.text import family_module
+
+                fam = family_module(family)
+                if name.startswith("text_encoder") and len(fam.TEXT_SUFFIXES) == 1:
+                    what = f"{name} (the {getattr(fam, 'TEXT_ENCODER_NAME', 'T5')} text encoder)"
+            raise ModelLoadError(
+                f"{folder} has no {what}, which a {family} model needs (model_index.json or the {name}/ folder); "
+                "copy or download the whole diffusers folder, or point model.base at one that has it")
 
 
 def _check_folder_weights(folder: Path) -> None:

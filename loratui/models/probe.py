@@ -176,6 +176,18 @@ def _transformer_info(
         kind_text = f"MMDiT, {config.get('num_layers', '?')} blocks, Qwen2.5-VL text encoder"
     elif family == "zimage":
         kind_text = f"single-stream DiT, {config.get('n_layers', '?')} layers, Qwen3 text encoder"
+    if family == "chroma":
+        kind_text = "FLUX blocks with an approximator, T5 only"
+    if family == "flux2_klein" and read("model_index.json").get("_class_name") == "Flux2Pipeline":
+        from loratui.models.family import FLUX2_DEV_MESSAGE
+
+        raise ModelLoadError(f"{label}: {FLUX2_DEV_MESSAGE}")
+    if family == "flux2_klein":
+        kind_text = "Qwen3 text encoder, " + ("guidance-distilled" if config.get("guidance_embeds") else
+                                              "no guidance embedding, like the klein base models")
+        if read("model_index.json").get("is_distilled"):
+            # Black Forest Labs publish the -base- models for fine-tuning; the distilled ones sample in 4 steps.
+            kind_text += "; step-distilled: LoRAs are usually trained on FLUX.2-klein-base-4B/-9B"
     where = f"{label}; {kind_text}" if kind_text else label
     return ModelInfo(spec, kind, family, "flow", _describe(family, "flow", res, where), path, res)
 

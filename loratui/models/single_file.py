@@ -39,7 +39,7 @@ OPENCLIP_PREFIX = {"sd2": "cond_stage_model.model.", "sdxl": "conditioner.embedd
 
 _ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-v1-base", "flux": "flux-1-dev",
                  "sd3": "stable-diffusion-v3-medium", "zimage": "z-image-turbo",
-                 "qwen_image": "qwen-image"}
+                 "qwen_image": "qwen-image", "chroma": "chroma", "flux2_klein": "flux-2-klein"}
 
 
 class SingleFileError(ValueError):

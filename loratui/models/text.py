@@ -176,6 +176,14 @@ def family_module(family: str) -> Any:
         from loratui.models import qwen_image
 
         return qwen_image
+    if family == "chroma":
+        from loratui.models import chroma
+
+        return chroma
+    if family == "flux2_klein":
+        from loratui.models import flux2
+
+        return flux2
     raise ValueError(f"{family} is not a flow-matching transformer family")
 
 

@@ -95,18 +95,23 @@ def estimate(project_dir: Path, cfg: ProjectConfig, total_steps: int, family: st
 # Training cost of one image per step, from the design notes: SD1.5 ≈ 1.7 TFLOP
 # at 512 px, SDXL ≈ 14 TFLOP at 1024 px; the cost grows with the pixel count.
 # The transformers: 2 FLOP per parameter and token forward, about twice that for a LoRA step;
-# FLUX.1-dev 12 B parameters on 4096 image + 512 text tokens, SD3.5-Medium 2.5 B on 4096 + 333.
+# FLUX.1-dev 12 B parameters on 4096 image + 512 text tokens, SD3.5-Medium 2.5 B on 4096 + 333,
+# Chroma1-HD 8.9 B (FLUX.1-schnell's blocks without their modulation) on 4096 + 512, FLUX.2-klein-base-4B
+# 4 B on 4096 + 512.
 _TFLOP_PER_IMAGE = {"sd1": (1.7, 512), "sd2": (1.7, 512), "sdxl": (14.0, 1024), "flux": (220.0, 1024),
                     "sd3": (44.0, 1024),
                     "zimage": (103.0, 1024),  # 6.15 B on 4096 image + about 100 caption tokens
-                    "qwen_image": (350.0, 1024)}  # 20.4 B on 4096 image + about 200 caption tokens
+                    "qwen_image": (350.0, 1024),  # 20.4 B on 4096 image + about 200 caption tokens
+                    "chroma": (165.0, 1024), "flux2_klein": (75.0, 1024)}
 # What a rented A100 or 4090 sustains on these UNets in half precision.
 _ASSUMED_TFLOPS = 60.0
 # The published model these figures are for, as the estimate's note names it.
 _REFERENCE_MODEL = {"sd1": "SD 1.5", "sd2": "SD 2.1", "sdxl": "SDXL 1.0", "flux": "FLUX.1-dev (12 B parameters)",
                     "sd3": "SD3.5-Medium (2.5 B parameters; Large has 8 B)",
                     "zimage": "Z-Image-Turbo (6.15 B parameters)",
-                    "qwen_image": "Qwen-Image (20.4 B parameters)"}
+                    "qwen_image": "Qwen-Image (20.4 B parameters)",
+                    "chroma": "Chroma1-HD (8.9 B parameters)",
+                    "flux2_klein": "FLUX.2-klein-base-4B (4 B parameters; 9B has 9 B)"}
 
 
 def rough_estimate(cfg: ProjectConfig, total_steps: int, family: str | None = None) -> Estimate:

@@ -19,7 +19,7 @@ from loratui.tui.wizard.fields import ConfigField, field_id
 
 BUILTINS = ("builtin:tiny-sd", "builtin:tiny-sd2", "builtin:tiny-sdxl", "builtin:tiny-sd3", "builtin:tiny-flux")
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD 3.x", "flux": "FLUX.1",
-                "zimage": "Z-Image", "qwen_image": "Qwen-Image"}
+                "zimage": "Z-Image", "qwen_image": "Qwen-Image", "chroma": "Chroma", "flux2_klein": "FLUX.2 klein"}
 # How the wizard names the settings it proposes from the family, and where they are changed.
 SETTING_NAMES = {"train.learning_rate": "learning rate", "lora.preset": "layers", "train.precision": "precision",
                  "train.gradient_checkpointing": "gradient checkpointing", "sample.guidance": "sample guidance"}

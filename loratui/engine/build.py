@@ -285,9 +285,9 @@ def _check_flow_settings(cfg: ProjectConfig, model: LoadedModel) -> None:
     if cfg.lora.train_text_encoder and (len(components_for(model.family)) == 1
                                         or not getattr(module, "TEXT_ENCODER_LORA", True)):
         raise ConfigError(
-            f"lora.train_text_encoder = true, but {model.family}'s text encoder ({module.TEXT_ENCODER_NAME}) "
-            "gets no LoRA: its loaders read transformer LoRAs only, and loratui (like sd-scripts and musubi-tuner) "
-            "does not train it. Set lora.train_text_encoder = false.")
+            f"lora.train_text_encoder = true, but {model.family} conditions on {module.TEXT_ENCODER_NAME} alone, "
+            "which gets no LoRA: its loaders read transformer LoRAs only, and loratui (like sd-scripts and "
+            "musubi-tuner) does not train it. Set lora.train_text_encoder = false.")
     family_check = getattr(module, "check_settings", None)
     if family_check is not None:
         family_check(cfg, model)

@@ -409,23 +409,6 @@ def _explain_failure(kind: str, where: Path | str, config_source: str | None, ex
     return f"could not load the model folder {where} ({detail}); it may be incomplete, copy or download it again"
 
 
-_NEEDED_PARTS = ("vae", "unet", "transformer", "scheduler", "text_encoder", "tokenizer")
-
-
-def _check_folder_parts(folder: Path) -> None:
-    """Every component model_index.json lists that training loads must be there, named, before diffusers
-    says only that some config.json is missing."""
-    from loratui.models.probe import read_json
-
-    index = read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
-    missing = [name for name, value in index.items()
-               if name.startswith(_NEEDED_PARTS) and isinstance(value, list) and value[0] is not None
-               and not (folder / name).is_dir()]
-    if missing:
-        raise ModelLoadError(
-            f"the model folder {folder} has no {', '.join(f'{m}/' for m in missing)} (model_index.json lists "
-            f"{'it' if len(missing) == 1 else 'them'}); loratui needs the text encoder, tokenizer, VAE and "
-            "denoiser of a model: copy or download the whole folder again")
 def _check_folder_components(folder: Path, cls: Any, family: str) -> None:
     """Name a part the pipeline needs that the folder lacks (diffusers would only list its expectations)."""
     import inspect
@@ -456,7 +439,6 @@ def _check_folder_components(folder: Path, cls: Any, family: str) -> None:
 
 def _check_folder_weights(folder: Path) -> None:
     """Validate every safetensors header so a cut-short file is named precisely."""
-    _check_folder_parts(folder)
     for path in sorted(folder.glob("*/*.safetensors")):
         read_safetensors_header(path)
 

@@ -346,7 +346,8 @@ def test_a_detached_run_of_two_processes_is_steered_from_a_shell(sample_project:
 
 
 
-@pytest.mark.parametrize("base", ["builtin:tiny-flux", "builtin:tiny-zimage", "builtin:tiny-qwen-image"])
+@pytest.mark.parametrize("base", ["builtin:tiny-flux", "builtin:tiny-zimage", "builtin:tiny-qwen-image",
+                                  "builtin:tiny-chroma", "builtin:tiny-flux2-klein"])
 def test_two_processes_train_the_transformer_families(sample_project: Path, base: str) -> None:
     # Each rank's step sees the transformer wrapped in DistributedDataParallel: whatever a family reads from
     # the model's config (FLUX-dev's guidance embedding) must be read through the wrapper.

@@ -29,7 +29,7 @@ def test_few_images_high_rate_many_steps_is_called_overfitting(sample_project: P
         elif not path.stem.startswith(("toy_00", "toy_01", "toy_02", "toy_03", "toy_04", "toy_05")):
             path.unlink()
     cfg = load_config(sample_project)
-    for a in ("validation.split=0.34", "validation.every_n_steps=20", "train.learning_rate=0.01",
+    for a in ("validation.split=0.34", "validation.every_n_steps=20", "train.learning_rate=0.02",
               "train.batch_size=1", "lora.rank=32", "lora.alpha=32", "data.resolution=64",
               "sample.every_n_steps=0", "save.every_n_steps=0"):
         apply_override(cfg, a)

@@ -37,8 +37,17 @@ def text_of(screen: Any, selector: str) -> str:
 
 async def settle(pilot: Pilot[Any]) -> None:
     """Let timers fire and thread workers finish, then let their messages land."""
+    from textual.worker import WorkerCancelled
+
     await pilot.pause(0.05)
-    await pilot.app.workers.wait_for_complete()
+    for _ in range(20):
+        try:
+            await pilot.app.workers.wait_for_complete()
+            break
+        except WorkerCancelled:
+            # Leaving the Images step starts a fresh scan, which cancels one still running: that is the
+            # wizard working as meant, so wait for the rest.
+            await pilot.pause(0.05)
     await pilot.pause()
 
 

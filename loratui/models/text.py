@@ -158,33 +158,20 @@ def t5_token_ids(tokenizer: Any, captions: list[str], length: int) -> torch.Tens
                      add_special_tokens=True, return_tensors="pt").input_ids
 
 
+# Each flow-matching family's own module (conditioning, timestep convention, transformer call), imported when
+# first asked for: the families' pipelines and tokenizers are heavy.
+_FAMILY_MODULES = {"flux": "flux", "sd3": "sd3", "zimage": "zimage", "qwen_image": "qwen_image",
+                   "chroma": "chroma", "flux2_klein": "flux2"}
+
+
 def family_module(family: str) -> Any:
-    """The module that knows a flow-matching family's conditioning and transformer call (flux, sd3)."""
-    if family == "flux":
-        from loratui.models import flux
+    """The module that knows a flow-matching family's conditioning and transformer call."""
+    import importlib
 
-        return flux
-    if family == "sd3":
-        from loratui.models import sd3
-
-        return sd3
-    if family == "zimage":
-        from loratui.models import zimage
-
-        return zimage
-    if family == "qwen_image":
-        from loratui.models import qwen_image
-
-        return qwen_image
-    if family == "chroma":
-        from loratui.models import chroma
-
-        return chroma
-    if family == "flux2_klein":
-        from loratui.models import flux2
-
-        return flux2
-    raise ValueError(f"{family} is not a flow-matching transformer family")
+    name = _FAMILY_MODULES.get(family)
+    if name is None:
+        raise ValueError(f"{family} is not a flow-matching transformer family")
+    return importlib.import_module(f"loratui.models.{name}")
 
 
 def t5_length(model: LoadedModel, configured: int) -> int:

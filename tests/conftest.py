@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# The flow-family checks shared by several test files assert in a helper module: rewrite it as pytest
+# rewrites test modules, so a failing check shows its values.
+pytest.register_assert_rewrite("tests.flow_family")
+
 # Two xdist workers share two cores; more threads each would only make them fight.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -11,7 +11,6 @@ every module of our files.
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,12 @@ from safetensors import safe_open
 
 from loratui.config import load_config
 from loratui.project import ProjectPaths
-from tests.test_flow_families import make_project, train
+from tests import flow_family
+from tests.flow_family import kohya_modules, make_project, output_with_lora, train
 
 torch.set_num_threads(1)
+
+BASE = "builtin:tiny-chroma"
 
 
 def chroma_pipeline():
@@ -128,7 +130,7 @@ def test_gradient_checkpointing_keeps_the_text_mask() -> None:
 def test_a_few_steps_write_sd_scripts_chroma_file(tmp_path: Path) -> None:
     from loratui.models import chroma  # noqa: F401 - the family module must import on its own
 
-    project = make_project(tmp_path, "builtin:tiny-chroma", "lora.preset=all")
+    project = make_project(tmp_path, BASE, "lora.preset=all")
     events = train(project, 2)
     assert next(e for e in events if type(e).__name__ == "Started").family == "chroma"
     losses = [e.loss for e in events if type(e).__name__ == "StepDone"]
@@ -137,76 +139,24 @@ def test_a_few_steps_write_sd_scripts_chroma_file(tmp_path: Path) -> None:
         keys, meta = sorted(f.keys()), f.metadata()
     assert meta["ss_base_model_version"] == "chroma" and meta["modelspec.prediction_type"] == "flow"
     assert all(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in keys)
-    modules = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in keys}
+    modules = kohya_modules(keys)
     # Chroma's blocks: 8 fused modules per double block, 2 per single block, no modulation.
     assert len(modules) == 2 * 8 + 2 * 2
     assert not any("_mod_" in k or "modulation" in k for k in keys)
 
 
 def test_training_lowers_a_fixed_noise_fixed_sigma_evaluation_loss(sample_project: Path) -> None:
-    from loratui.commands import CommandChannel
-    from loratui.config import apply_override
-    from loratui.engine.evaluate import fixed_eval_loss
-    from loratui.engine.trainer import Trainer
-
-    cfg = load_config(sample_project)
-    for a in ("save.every_n_steps=0", "sample.every_n_steps=0", "model.base=builtin:tiny-chroma"):
-        apply_override(cfg, a)
-    steps = 40
-    trainer = Trainer(sample_project, cfg, emit=lambda e: None, commands=CommandChannel(), max_steps=steps)
-    trainer.setup()
-    try:
-        before = fixed_eval_loss(trainer.session)
-        for _ in range(steps):
-            trainer._optimizer_step()
-        after = fixed_eval_loss(trainer.session)
-    finally:
-        trainer.cleanup()
-    print(f"tiny-chroma: fixed-noise, fixed-sigma evaluation loss {before:.4f} -> {after:.4f} after {steps} "
-          f"steps ({(before - after) / before:.1%} lower)")
-    assert after < before * 0.95
+    flow_family.check_training_lowers_the_evaluation_loss(sample_project, "tiny-chroma")
 
 
 def test_resume_gives_the_same_weights_bit_for_bit(tmp_path: Path) -> None:
-    from safetensors.torch import load_file
-
-    straight = make_project(tmp_path / "a", "builtin:tiny-chroma", "train.batch_size=3")
-    resumed = make_project(tmp_path / "b", "builtin:tiny-chroma", "train.batch_size=3", "save.every_n_steps=2")
-    train(straight, 4)
-    train(resumed, 2)
-    shutil.rmtree(ProjectPaths(resumed).output)
-    events = train(resumed, 4, resume=True)
-    assert next(e for e in events if type(e).__name__ == "Started").start_step == 2
-    a = load_file(str(ProjectPaths(straight).checkpoints / "step-000004" / "lora.safetensors"))
-    b = load_file(str(ProjectPaths(resumed).checkpoints / "step-000004" / "lora.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    flow_family.check_resume_is_bit_exact(tmp_path, BASE)
 
 
 def test_cli_train_samples_and_writes_a_lora(tmp_path: Path) -> None:
     """``loratui train --headless`` on a copy of sample_project: a sample at the end, then the file; a sample
     with the LoRA at scale 0 is the base model's."""
-    import numpy as np
-    from PIL import Image
-
-    from loratui.cli import main
-
-    project = make_project(tmp_path, "builtin:tiny-chroma", "train.max_steps=2", "sample.every_n_steps=2",
-                           "sample.steps=2", "train.learning_rate=0.01")
-    assert main(["train", str(project), "--headless"]) == 0
-    paths = ProjectPaths(project)
-    assert (paths.output / "zxc_toy.safetensors").is_file()
-    assert list((paths.samples).rglob("*.png"))
-    images = {}
-    for scale in ("0", "1"):
-        out = tmp_path / f"s{scale}.png"
-        assert main(["sample", str(project), "--prompt", "zxc toy", "--scale", scale, "--steps", "2",
-                     "--out", str(out)]) == 0
-        images[scale] = np.asarray(Image.open(out)).astype(int)
-    base = tmp_path / "base.png"
-    assert main(["sample", str(project), "--prompt", "zxc toy", "--no-lora", "--steps", "2",
-                 "--out", str(base)]) == 0
-    assert (np.asarray(Image.open(base)).astype(int) == images["0"]).all()
-    assert (images["0"] != images["1"]).any()
+    flow_family.check_cli_train_then_sample(tmp_path, BASE)
 
 
 def test_settings_chroma_cannot_take_are_refused(tmp_path: Path) -> None:
@@ -214,7 +164,7 @@ def test_settings_chroma_cannot_take_are_refused(tmp_path: Path) -> None:
     from loratui.engine.build import _check_flow_settings
 
     model = loaded()
-    cfg = load_config(make_project(tmp_path, "builtin:tiny-chroma", "lora.train_text_encoder=true"))
+    cfg = load_config(make_project(tmp_path, BASE, "lora.train_text_encoder=true"))
     with pytest.raises(ConfigError, match="T5 alone.*train_text_encoder = false"):
         _check_flow_settings(cfg, model)
     cfg.lora.train_text_encoder, cfg.train.guidance_scale = False, 3.5
@@ -229,19 +179,14 @@ def test_settings_chroma_cannot_take_are_refused(tmp_path: Path) -> None:
 
 
 def test_diffusers_loads_our_file_and_gives_our_transformer_output(tmp_path: Path) -> None:
-    from loratui.lora import inject_from_file, load_lora_file
-
-    project = make_project(tmp_path, "builtin:tiny-chroma", "save.format=diffusers", "lora.preset=all",
+    project = make_project(tmp_path, BASE, "save.format=diffusers", "lora.preset=all",
                            "lora.alpha=4", "train.learning_rate=0.01")
     train(project, 3)
     path = ProjectPaths(project).output / "zxc_toy.safetensors"
     pipe = chroma_pipeline()
     model = loaded()
     base = prediction(pipe.transformer, model)
-    networks = inject_from_file(load_lora_file(path, family="chroma"), {"unet": pipe.transformer})
-    ours = prediction(pipe.transformer, model)
-    for net in networks.values():
-        net.remove()
+    ours = output_with_lora(path, "chroma", pipe.transformer, lambda: prediction(pipe.transformer, model))
     pipe.load_lora_weights(str(path), adapter_name="x")
     theirs = prediction(pipe.transformer, model)
     wrapped = [n for n, m in pipe.transformer.named_modules() if hasattr(m, "lora_A") and "x" in m.lora_A]
@@ -313,28 +258,12 @@ _FLUX_TO_DIFFUSERS_SINGLE = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", 
 
 
 def test_comfyui_maps_every_module_of_both_layouts(tmp_path: Path) -> None:
-    from loratui.lora.fileformat import convert_lora_file
-
-    project = make_project(tmp_path, "builtin:tiny-chroma", "lora.preset=all")
-    train(project, 1)
-    config = chroma_pipeline().transformer.config
-    weights = comfy_chroma_weights(config)
-    key_map = {"lora_unet_" + name.replace(".", "_"): name for name in weights}
-    kohya = ProjectPaths(project).output / "zxc_toy.safetensors"
-    with safe_open(str(kohya), "pt") as f:
-        modules = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in f.keys()}
-        for module in modules:
-            assert module in key_map, module
-            assert f.get_tensor(f"{module}.lora_up.weight").shape[0] == weights[key_map[module]], module
-    assert len(modules) == len(weights)
-    peft = tmp_path / "d.safetensors"
-    convert_lora_file(kohya, peft, "diffusers", family="chroma")
+    config, peft_modules = flow_family.comfy_modules_of_both_layouts(tmp_path, BASE, "chroma", chroma_pipeline,
+                                                                     comfy_chroma_weights)
     known = {f"transformer.transformer_blocks.{i}.{k}" for i in range(config.num_layers)
              for k in _FLUX_TO_DIFFUSERS_DOUBLE}
     known |= {f"transformer.single_transformer_blocks.{i}.{k}" for i in range(config.num_single_layers)
               for k in _FLUX_TO_DIFFUSERS_SINGLE}
-    with safe_open(str(peft), "pt") as f:
-        peft_modules = {k.rsplit(".lora_", 1)[0] for k in f.keys()}
     assert len(peft_modules) == 2 * 12 + 2 * 5
     assert not sorted(peft_modules - known)
 
@@ -403,44 +332,12 @@ def test_folder_detection_and_a_family_named_wrongly() -> None:
 
 
 def test_merged_folder_and_file_hold_the_lora(tmp_path: Path) -> None:
-    from loratui.engine.merge_export import export_merged
-    from loratui.lora import inject_from_file, load_lora_file
-    from loratui.models.loader import load_model
-
-    project = make_project(tmp_path, "builtin:tiny-chroma", "lora.preset=all", "train.learning_rate=0.01")
-    train(project, 2)
-    lora = ProjectPaths(project).output / "zxc_toy.safetensors"
-    folder, single = export_merged(project, scale=1.0)
-    model = loaded()
-    networks = inject_from_file(load_lora_file(lora, family="chroma"), {"unet": model.unet})
-    ours = prediction(model.unet, model)
-    for net in networks.values():
-        net.remove()
-    merged = load_model(str(folder))
-    assert merged.family == "chroma"
-    assert torch.allclose(prediction(merged.unet, model), ours, atol=1e-4)
-    from_file = load_model(str(single), config_source=str(folder))
-    a, b = from_file.unet.state_dict(), merged.unet.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in b)
+    flow_family.check_merged_folder_and_file(tmp_path, BASE, "chroma", loaded, prediction)
 
 
 def test_inspect_and_convert(tmp_path: Path, capsys) -> None:
-    from safetensors.torch import load_file
-
-    from loratui.cli import main
-
-    project = make_project(tmp_path, "builtin:tiny-chroma", "lora.preset=all")
-    train(project, 1)
-    path = ProjectPaths(project).output / "zxc_toy.safetensors"
-    assert main(["inspect", str(path)]) == 0
-    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines() if ": " in line)
-    assert lines["model family"].startswith("Chroma")
-    assert lines["modules"].startswith("20 (transformer 20")
-    as_diffusers, back = tmp_path / "d.safetensors", tmp_path / "k.safetensors"
-    assert main(["convert", str(path), str(as_diffusers), "--to", "diffusers"]) == 0
-    assert main(["convert", str(as_diffusers), str(back), "--to", "kohya"]) == 0
-    original, again = load_file(str(path)), load_file(str(back))
-    assert again.keys() == original.keys() and all(torch.equal(again[k], original[k]) for k in original)
+    flow_family.check_inspect_and_convert(tmp_path, capsys, BASE, {"model family": "Chroma",
+                                                                   "modules": "20 (transformer 20"})
 
 
 def test_review_says_what_chroma1_hd_holds_and_what_fits(tmp_path: Path) -> None:

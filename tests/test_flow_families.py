@@ -10,42 +10,19 @@ keep it in (Black Forest Labs' for FLUX, the MMDiT's for SD3).
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from loratui.commands import CommandChannel
-from loratui.config import apply_override, load_config, save_config
-from loratui.engine.runner import run_training
-from loratui.engine.trainer import Trainer
-from loratui.events import Event, Finished, Started
+from loratui.config import load_config
+from loratui.events import Started
 from loratui.project import ProjectPaths
+from tests import flow_family
+from tests.flow_family import make_project, output_with_lora, train
 
 torch.set_num_threads(1)
-
-SAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "sample_project"
-
-
-def make_project(root: Path, base: str, *settings: str) -> Path:
-    project = root / "p"
-    shutil.copytree(SAMPLE_PROJECT, project, ignore=shutil.ignore_patterns(
-        "output", "checkpoints", "samples", "logs", ".cache", ".loratui.lock", "*.py"))
-    cfg = load_config(project)
-    for item in (f"model.base={base}", "save.every_n_steps=0", "sample.every_n_steps=0", "save.precision=fp32",
-                 *settings):
-        apply_override(cfg, item)
-    save_config(project, cfg)
-    return project
-
-
-def train(project: Path, steps: int, **kwargs) -> list[Event]:
-    seen: list[Event] = []
-    run_training(project, emit=seen.append, commands=CommandChannel(), max_steps=steps, **kwargs)
-    assert isinstance(seen[-1], Finished), seen[-1]
-    return seen
 
 
 def pipeline(name: str):
@@ -80,14 +57,7 @@ def transformer_output(pipe) -> torch.Tensor:
 
 
 def with_our_lora(pipe, path: Path, family: str) -> torch.Tensor:
-    from loratui.lora import inject_from_file, load_lora_file
-
-    networks = inject_from_file(load_lora_file(path, family=family), {"unet": pipe.transformer})
-    try:
-        return transformer_output(pipe)
-    finally:
-        for net in networks.values():
-            net.remove()
+    return output_with_lora(path, family, pipe.transformer, lambda: transformer_output(pipe))
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -123,42 +93,12 @@ def test_a_few_steps_train_and_write_the_familys_file(tmp_path: Path, name: str,
 
 @pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3"])
 def test_training_lowers_a_fixed_noise_fixed_sigma_evaluation_loss(sample_project: Path, name: str) -> None:
-    from loratui.engine.evaluate import fixed_eval_loss
-
-    cfg = load_config(sample_project)
-    for a in ("save.every_n_steps=0", "sample.every_n_steps=0", f"model.base=builtin:{name}"):
-        apply_override(cfg, a)
-    steps = 40
-    trainer = Trainer(sample_project, cfg, emit=lambda e: None, commands=CommandChannel(), max_steps=steps)
-    trainer.setup()
-    try:
-        before = fixed_eval_loss(trainer.session)
-        for _ in range(steps):
-            trainer._optimizer_step()
-        after = fixed_eval_loss(trainer.session)
-    finally:
-        trainer.cleanup()
-    print(f"{name}: fixed-noise, fixed-sigma evaluation loss {before:.4f} -> {after:.4f} after {steps} steps "
-          f"({(before - after) / before:.1%} lower)")
-    assert after < before * 0.95
+    flow_family.check_training_lowers_the_evaluation_loss(sample_project, name)
 
 
 @pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3"])
 def test_resume_gives_the_same_weights_bit_for_bit(tmp_path: Path, name: str) -> None:
-    from safetensors.torch import load_file
-
-    straight = make_project(tmp_path / "a", f"builtin:{name}", "train.batch_size=3")
-    resumed = make_project(tmp_path / "b", f"builtin:{name}", "train.batch_size=3", "save.every_n_steps=2")
-    train(straight, 4)
-    train(resumed, 2)
-    shutil.rmtree(ProjectPaths(resumed).output)
-    events = train(resumed, 4, resume=True)
-    assert next(e for e in events if isinstance(e, Started)).start_step == 2
-    a = load_file(str(ProjectPaths(straight).checkpoints / "step-000004" / "lora.safetensors"))
-    b = load_file(str(ProjectPaths(resumed).checkpoints / "step-000004" / "lora.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    flow_family.check_resume_is_bit_exact(tmp_path, f"builtin:{name}")
 
 
 # -- the objective -------------------------------------------------------------------------------
@@ -459,31 +399,12 @@ def test_merged_flux_folder_and_file_hold_the_lora(tmp_path: Path) -> None:
     merged = load_model(str(folder))
     pipe.transformer = merged.unet
     assert torch.allclose(transformer_output(pipe), ours, atol=1e-4)
-    from_file = load_model(str(single), config_source=str(folder))
-    a, b = from_file.unet.state_dict(), merged.unet.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in b)
+    flow_family.check_single_file_is_the_folder(single, folder, merged)
 
 
 @pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3"])
 def test_sampling_uses_the_familys_pipeline_and_scale_0_is_the_base(tmp_path: Path, name: str) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from loratui.cli import main
-
-    project = make_project(tmp_path, f"builtin:{name}", "lora.preset=all", "train.learning_rate=0.01")
-    train(project, 3)
-    images = {}
-    for scale in ("0", "1"):
-        out = tmp_path / f"s{scale}.png"
-        assert main(["sample", str(project), "--prompt", "zxc toy", "--scale", scale, "--steps", "3",
-                     "--out", str(out)]) == 0
-        images[scale] = np.asarray(Image.open(out)).astype(int)
-    base = tmp_path / "base.png"
-    assert main(["sample", str(project), "--prompt", "zxc toy", "--no-lora", "--steps", "3",
-                 "--out", str(base)]) == 0
-    assert (np.asarray(Image.open(base)).astype(int) == images["0"]).all()
-    assert (images["0"] != images["1"]).any()
+    flow_family.check_sample_after_training(tmp_path, f"builtin:{name}")
     if name == "tiny-flux":
         assert "negative: (FLUX takes none)" in (tmp_path / "s1.txt").read_text()
 

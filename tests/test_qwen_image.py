@@ -17,35 +17,18 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from loratui.commands import CommandChannel
-from loratui.config import apply_override, load_config, save_config
-from loratui.engine.runner import run_training
-from loratui.events import Event, Finished, Started
+from loratui.events import Started
 from loratui.project import ProjectPaths
+from tests import flow_family
+from tests.flow_family import OUTPUT, output_with_lora, train
 
 torch.set_num_threads(1)
 
-SAMPLE_PROJECT = Path(__file__).resolve().parent.parent / "sample_project"
-OUTPUT = "zxc_toy.safetensors"
+BASE = "builtin:tiny-qwen-image"
 
 
 def make_project(root: Path, *settings: str) -> Path:
-    project = root / "p"
-    shutil.copytree(SAMPLE_PROJECT, project, ignore=shutil.ignore_patterns(
-        "output", "checkpoints", "samples", "logs", ".cache", ".loratui.lock", "*.py"))
-    cfg = load_config(project)
-    for item in ("model.base=builtin:tiny-qwen-image", "save.every_n_steps=0", "sample.every_n_steps=0",
-                 "save.precision=fp32", *settings):
-        apply_override(cfg, item)
-    save_config(project, cfg)
-    return project
-
-
-def train(project: Path, steps: int, **kwargs) -> list[Event]:
-    seen: list[Event] = []
-    run_training(project, emit=seen.append, commands=CommandChannel(), max_steps=steps, **kwargs)
-    assert isinstance(seen[-1], Finished), seen[-1]
-    return seen
+    return flow_family.make_project(root, BASE, *settings)
 
 
 def pipeline():
@@ -142,105 +125,26 @@ def test_a_few_steps_train_and_write_transformer_keys(tmp_path: Path) -> None:
 
 
 def test_training_lowers_a_fixed_noise_fixed_sigma_evaluation_loss(sample_project: Path) -> None:
-    from loratui.engine.evaluate import fixed_eval_loss
-    from loratui.engine.trainer import Trainer
-
-    cfg = load_config(sample_project)
-    for a in ("save.every_n_steps=0", "sample.every_n_steps=0", "model.base=builtin:tiny-qwen-image"):
-        apply_override(cfg, a)
-    steps = 40
-    trainer = Trainer(sample_project, cfg, emit=lambda e: None, commands=CommandChannel(), max_steps=steps)
-    trainer.setup()
-    try:
-        before = fixed_eval_loss(trainer.session)
-        for _ in range(steps):
-            trainer._optimizer_step()
-        after = fixed_eval_loss(trainer.session)
-    finally:
-        trainer.cleanup()
-    print(f"tiny-qwen-image: fixed-noise, fixed-sigma evaluation loss {before:.4f} -> {after:.4f} after {steps} "
-          f"steps ({(before - after) / before:.1%} lower)")
-    assert after < before * 0.95
+    flow_family.check_training_lowers_the_evaluation_loss(sample_project, "tiny-qwen-image")
 
 
 def test_resume_gives_the_same_weights_bit_for_bit(tmp_path: Path) -> None:
-    from safetensors.torch import load_file
-
-    straight = make_project(tmp_path / "a", "train.batch_size=3")
-    resumed = make_project(tmp_path / "b", "train.batch_size=3", "save.every_n_steps=2")
-    train(straight, 4)
-    train(resumed, 2)
-    shutil.rmtree(ProjectPaths(resumed).output)
-    events = train(resumed, 4, resume=True)
-    assert next(e for e in events if isinstance(e, Started)).start_step == 2
-    a = load_file(str(ProjectPaths(straight).checkpoints / "step-000004" / "lora.safetensors"))
-    b = load_file(str(ProjectPaths(resumed).checkpoints / "step-000004" / "lora.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    flow_family.check_resume_is_bit_exact(tmp_path, BASE)
 
 
 def test_loratui_train_on_the_sample_project_trains_samples_and_writes_the_lora(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    project = make_project(tmp_path, "sample.every_n_steps=2", "sample.steps=2", "train.max_steps=2")
-    done = subprocess.run([sys.executable, "-m", "loratui", "train", str(project), "--headless"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert (ProjectPaths(project).output / OUTPUT).is_file()
-    assert len(sorted((project / "samples" / "step-000002").glob("*.png"))) == 2
-    assert "qwen_image" in done.stdout
+    flow_family.check_loratui_train_in_a_subprocess(tmp_path, BASE, "qwen_image")
 
 
 def test_loratui_sample_uses_the_familys_pipeline_and_scale_0_is_the_base(tmp_path: Path) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from loratui.cli import main
-
-    project = make_project(tmp_path, "lora.preset=all", "train.learning_rate=0.01", "sample.guidance=4")
-    train(project, 3)
-    images = {}
-    for scale in ("0", "1"):
-        out = tmp_path / f"s{scale}.png"
-        assert main(["sample", str(project), "--prompt", "zxc toy", "--scale", scale, "--steps", "3",
-                     "--out", str(out)]) == 0
-        images[scale] = np.asarray(Image.open(out)).astype(int)
-    base = tmp_path / "base.png"
-    assert main(["sample", str(project), "--prompt", "zxc toy", "--no-lora", "--steps", "3", "--out", str(base)]) == 0
-    assert (np.asarray(Image.open(base)).astype(int) == images["0"]).all()
-    assert (images["0"] != images["1"]).any()
+    flow_family.check_sample_after_training(tmp_path, BASE, "sample.guidance=4")
 
 
 # -- files: diffusers and ComfyUI ------------------------------------------------------------
 
 
 def test_diffusers_loads_our_file_with_every_key_and_gives_our_output(tmp_path: Path) -> None:
-    from loratui.lora import inject_from_file, load_lora_file
-
-    project = make_project(tmp_path, "lora.preset=all", "lora.alpha=4")
-    train(project, 3)
-    path = ProjectPaths(project).output / OUTPUT
-    pipe = pipeline()
-    base = transformer_output(pipe)
-    networks = inject_from_file(load_lora_file(path, family="qwen_image"), {"unet": pipe.transformer})
-    try:
-        ours = transformer_output(pipe)
-    finally:
-        for net in networks.values():
-            net.remove()
-    state = type(pipe).lora_state_dict(str(path))
-    state = state[0] if isinstance(state, tuple) else state
-    pipe.load_lora_weights(str(path), adapter_name="x")
-    theirs = transformer_output(pipe)
-    wrapped = [n for n, m in pipe.transformer.named_modules() if hasattr(m, "lora_A") and "x" in m.lora_A]
-    with safe_open(str(path), "pt") as f:
-        file_modules = {k.rsplit(".lora_", 1)[0] for k in f.keys()}
-    assert len(state) == 2 * len(file_modules)
-    assert sorted("transformer." + n for n in wrapped) == sorted(file_modules)
-    assert not torch.allclose(ours, base, atol=1e-5)
-    assert torch.allclose(theirs, ours, atol=1e-5), float((theirs - ours).abs().max())
+    flow_family.check_diffusers_loads_every_key(tmp_path, BASE, "qwen_image", pipeline, transformer_output)
 
 
 def test_comfyui_key_rules_map_every_module(tmp_path: Path) -> None:
@@ -362,7 +266,6 @@ def test_merged_folder_and_file_hold_the_lora_and_inspect_knows_the_family(
 
     from loratui.cli import main
     from loratui.engine.merge_export import export_merged
-    from loratui.lora import inject_from_file, load_lora_file
     from loratui.models.loader import load_model
 
     project = make_project(tmp_path, "lora.preset=all")
@@ -371,18 +274,13 @@ def test_merged_folder_and_file_hold_the_lora_and_inspect_knows_the_family(
     assert main(["inspect", str(lora), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["family"] == "qwen_image"
     pipe = pipeline()
-    networks = inject_from_file(load_lora_file(lora, family="qwen_image"), {"unet": pipe.transformer})
-    ours = transformer_output(pipe)
-    for net in networks.values():
-        net.remove()
+    ours = output_with_lora(lora, "qwen_image", pipe.transformer, lambda: transformer_output(pipe))
     folder, single = export_merged(project, scale=1.0)
     merged = load_model(str(folder))
     assert merged.family == "qwen_image"
     pipe.transformer = merged.unet
     assert torch.allclose(transformer_output(pipe), ours, atol=1e-4)
-    from_file = load_model(str(single), config_source=str(folder))
-    a, b = from_file.unet.state_dict(), merged.unet.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in b)
+    flow_family.check_single_file_is_the_folder(single, folder, merged)
 
 
 def test_review_says_what_fits_on_24_48_and_80_gb(tmp_path: Path) -> None:

@@ -49,7 +49,9 @@ DENOISERS: dict[str, Denoiser] = {d.family: d for d in (
              "FLUX.2 klein 4B"),
     Denoiser("qwen_image", "QwenImageTransformer2DModel", ("num_layers",), ("transformer_blocks",),
              "qwen_image_transformer.json", "Qwen-Image (20 B)"),
-    Denoiser("zimage", "ZImageTransformer2DModel", ("n_layers",), ("layers",),
+    # Its two refiners' blocks come first in the forward and are swappable like the 30 main layers (as the
+    # engine holds them); only the main layers vary in the traces.
+    Denoiser("zimage", "ZImageTransformer2DModel", ("n_layers",), ("noise_refiner", "context_refiner", "layers"),
              "zimage_transformer.json", "Z-Image (6 B)"),
 )}
 CLASS_FAMILIES = {d.class_name: d.family for d in DENOISERS.values() if d.block_lists}

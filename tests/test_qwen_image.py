@@ -293,3 +293,32 @@ def test_review_says_what_fits_on_24_48_and_80_gb(tmp_path: Path) -> None:
     text = "\n".join(review_lines(tmp_path, cfg))
     assert "24 GB: does not fit as set" in text and "48 GB:" in text and "80 GB:" in text
     assert "swap" in text.split("24 GB:")[1].split("\n")[0]  # 20 B fits 24 GB only by streaming blocks
+
+
+def test_a_file_with_the_last_blocks_untrained_text_outputs_continues_but_a_trained_one_is_refused(
+        tmp_path: Path) -> None:
+    """musubi-tuner's files hold LoRA on the last block's text-stream outputs, which nothing reads: their up
+    factors stay zero, so continuing from such a file drops them; a module this run lacks that did train
+    (non-zero up) is still refused, because its change would be lost."""
+    from safetensors.torch import save_file
+
+    from loratui.lora import inject_lora
+    from loratui.lora.fileformat import apply_lora_file
+
+    net = inject_lora(pipeline().transformer, component="unet", family="qwen_image", preset="attention+ff",
+                      rank=4, alpha=4.0)
+    sd = {k: torch.randn_like(v) for k, v in net.state_dict().items()}
+    stray = "lora_unet_transformer_blocks_1_txt_mlp_net_2"
+    sd[f"{stray}.lora_down.weight"] = torch.randn(4, 32)
+    sd[f"{stray}.alpha"] = torch.tensor(4.0)
+    for up, outcome in ((torch.zeros(32, 4), "applied"), (torch.ones(32, 4), "refused")):
+        sd[f"{stray}.lora_up.weight"] = up
+        path = tmp_path / f"{outcome}.safetensors"
+        save_file(sd, str(path), metadata={"ss_base_model_version": "qwen_image"})
+        if outcome == "applied":
+            apply_lora_file(path, {"unet": net})
+            key = "lora_unet_transformer_blocks_0_attn_to_q.lora_up.weight"
+            assert torch.equal(net.state_dict()[key], sd[key])
+        else:
+            with pytest.raises(ValueError, match=stray):
+                apply_lora_file(path, {"unet": net})

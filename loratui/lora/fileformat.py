@@ -485,14 +485,31 @@ def apply_lora_file(lora_file: LoRAFile | str | os.PathLike[str], networks: Mapp
     for prefix, network in prefixes.items():
         # "lora_te_" is a prefix of neither "lora_te1_" nor "lora_te2_", so this split is exact.
         part = {k: v for k, v in sd.items() if k.startswith(prefix)}
-        network.load_state_dict(part, strict=strict)
         used.update(part)
+        network.load_state_dict(_without_untrained_strays(part, network), strict=strict)
     left = sorted({k.partition(".")[0] for k in sd if k not in used})
     if strict and left:
         raise ValueError(
             f"LoRA file {lora.path} has {len(left)} modules no network here takes (e.g. {left[0]}); "
             "turn on text-encoder training or pick the matching base model family"
         )
+
+
+def _without_untrained_strays(part: dict[str, torch.Tensor], network: LoRANetwork) -> dict[str, torch.Tensor]:
+    """Drops modules the network lacks whose up factors are all zero: never trained, they change nothing.
+    musubi-tuner's Qwen-Image files hold the last block's text-stream outputs, which nothing reads (so loratui
+    gives them no LoRA), and continuing from such a file must not fail on them."""
+    strays: dict[str, list[str]] = {}
+    for key in part:
+        module = key.partition(".")[0]
+        if module not in network:
+            strays.setdefault(module, []).append(key)
+    drop = set()
+    for keys in strays.values():
+        ups = [part[k] for k in keys if k.endswith(("lora_up.weight", "lora_B.weight"))]
+        if ups and all(not bool(t.any()) for t in ups):
+            drop.update(keys)
+    return {k: v for k, v in part.items() if k not in drop}
 
 
 def _check_kinds(lora: LoRAFile, networks: Mapping[str, LoRANetwork]) -> None:

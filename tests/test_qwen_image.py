@@ -303,7 +303,7 @@ def test_a_file_with_the_last_blocks_untrained_text_outputs_continues_but_a_trai
     from safetensors.torch import save_file
 
     from loratui.lora import inject_lora
-    from loratui.lora.fileformat import apply_lora_file
+    from loratui.lora.continue_from import apply_lora_file
 
     net = inject_lora(pipeline().transformer, component="unet", family="qwen_image", preset="attention+ff",
                       rank=4, alpha=4.0)

@@ -317,7 +317,8 @@ def _inject(cfg: ProjectConfig, model: LoadedModel,
             trained_tes.append(te)
     if lc.init_lora:
         from loratui.config import ConfigError
-        from loratui.lora.fileformat import apply_lora_file, load_lora_file
+        from loratui.lora.continue_from import apply_lora_file
+        from loratui.lora.fileformat import load_lora_file
 
         try:
             apply_lora_file(load_lora_file(paths.input_path(lc.init_lora), family=model.family), networks)

@@ -6,12 +6,12 @@ from loratui.lora.fileformat import (
     LoRAFile,
     LoRAFileError,
     LoRAWeights,
-    apply_lora_file,
     convert_lora_file,
     load_lora_file,
     save_diffusers,
     save_kohya,
 )
+from loratui.lora.continue_from import apply_lora_file
 from loratui.lora.inject import UNET_PRESETS, expected_module_count, inject_from_file, inject_lora
 from loratui.lora.inspect import inspect_lora_file, render_inspection
 from loratui.lora.dora import DoRAModule

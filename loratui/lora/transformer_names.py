@@ -34,6 +34,7 @@ import re
 from torch import nn
 
 from loratui.lora.naming import underscore_to_path
+from loratui.models.wrapped import unwrap_model
 
 INTERNAL_PREFIX = "lora_unet_"
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "noise_refiner", "context_refiner", "layers")
@@ -70,9 +71,9 @@ _TEXT_STREAM_OUTPUT = re.compile(r"attn\.to_add_out$|^(ff_context|txt_mlp)\.")
 def transformer_targets(root: nn.Module, preset: str) -> list[tuple[str, nn.Module]]:
     """(path, Linear) of every layer the preset trains, in module order; paths relative to ``root``."""
     found = []
-    present = [name for name in BLOCK_LISTS if getattr(_unwrap(root), name, None) is not None]
+    present = [name for name in BLOCK_LISTS if getattr(unwrap_model(root), name, None) is not None]
     for list_name in present:
-        blocks = getattr(_unwrap(root), list_name)
+        blocks = getattr(unwrap_model(root), list_name)
         for index, block in enumerate(blocks):
             final = list_name == present[-1] and index == len(blocks) - 1
             for sub_path, module in block.named_modules():
@@ -83,14 +84,6 @@ def transformer_targets(root: nn.Module, preset: str) -> list[tuple[str, nn.Modu
                 if _in_preset(sub_path, preset):
                     found.append((f"{list_name}.{index}.{sub_path}", module))
     return found
-
-
-def _unwrap(root: nn.Module) -> nn.Module:
-    while True:
-        inner = getattr(root, "module", None) or getattr(root, "_orig_mod", None)
-        if inner is None:
-            return root
-        root = inner
 
 
 def expected_transformer_count(config: object, family: str, preset: str) -> int | None:

@@ -30,6 +30,7 @@ import torch
 
 from loratui.models import flux
 from loratui.models.text import TextEmbedding
+from loratui.models.wrapped import unwrap_model
 
 if TYPE_CHECKING:
     from loratui.models.loader import LoadedModel
@@ -90,14 +91,6 @@ def predict(transformer: Any, noisy: torch.Tensor, sigmas: torch.Tensor, cond: T
     return flux.unpack(out, h, w)
 
 
-def _unwrap(module: Any) -> Any:
-    while True:
-        inner = getattr(module, "module", None) or getattr(module, "_orig_mod", None)
-        if inner is None:
-            return module
-        module = inner
-
-
 def _keep_mask_under_checkpointing(transformer: Any, mask: torch.Tensor) -> None:
     """Give the single blocks the mask when diffusers' gradient checkpointing leaves it out.
 
@@ -106,7 +99,7 @@ def _keep_mask_under_checkpointing(transformer: Any, mask: torch.Tensor) -> None
     and the loss would change. A pre-hook on each single block supplies the mask of the current call;
     it stays in place so the backward pass's recomputation sees the very same mask.
     """
-    model = _unwrap(transformer)
+    model = unwrap_model(transformer)
     model._loratui_chroma_mask = mask
     if getattr(model, "_loratui_chroma_hooks", False):
         return

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from loratui.models.text import TextEmbedding, clip_token_ids, t5_token_ids
+from loratui.models.wrapped import unwrap_model
 
 if TYPE_CHECKING:
     from loratui.models.loader import LoadedModel
@@ -30,8 +31,7 @@ LEARNING_RATE = 1e-4  # what sd-scripts and ai-toolkit start Flux LoRAs with
 def has_guidance(transformer: Any) -> bool:
     # With several processes the step gets the transformer wrapped in DistributedDataParallel, which has no
     # config: reading the wrapper fed FLUX-dev no guidance and its forward failed on the first step.
-    inner = getattr(transformer, "module", transformer)
-    return bool(getattr(inner, "config", {}).get("guidance_embeds", False))
+    return bool(getattr(unwrap_model(transformer), "config", {}).get("guidance_embeds", False))
 
 
 def default_t5_length(model: LoadedModel) -> int:

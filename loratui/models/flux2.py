@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from loratui.models.text import TextEmbedding
+from loratui.models.wrapped import unwrap_model
 
 if TYPE_CHECKING:
     from loratui.models.loader import LoadedModel
@@ -128,7 +129,7 @@ def predict(transformer: Any, noisy: torch.Tensor, sigmas: torch.Tensor, cond: T
     """The transformer's velocity prediction for normalised latents [B, 32, H, W] at σ [B]."""
     b, _, h, w = noisy.shape
     device = noisy.device
-    config = getattr(transformer, "config", None) or getattr(getattr(transformer, "module", None), "config", {})
+    config = getattr(unwrap_model(transformer), "config", {})
     guidance_value = None
     if config.get("guidance_embeds", False):
         guidance_value = torch.full((b,), float(guidance), device=device, dtype=torch.float32)

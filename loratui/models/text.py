@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from loratui.models.wrapped import unwrap_model
+
 if TYPE_CHECKING:
     from loratui.models.loader import LoadedModel
 
@@ -52,30 +54,21 @@ def tokenize(model: LoadedModel, captions: list[str]) -> list[torch.Tensor]:
     return out
 
 
-def _unwrap(encoder: Any) -> Any:
-    """The CLIP model inside DDP (.module) or torch.compile (._orig_mod) wrappers."""
-    while True:
-        inner = getattr(encoder, "module", None) or getattr(encoder, "_orig_mod", None)
-        if inner is None:
-            return encoder
-        encoder = inner
-
-
 def _final_layer_norm(encoder: Any) -> torch.nn.Module:
     # transformers 5 moved CLIPTextModel's layers up a level (no text_model)
     # while CLIPTextModelWithProjection keeps it; look in both places.
-    model = _unwrap(encoder)
+    model = unwrap_model(encoder)
     return getattr(model, "text_model", model).final_layer_norm
 
 
 def _device(encoder: Any) -> torch.device:
-    return next(_unwrap(encoder).parameters()).device
+    return next(unwrap_model(encoder).parameters()).device
 
 
 def _check_clip_skip(clip_skip: int, encoder: Any, *, already_skipped: int = 0) -> None:
     # hidden_states holds the embeddings plus one entry per layer; skipping
     # down to the embeddings themselves would leave no layer at all.
-    most = int(_unwrap(encoder).config.num_hidden_layers) - already_skipped
+    most = int(unwrap_model(encoder).config.num_hidden_layers) - already_skipped
     if not 1 <= clip_skip <= most:
         raise ValueError(f"clip_skip must be between 1 and {most} for this model's text encoder, got {clip_skip}")
 

@@ -102,10 +102,18 @@ def test_latents_are_normalised_per_channel_and_sigma_shifts_with_resolution() -
     from loratui.engine.flow import resolve_sampling
     from loratui.models.loader import load_model
 
+    from loratui.models import qwen_image
+
     model = load_model("builtin:tiny-qwen-image")
     vae = model.vae.config
-    assert torch.allclose(model.vae_shift_factor.flatten(), torch.tensor(vae.latents_mean))
-    assert torch.allclose(model.vae_scaling_factor.flatten(), 1 / torch.tensor(vae.latents_std))
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        mean, std = qwen_image.encode_latents(model.vae, pixels)
+        raw = model.vae.encode(pixels.unsqueeze(2)).latent_dist
+    latents_mean = torch.tensor(vae.latents_mean).view(-1, 1, 1)
+    latents_std = torch.tensor(vae.latents_std).view(-1, 1, 1)
+    assert torch.allclose(mean, (raw.mean[:, :, 0] - latents_mean) / latents_std, atol=1e-5)
+    assert torch.allclose(std, raw.std[:, :, 0] / latents_std, atol=1e-5)
     assert resolve_sampling("auto", "qwen_image") == "flux_shift"
     assert model.noise_scheduler.config.max_image_seq_len == 8192  # Qwen-Image's own shift range
 

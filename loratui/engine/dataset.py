@@ -131,27 +131,23 @@ LatentEncoder = Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, to
 def encode_image_latent(vae: torch.nn.Module, scaling_factor: float, path: Path,
                         bucket: tuple[int, int], flip: bool, shift_factor: float = 0.0,
                         latent_encoder: LatentEncoder | None = None) -> CachedLatent:
-    """``latent_encoder``: a family's own normalisation of the posterior (mean, std), where a scale and a
-    shift do not describe it (FLUX.2's per-channel batch-norm statistics)."""
+    """``latent_encoder``: a family's own encoding and normalisation of the posterior (mean, std), where a
+    scale and a shift do not describe it (FLUX.2's batch-norm statistics, Qwen-Image's video VAE and
+    per-channel statistics)."""
     loaded = load_image(path)
     cropped = resize_and_crop(loaded.image, bucket, flip=flip)
     pixels = image_to_tensor(cropped.image).unsqueeze(0)
     device = next(vae.parameters()).device
     dtype = next(vae.parameters()).dtype
-    # Video VAEs (Qwen-Image's) take frames [B, C, T, H, W]: a picture is one frame.
-    frames = "temperal_downsample" in getattr(vae, "config", {})
     with torch.no_grad():
         if latent_encoder is not None:
             mean, std = (t.float()[0].cpu() for t in latent_encoder(vae, pixels.to(device, dtype)))
         else:
-            dist = vae.encode(pixels.to(device, dtype).unsqueeze(2) if frames else pixels.to(device, dtype)).latent_dist
-            z_mean, z_std = (dist.mean[:, :, 0], dist.std[:, :, 0]) if frames else (dist.mean, dist.std)
-            # FLUX's and SD3's VAEs centre the latents (shift) before scaling them, Qwen-Image's per channel;
-            # a shifted posterior keeps its spread, so only the mean moves.
-            shift = torch.as_tensor(shift_factor, dtype=torch.float32, device=z_mean.device)
-            scale = torch.as_tensor(scaling_factor, dtype=torch.float32, device=z_mean.device)
-            mean = ((z_mean.float() - shift) * scale)[0].cpu()
-            std = (z_std.float() * scale)[0].cpu()
+            dist = vae.encode(pixels.to(device, dtype)).latent_dist
+            # FLUX's and SD3's VAEs centre the latents (shift) before scaling them; a shifted posterior
+            # keeps its spread, so only the mean moves.
+            mean = ((dist.mean.float() - shift_factor) * scaling_factor)[0].cpu()
+            std = (dist.std.float() * scaling_factor)[0].cpu()
     if not torch.isfinite(mean).all():
         raise ImageProblem(path, "the VAE produced NaN latents for it (an fp16 VAE overflow?); skipped")
     return CachedLatent(mean, std, cropped.original_size, cropped.crop_top_left, cropped.target_size)

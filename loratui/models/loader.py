@@ -51,14 +51,12 @@ class LoadedModel:
     noise_scheduler: Any
     fingerprint: str
     resolution: int
-    # One number for most VAEs; per-channel [C, 1, 1] tensors where the VAE publishes a latent mean and
-    # std per channel (Qwen-Image).
-    vae_scaling_factor: float | torch.Tensor
+    vae_scaling_factor: float
     # The scheduler the model ships for sampling (DDIM, Euler, PNDM, ...).
     sample_scheduler: Any = None
     pipeline_config: dict[str, Any] = field(default_factory=dict)
     # Subtracted from VAE latents before scaling (FLUX and SD3 VAEs; 0 for the UNet families).
-    vae_shift_factor: float | torch.Tensor = 0.0
+    vae_shift_factor: float = 0.0
 
     @property
     def is_flow(self) -> bool:
@@ -173,7 +171,6 @@ def load_model(
     for module in [denoiser, pipe.vae, *text_encoders]:
         module.requires_grad_(False)
         module.eval()
-    scaling, shift = _latent_normalisation(pipe.vae, fam)
     if kind == "builtin":
         resolution = builtin.BUILTIN_RESOLUTION
     else:
@@ -190,25 +187,13 @@ def load_model(
         noise_scheduler=make_noise_scheduler(pipe.scheduler.config, pred),
         fingerprint=_fingerprint(kind, where, config_source),
         resolution=resolution,
-        vae_scaling_factor=scaling,
-        vae_shift_factor=shift,
+        vae_scaling_factor=float(pipe.vae.config.get("scaling_factor", 0.18215)),
+        vae_shift_factor=float(pipe.vae.config.get("shift_factor") or 0.0),
         sample_scheduler=sample_scheduler,
         # The pipeline's own flags (e.g. SDXL's force_zeros_for_empty_prompt),
         # not its component entries, for make_pipeline to pass on.
         pipeline_config={k: v for k, v in pipe.config.items() if isinstance(v, (bool, int, float)) and k[0] != "_"},
     )
-
-
-def _latent_normalisation(vae: Any, family: str) -> tuple[float | torch.Tensor, float | torch.Tensor]:
-    """(scale, shift) from the latent the VAE gives to the one the denoiser takes: (z − shift) · scale."""
-    if family in FLOW_FAMILIES:
-        from loratui.models.text import family_module
-
-        per_channel = getattr(family_module(family), "latent_normalisation", None)
-        if per_channel is not None:
-            shift, scale = per_channel(vae)
-            return scale, shift
-    return float(vae.config.get("scaling_factor", 0.18215)), float(vae.config.get("shift_factor") or 0.0)
 
 
 def _text_components(pipe: Any, family: str, spec: str) -> tuple[list[Any], list[Any]]:

@@ -81,11 +81,15 @@ def predict(transformer: Any, noisy: torch.Tensor, sigmas: torch.Tensor, cond: T
     return unpack(out, h, w)
 
 
-def latent_normalisation(vae: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(shift, scale) [16, 1, 1] that turn the VAE's latents into the transformer's: (z − mean) / std."""
-    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(-1, 1, 1)
-    return mean, 1.0 / std
+def encode_latents(vae: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The posterior's (mean, std) [B, 16, h, w] as the transformer takes them. The VAE encodes video, so a
+    picture goes in as one frame; its latents are normalised per channel, (z − latents_mean) / latents_std."""
+    dist = vae.encode(pixels.unsqueeze(2)).latent_dist
+    z_mean, z_std = dist.mean[:, :, 0].float(), dist.std[:, :, 0].float()
+    shift = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=z_mean.device).view(-1, 1, 1)
+    scale = 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32, device=z_mean.device).view(-1, 1, 1)
+    # A shifted posterior keeps its spread, so only the mean moves.
+    return (z_mean - shift) * scale, z_std * scale
 
 
 def load_single_file(path: Any, source: str, local: dict[str, Any]) -> Any:

@@ -279,11 +279,9 @@ def _check_flow_settings(cfg: ProjectConfig, model: LoadedModel) -> None:
                 f"train.{name} = {value:g} belongs to the UNets' noise schedule; {model.family} is trained with flow "
                 f"matching, where it has no meaning. Set train.{name} = 0 (σ is chosen by train.timestep_sampling).")
     from loratui.lora.naming import components_for
-    from loratui.models.text import family_module
 
     module = family_module(model.family)
-    if cfg.lora.train_text_encoder and (len(components_for(model.family)) == 1
-                                        or not getattr(module, "TEXT_ENCODER_LORA", True)):
+    if cfg.lora.train_text_encoder and components_for(model.family) == ("unet",):
         raise ConfigError(
             f"lora.train_text_encoder = true, but {model.family} conditions on {module.TEXT_ENCODER_NAME} alone, "
             "which gets no LoRA: its loaders read transformer LoRAs only, and loratui (like sd-scripts and "
@@ -291,11 +289,6 @@ def _check_flow_settings(cfg: ProjectConfig, model: LoadedModel) -> None:
     family_check = getattr(module, "check_settings", None)
     if family_check is not None:
         family_check(cfg, model)
-    if model.family == "flux" and not model.unet.config.get("guidance_embeds") and cfg.train.guidance_scale != 1.0:
-        raise ConfigError(
-            f"train.guidance_scale = {cfg.train.guidance_scale:g} is set, but {cfg.model.base} has no guidance "
-            "embedding (a FLUX.1-schnell style model, which was never trained with a guidance value); remove "
-            "train.guidance_scale or set it to 1.0.")
 
 
 def _inject(cfg: ProjectConfig, model: LoadedModel,

@@ -106,6 +106,17 @@ def from_original(state: dict[str, torch.Tensor], config: Any) -> dict[str, torc
     return bfl_to_flux(state, config)
 
 
+def check_settings(cfg: Any, model: LoadedModel) -> None:
+    """Settings this model cannot honour, refused before training (the engine's flow checks come first)."""
+    from loratui.config import ConfigError
+
+    if not has_guidance(model.unet) and cfg.train.guidance_scale != 1.0:
+        raise ConfigError(
+            f"train.guidance_scale = {cfg.train.guidance_scale:g} is set, but {cfg.model.base} has no guidance "
+            "embedding (a FLUX.1-schnell style model, which was never trained with a guidance value); remove "
+            "train.guidance_scale or set it to 1.0.")
+
+
 def check_latent_size(height: int, width: int) -> None:
     if height % 2 or width % 2:
         raise ValueError(f"FLUX packs latents 2x2; a {height}x{width} latent cannot be packed "

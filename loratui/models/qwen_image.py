@@ -33,7 +33,6 @@ PIPELINE = "QwenImagePipeline"
 TRANSFORMER = "QwenImageTransformer2DModel"
 TEXT_SUFFIXES = ("",)  # text_encoder (Qwen2.5-VL)
 TEXT_ENCODER_NAME = "Qwen2.5-VL"
-TEXT_ENCODER_LORA = False  # the loaders read transformer LoRAs only
 NEGATIVE_PROMPT = True  # QwenImagePipeline's true CFG takes one
 EMPTY_NEGATIVE = " "  # guidance needs a negative prompt; Qwen-Image's own examples give " "
 GUIDANCE_ARGUMENT = "true_cfg_scale"  # its guidance_scale is for guidance-distilled variants only

@@ -33,7 +33,6 @@ PIPELINE = "ZImagePipeline"
 TRANSFORMER = "ZImageTransformer2DModel"
 TEXT_SUFFIXES = ("",)  # text_encoder (Qwen3)
 TEXT_ENCODER_NAME = "Qwen3"
-TEXT_ENCODER_LORA = False  # the Qwen3 encoder is never trained; loaders read transformer LoRAs only
 MAX_TEXT_LENGTH = 512  # ZImagePipeline's max_sequence_length
 PATCH = 2
 NEGATIVE_PROMPT = True  # ZImagePipeline guides with one when sample.guidance > 0
